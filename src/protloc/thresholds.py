@@ -1,0 +1,524 @@
+"""Per-class decision thresholds for multi-label probabilities (scikit-learn style).
+
+A model gives one probability per class; the competition wants a set of labels. The default
+cut of 0.5 is rarely best for rare classes, so :class:`ThresholdOptimizer` learns one threshold
+per class from out-of-fold probabilities:
+
+``f1``
+    Exact search: for each class the threshold maximising that class's F1 over *all* distinct
+    probability cut points (sort once, cumulative counts: O(N log N) per class).
+``ratio``
+    The threshold at which each class's predicted positive rate equals its positive rate in
+    the training labels (robust, does not chase noise).
+``global``
+    One threshold shared by all classes, maximising macro F1 (exact, over all distinct values).
+
+Stability: ``n_bootstrap`` resamples of the images refit every threshold; the standard
+deviation of the threshold (and of the F1 at the chosen threshold) is reported per class.
+Classes with too few positives or a large bootstrap spread *fall back* to a robust rule
+(``fallback='global'``: the global threshold; ``'median'``: the median bootstrap threshold; or a
+fixed number) and the diagnostics say which and why.
+
+A label is predicted when ``prob >= threshold``. With ``at_least_one=True`` an image where no
+class passes gets its most probable class.
+
+Examples
+--------
+>>> rng = np.random.default_rng(0)
+>>> y = (rng.random((200, 3)) < 0.3).astype(np.uint8)
+>>> p = np.clip(0.5 * y + rng.random((200, 3)) * 0.6, 0, 1)
+>>> opt = ThresholdOptimizer("f1", n_bootstrap=20).fit(p, y)
+>>> opt.thresholds_.shape, opt.predict(p).dtype.name
+((3,), 'uint8')
+>>> bool(opt.macro_f1_after_ >= opt.macro_f1_before_)
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protloc.errors import InputError, fmt_problem
+from protloc.metrics import macro_f1, per_class_f1
+
+METHODS = ("f1", "ratio", "global")
+FALLBACKS = ("global", "median")
+
+__all__ = ["ThresholdOptimizer", "apply_thresholds", "best_f1_thresholds", "ratio_thresholds",
+           "global_threshold", "check_probs", "check_targets", "check_method", "check_thresholds"]
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def check_probs(probs, *, name: str = "probs", n_classes: int | None = None) -> np.ndarray:
+    """Validate probabilities: finite numbers in [0, 1], shape (n_images, n_classes).
+
+    Returns a float64 copy.
+
+    Examples
+    --------
+    >>> check_probs([[0.1, 0.9]]).shape
+    (1, 2)
+    >>> check_probs([0.1, 0.9])
+    Traceback (most recent call last):
+    ...
+    protloc.errors.InputError: probs: expected a 2-D array (n_images, n_classes), got shape (2,). Fix: pass one row per image and one column per class.
+    """
+    try:
+        a = np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(fmt_problem(name, expected="numbers", got=f"{type(probs).__name__} that is "
+                                     "not numeric", fix="pass a numeric (n_images, n_classes) array")) from None
+    if a.ndim != 2:
+        raise InputError(fmt_problem(name, expected="a 2-D array (n_images, n_classes)",
+                                     got=f"shape {a.shape}", fix="pass one row per image and one column per class"))
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(fmt_problem(name, expected="at least one image and one class",
+                                     got=f"shape {a.shape}", fix="pass a non-empty array"))
+    if n_classes is not None and a.shape[1] != n_classes:
+        raise InputError(fmt_problem(name, expected=f"{n_classes} class columns", got=f"{a.shape[1]}",
+                                     fix="use probabilities from the model these thresholds were fitted for"))
+    if not np.isfinite(a).all():
+        raise InputError(fmt_problem(name, expected="finite probabilities",
+                                     got=f"{int((~np.isfinite(a)).sum())} NaN/inf values",
+                                     fix="remove or recompute the rows with NaN"))
+    if a.min() < 0 or a.max() > 1:
+        raise InputError(fmt_problem(name, expected="probabilities in [0, 1]",
+                                     got=f"values from {a.min():.3g} to {a.max():.3g}",
+                                     fix="apply a sigmoid to logits first"))
+    return a
+
+
+def check_targets(y, probs: np.ndarray, *, name: str = "y") -> np.ndarray:
+    """Validate a multi-hot truth matrix matching ``probs``; returns uint8.
+
+    Examples
+    --------
+    >>> check_targets([[0, 2]], np.zeros((1, 2)))
+    Traceback (most recent call last):
+    ...
+    protloc.errors.InputError: y: expected 0/1 multi-hot labels, got values [0, 2]. Fix: one column per class with 1 where the class is present.
+    """
+    a = np.asarray(y)
+    if a.shape != probs.shape:
+        raise InputError(fmt_problem(name, expected=f"shape {probs.shape} (same as probs)",
+                                     got=f"shape {a.shape}", fix="pass one multi-hot row per probability row"))
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    vals = np.unique(a)
+    if not np.isin(vals, (0, 1)).all():
+        shown = ", ".join(str(v.item()) for v in vals[:6])
+        raise InputError(fmt_problem(name, expected="0/1 multi-hot labels", got=f"values [{shown}]",
+                                     fix="one column per class with 1 where the class is present"))
+    return a.astype(np.uint8)
+
+
+def check_method(method) -> str:
+    """Validate the ``method`` name.
+
+    Examples
+    --------
+    >>> check_method("best")
+    Traceback (most recent call last):
+    ...
+    protloc.errors.InputError: method: expected one of f1, ratio, global, got 'best'. Fix: pick one of those methods.
+    """
+    if method not in METHODS:
+        raise InputError(fmt_problem("method", expected=f"one of {', '.join(METHODS)}", got=repr(method),
+                                     fix="pick one of those methods"))
+    return method
+
+
+def check_thresholds(thresholds, n_classes: int, *, where: str = "thresholds") -> np.ndarray:
+    """Validate a per-class threshold vector (float64, shape (n_classes,), values in [0, 1])."""
+    a = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if a.shape != (n_classes,):
+        raise InputError(fmt_problem(where, expected=f"{n_classes} thresholds (one per class)",
+                                     got=f"{a.size}", fix="refit with `protloc thresholds RUN`"))
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise InputError(fmt_problem(where, expected="thresholds in [0, 1]", got=f"{a.tolist()}",
+                                     fix="refit with `protloc thresholds RUN`"))
+    return a
+
+
+def _check_params(n_bootstrap, min_positives, fallback, max_threshold_std):
+    if not isinstance(n_bootstrap, (int, np.integer)) or isinstance(n_bootstrap, bool) or n_bootstrap < 0:
+        raise InputError(fmt_problem("n_bootstrap", expected="an integer >= 0", got=repr(n_bootstrap),
+                                     fix="e.g. n_bootstrap=200 (0 disables the stability check)"))
+    if not isinstance(min_positives, (int, np.integer)) or min_positives < 0:
+        raise InputError(fmt_problem("min_positives", expected="an integer >= 0", got=repr(min_positives),
+                                     fix="e.g. min_positives=5"))
+    if not (fallback in FALLBACKS or (isinstance(fallback, (int, float)) and 0 <= fallback <= 1)):
+        raise InputError(fmt_problem("fallback", expected="'global', 'median' or a number in [0, 1]",
+                                     got=repr(fallback), fix="e.g. fallback='global'"))
+    if not (isinstance(max_threshold_std, (int, float)) and max_threshold_std > 0):
+        raise InputError(fmt_problem("max_threshold_std", expected="a positive number",
+                                     got=repr(max_threshold_std), fix="e.g. max_threshold_std=0.1"))
+
+
+# --------------------------------------------------------------------------------------------
+# pure cores
+# --------------------------------------------------------------------------------------------
+def apply_thresholds(probs, thresholds, *, at_least_one: bool = False) -> np.ndarray:
+    """``probs >= thresholds`` as uint8 (N, C); optionally force the argmax where none passes.
+
+    Examples
+    --------
+    >>> apply_thresholds([[0.2, 0.4], [0.9, 0.1]], [0.5, 0.5], at_least_one=True).tolist()
+    [[0, 1], [1, 0]]
+    """
+    p = np.asarray(probs)
+    out = (p >= np.asarray(thresholds)[None, :]).astype(np.uint8)
+    if at_least_one and len(out):
+        empty = out.sum(1) == 0
+        out[np.flatnonzero(empty), p[empty].argmax(1)] = 1
+    return out
+
+
+def _cut(ps_desc: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """Threshold that keeps sorted-descending values ``0..i`` (per column): midway to the next."""
+    n = ps_desc.shape[0]
+    cols = np.arange(ps_desc.shape[1])
+    v = ps_desc[np.minimum(i, n - 1), cols]
+    nxt = ps_desc[np.minimum(i + 1, n - 1), cols]
+    mid = (v + nxt) / 2
+    ok = (i < n - 1) & (mid > nxt)  # guard against adjacent floats rounding onto ``nxt``
+    return np.where(ok, mid, v)
+
+
+def best_f1_thresholds(probs: np.ndarray, y: np.ndarray):
+    """Exact per-class F1-maximising thresholds over all distinct cut points.
+
+    Returns ``(thresholds (C,), best_f1 (C,))``. A class without positives gets a threshold
+    above its largest probability (predicts nothing) and F1 NaN. Ties go to the highest cut.
+
+    Examples
+    --------
+    >>> t, f = best_f1_thresholds(np.array([[0.9], [0.6], [0.4], [0.1]]), np.array([[1], [1], [0], [0]]))
+    >>> float(t[0]), float(f[0])
+    (0.5, 1.0)
+    """
+    n, c = probs.shape
+    order = np.argsort(-probs, axis=0, kind="stable")
+    ps = np.take_along_axis(probs, order, axis=0)
+    ys = np.take_along_axis(y, order, axis=0).astype(np.int64)
+    tp = np.cumsum(ys, axis=0)
+    k = np.arange(1, n + 1)[:, None]
+    pos = ys.sum(0)
+    f1 = 2.0 * tp / (k + pos[None, :])
+    valid = np.ones_like(ps, dtype=bool)
+    valid[:-1] = ps[:-1] != ps[1:]  # only the last of a run of equal values is a real cut
+    f1 = np.where(valid, f1, -1.0)
+    i = f1.argmax(0)
+    best = f1[i, np.arange(c)]
+    thr = _cut(ps, i)
+    none = pos == 0
+    thr = np.where(none, np.minimum(np.nextafter(ps[0], np.inf), 1.0), thr)
+    best = np.where(none, np.nan, best)
+    return thr, best
+
+
+def ratio_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-class thresholds whose predicted positive rate matches the label positive rate.
+
+    Examples
+    --------
+    >>> ratio_thresholds(np.array([[0.9], [0.6], [0.4], [0.1]]), np.array([[1], [0], [0], [0]])).tolist()
+    [0.75]
+    """
+    n, c = probs.shape
+    ps = -np.sort(-probs, axis=0)
+    k = y.astype(np.int64).sum(0)
+    thr = _cut(ps, np.maximum(k - 1, 0))
+    return np.where(k == 0, np.minimum(np.nextafter(ps[0], np.inf), 1.0), thr)
+
+
+def global_threshold(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """One threshold for all classes maximising macro F1, exactly (all distinct values).
+
+    Macro F1 here averages the classes that have positives (a class without positives has no
+    F1 to gain). Sweeping the sorted values once updates only the current value's class, so the
+    search is O(M log M) for M = N*C values. Returns ``(threshold, macro_f1)``.
+
+    Examples
+    --------
+    >>> p = np.array([[0.9, 0.2], [0.3, 0.8], [0.1, 0.35]])
+    >>> y = np.array([[1, 0], [0, 1], [0, 1]])
+    >>> t, f = global_threshold(p, y)
+    >>> round(t, 3), f
+    (0.325, 1.0)
+    """
+    n, c = probs.shape
+    pos = y.astype(np.int64).sum(0)
+    active = pos > 0
+    if not active.any():
+        return 0.5, 0.0
+    flat_p, flat_y = probs.ravel(), y.ravel().astype(np.int64)
+    cls = np.tile(np.arange(c), n)
+    order = np.argsort(-flat_p, kind="stable")
+    p, t, cl = flat_p[order], flat_y[order], cls[order]
+    g = np.argsort(cl, kind="stable")  # group by class, keeping the descending order inside
+    tg, cg = t[g], cl[g]
+    starts = np.searchsorted(cg, np.arange(c))
+    ct = np.concatenate([[0], np.cumsum(tg)])
+    tp_g = ct[1:] - ct[starts][cg]
+    k_g = np.arange(1, len(g) + 1) - starts[cg]
+    tp, k = np.empty_like(tp_g), np.empty_like(k_g)
+    tp[g], k[g] = tp_g, k_g
+    pc = pos[cl]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = 2.0 * tp / (k + pc) - 2.0 * (tp - t) / (k - 1 + pc)
+    delta = np.where(active[cl], delta, 0.0)
+    macro = np.cumsum(delta) / active.sum()
+    valid = np.ones_like(p, dtype=bool)
+    valid[:-1] = p[:-1] != p[1:]
+    macro = np.where(valid, macro, -1.0)
+    j = int(macro.argmax())
+    thr = float(_cut(p[:, None], np.array([j]))[0])
+    return thr, float(macro[j])
+
+
+def _fit_once(method: str, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if method == "f1":
+        return best_f1_thresholds(probs, y)[0]
+    if method == "ratio":
+        return ratio_thresholds(probs, y)
+    return np.full(probs.shape[1], global_threshold(probs, y)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# estimator
+# --------------------------------------------------------------------------------------------
+class ThresholdOptimizer:
+    """Learn per-class thresholds from probabilities and multi-hot truth.
+
+    Parameters
+    ----------
+    method : {'f1', 'ratio', 'global'}
+    n_bootstrap : int
+        Bootstrap resamples for the stability diagnostics (0: none, no instability fallback).
+    min_positives : int
+        Classes with fewer positive examples fall back (their threshold would be noise).
+    max_threshold_std : float
+        Classes whose bootstrap threshold standard deviation exceeds this fall back.
+    fallback : {'global', 'median'} or float
+        The robust rule for falling-back classes: the global (macro-F1) threshold, the median
+        bootstrap threshold (classes without positives then use the global one), or a number.
+    at_least_one : bool
+        In :meth:`predict`, give an image with no class above threshold its argmax class.
+    random_state : int
+
+    Attributes
+    ----------
+    thresholds_ : ndarray (C,)
+    raw_thresholds_ : ndarray (C,)   the method's thresholds before any fallback
+    global_threshold_ : float
+    f1_before_, f1_after_ : ndarray (C,)   per-class F1 at 0.5 and at ``thresholds_`` (NaN: no positives)
+    macro_f1_before_, macro_f1_after_ : float
+    stability_ : dict of ndarray   ``threshold_std`` and ``f1_std`` per class (bootstrap)
+    fallback_classes_ : dict   class index -> {'rule', 'reason'}
+    n_positives_ : ndarray (C,)
+    classes_ : list of str
+    """
+
+    def __init__(self, method: str = "f1", *, n_bootstrap: int = 200, min_positives: int = 5,
+                 max_threshold_std: float = 0.1, fallback="global", at_least_one: bool = False,
+                 random_state: int = 0):
+        self.method = method
+        self.n_bootstrap = n_bootstrap
+        self.min_positives = min_positives
+        self.max_threshold_std = max_threshold_std
+        self.fallback = fallback
+        self.at_least_one = at_least_one
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in ("method", "n_bootstrap", "min_positives",
+                                              "max_threshold_std", "fallback", "at_least_one",
+                                              "random_state")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"ThresholdOptimizer({args})"
+
+    # ------------------------------------------------------------------------------------
+    def fit(self, probs, y, *, classes=None) -> "ThresholdOptimizer":
+        """Fit thresholds on ``probs`` (N, C) and multi-hot ``y`` (N, C). Returns self."""
+        check_method(self.method)
+        _check_params(self.n_bootstrap, self.min_positives, self.fallback, self.max_threshold_std)
+        p = check_probs(probs)
+        t = check_targets(y, p)
+        n, c = p.shape
+        if classes is not None and len(classes) != c:
+            raise InputError(fmt_problem("classes", expected=f"{c} names", got=f"{len(classes)}",
+                                         fix="pass one name per column"))
+        self.classes_ = [str(v) for v in classes] if classes is not None else [str(i) for i in range(c)]
+        self.n_positives_ = t.sum(0).astype(int)
+        self.global_threshold_, _ = global_threshold(p, t)
+        raw = _fit_once(self.method, p, t)
+        self.raw_thresholds_ = raw.copy()
+
+        rng = np.random.default_rng(self.random_state)
+        boot_t = np.full((self.n_bootstrap, c), np.nan)
+        boot_f1 = np.full((self.n_bootstrap, c), np.nan)
+        for b in range(self.n_bootstrap):
+            idx = rng.integers(0, n, n)
+            pb, yb = p[idx], t[idx]
+            boot_t[b] = _fit_once(self.method, pb, yb)
+            boot_f1[b] = per_class_f1(yb, pb >= raw[None, :])
+        with np.errstate(invalid="ignore"), _quiet():
+            t_std = np.nanstd(boot_t, axis=0) if self.n_bootstrap else np.full(c, np.nan)
+            f1_std = np.nanstd(boot_f1, axis=0) if self.n_bootstrap else np.full(c, np.nan)
+            t_med = np.nanmedian(boot_t, axis=0) if self.n_bootstrap else raw.copy()
+        self.stability_ = {"threshold_std": t_std, "f1_std": f1_std, "threshold_median": t_med}
+
+        thr = raw.copy()
+        self.fallback_classes_ = {}
+        if self.method != "global":
+            for k in range(c):
+                npos = int(self.n_positives_[k])
+                if npos == 0:
+                    reason = "no positive examples"
+                elif npos < self.min_positives:
+                    reason = f"only {npos} positives (< min_positives={self.min_positives})"
+                elif self.n_bootstrap and t_std[k] > self.max_threshold_std:
+                    reason = (f"unstable: bootstrap threshold std {t_std[k]:.3f} > "
+                              f"{self.max_threshold_std:g}")
+                else:
+                    continue
+                rule = self.fallback
+                if rule == "median" and (npos == 0 or not self.n_bootstrap):
+                    rule = "global"
+                if rule == "global":
+                    thr[k] = self.global_threshold_
+                elif rule == "median":
+                    thr[k] = t_med[k]
+                else:
+                    rule = f"fixed {float(rule):g}"
+                    thr[k] = float(self.fallback)
+                self.fallback_classes_[k] = {"rule": rule, "reason": reason}
+        self.thresholds_ = thr
+        self.f1_before_ = per_class_f1(t, p >= 0.5)
+        self.f1_after_ = per_class_f1(t, self.predict(p))
+        self.macro_f1_before_ = macro_f1(t, p >= 0.5)
+        self.macro_f1_after_ = macro_f1(t, self.predict(p))
+        self.n_samples_ = n
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "thresholds_"):
+            raise InputError("this ThresholdOptimizer is not fitted yet. Fix: call fit(probs, y) "
+                             "or ThresholdOptimizer.from_dict(...) first")
+
+    def predict(self, probs) -> np.ndarray:
+        """Labels (N, C) uint8: ``probs >= thresholds_`` (+ the at-least-one rule if enabled)."""
+        self._check_fitted()
+        p = check_probs(probs, n_classes=len(self.thresholds_))
+        return apply_thresholds(p, self.thresholds_, at_least_one=self.at_least_one)
+
+    def fit_predict(self, probs, y, **kw) -> np.ndarray:
+        return self.fit(probs, y, **kw).predict(probs)
+
+    # ------------------------------------------------------------------------------------
+    def per_class(self) -> list[dict]:
+        """One diagnostics row per class (what the CLI table and thresholds.json show)."""
+        self._check_fitted()
+
+        def num(v):
+            return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+        rows = []
+        for k, name in enumerate(self.classes_):
+            fb = self.fallback_classes_.get(k)
+            rows.append({
+                "id": k, "class": name, "threshold": num(self.thresholds_[k]),
+                "raw_threshold": num(self.raw_thresholds_[k]),
+                "n_positives": int(self.n_positives_[k]),
+                "f1_before": num(self.f1_before_[k]), "f1_after": num(self.f1_after_[k]),
+                "threshold_std": num(self.stability_["threshold_std"][k]),
+                "f1_std": num(self.stability_["f1_std"][k]),
+                "fallback": fb["rule"] if fb else None, "fallback_reason": fb["reason"] if fb else None,
+            })
+        return rows
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (what ``RUN/thresholds.json`` holds)."""
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "params": self.get_params(),
+            "classes": list(self.classes_),
+            "thresholds": [float(v) for v in self.thresholds_],
+            "at_least_one": bool(self.at_least_one),
+            "global_threshold": float(self.global_threshold_),
+            "macro_f1_before": float(self.macro_f1_before_),
+            "macro_f1_after": float(self.macro_f1_after_),
+            "n_images": int(self.n_samples_),
+            "per_class": self.per_class(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThresholdOptimizer":
+        """Rebuild a fitted optimizer from :meth:`to_dict` output."""
+        if not isinstance(d, dict) or "thresholds" not in d:
+            raise InputError(fmt_problem("thresholds file", expected="a dict with a 'thresholds' list",
+                                         got=type(d).__name__ if not isinstance(d, dict) else f"keys {list(d)}",
+                                         fix="refit with `protloc thresholds RUN`"))
+        params = dict(d.get("params") or {})
+        params.setdefault("method", d.get("method", "f1"))
+        params["at_least_one"] = bool(d.get("at_least_one", params.get("at_least_one", False)))
+        method = params.pop("method")
+        self = cls(method, **{k: v for k, v in params.items()
+                              if k in ("n_bootstrap", "min_positives", "max_threshold_std", "fallback",
+                                       "at_least_one", "random_state")})
+        thr = np.asarray(d["thresholds"], dtype=np.float64)
+        c = len(thr)
+        self.thresholds_ = check_thresholds(thr, c)
+        self.classes_ = list(d.get("classes") or [str(i) for i in range(c)])
+        self.global_threshold_ = float(d.get("global_threshold", 0.5))
+        self.macro_f1_before_ = float(d.get("macro_f1_before", np.nan))
+        self.macro_f1_after_ = float(d.get("macro_f1_after", np.nan))
+        self.n_samples_ = int(d.get("n_images", 0))
+        rows = d.get("per_class") or [{} for _ in range(c)]
+
+        def col(key, default=np.nan):
+            return np.array([np.nan if r.get(key) is None else r.get(key, default) for r in rows], float)
+
+        self.raw_thresholds_ = np.where(np.isnan(col("raw_threshold")), self.thresholds_, col("raw_threshold"))
+        self.n_positives_ = np.nan_to_num(col("n_positives")).astype(int)
+        self.f1_before_, self.f1_after_ = col("f1_before"), col("f1_after")
+        self.stability_ = {"threshold_std": col("threshold_std"), "f1_std": col("f1_std"),
+                           "threshold_median": self.thresholds_.copy()}
+        self.fallback_classes_ = {int(r.get("id", i)): {"rule": r["fallback"], "reason": r.get("fallback_reason")}
+                                  for i, r in enumerate(rows) if r.get("fallback")}
+        return self
+
+
+class _quiet:
+    """Silence numpy's 'all-NaN slice' RuntimeWarnings inside nan-reductions."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def load_thresholds(path) -> ThresholdOptimizer:
+    """Read a ``thresholds.json`` file into a fitted :class:`ThresholdOptimizer`."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: thresholds file not found. Fix: run `protloc thresholds RUN`") from None
+    except ValueError as e:
+        raise InputError(f"{path}: malformed thresholds file ({e}). Fix: rerun `protloc thresholds RUN`") from None
+    return ThresholdOptimizer.from_dict(d)
