@@ -68,48 +68,134 @@ def _decode_chunk(args):
     return out, errors
 
 
+def _chunk_results(jobs, workers: int):
+    """Yield ``_decode_chunk`` results in order, keeping at most ``2 * workers`` chunks in flight
+    (so decoded images never pile up in RAM when the consumer is slower than the decoders)."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_decode_chunk, jobs)
+        return
+    from collections import deque
+
+    with ProcessPoolExecutor(workers) as ex:
+        pending: deque = deque()
+        it = iter(jobs)
+        for job in it:
+            pending.append(ex.submit(_decode_chunk, job))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(ex.submit(_decode_chunk, nxt))
+
+
 def decode_table(table, *, size: int, workers: int | None = None, progress: bool = True,
-                 skip_bad: bool = False, out: np.ndarray | None = None) -> DecodedSet:
+                 skip_bad: bool = False, out: np.ndarray | None = None, write=None) -> DecodedSet:
     """Decode every image of ``table`` into ``out`` (or a new array), in parallel.
 
-    Raises InputError naming the first unreadable file unless ``skip_bad``.
+    ``write(start, block)``, if given, receives each decoded chunk (N_chunk, size, size, C)
+    in row order instead of ``out`` (the cache streams it to disk). Raises InputError naming
+    the first unreadable file unless ``skip_bad``.
     """
     from protloc.progress import progress_bar
 
     n, c = len(table), len(table.channels)
-    arr = out if out is not None else np.zeros((n, size, size, c), np.uint8)
+    arr = None
+    if write is None:
+        arr = out if out is not None else np.zeros((n, size, size, c), np.uint8)
+
+        def write(start, block):
+            arr[start:start + len(block)] = block
     workers = workers or min(4, os.cpu_count() or 1)
     chunk = 64
     jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size)
             for s in range(0, n, chunk)]
     bad, msgs = [], []
-
-    def consume(results):
-        with progress_bar(total=n, description="decoding images", enable=progress) as advance:
-            for j, (imgs, errs) in enumerate(results):
-                base = j * chunk
-                for k, (img, err) in enumerate(zip(imgs, errs)):
-                    if err is not None:
-                        if not skip_bad:
-                            raise InputError(f"{table.where(base + k)}: {err}")
-                        bad.append(base + k)
-                        msgs.append(err)
-                        arr[base + k] = 0
-                    else:
-                        arr[base + k] = img
-                advance(len(imgs))
-
-    if workers <= 1 or n <= chunk:
-        consume(map(_decode_chunk, jobs))
-    else:
-        with ProcessPoolExecutor(workers) as ex:
-            consume(ex.map(_decode_chunk, jobs))
+    with progress_bar(total=n, description="decoding images", enable=progress) as advance:
+        for j, (imgs, errs) in enumerate(_chunk_results(jobs, workers)):
+            base = j * chunk
+            block = np.zeros((len(imgs), size, size, c), np.uint8)
+            for k, (img, err) in enumerate(zip(imgs, errs)):
+                if err is not None:
+                    if not skip_bad:
+                        raise InputError(f"{table.where(base + k)}: {err}")
+                    bad.append(base + k)
+                    msgs.append(err)
+                else:
+                    block[k] = img
+            write(base, block)
+            advance(len(imgs))
     return DecodedSet(arr, bad, msgs)
+
+
+def _entries(d: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for meta in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            out.append((meta, json.loads(meta.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _identity(table, size: int) -> dict:
+    return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
+            "channels": list(map(str, table.channels)),
+            "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None}
+
+
+def remove_entry(meta: Path) -> int:
+    """Delete one cache entry (its .json and .npy); return the bytes freed."""
+    freed = 0
+    for p in (meta.with_suffix(".npy"), meta):
+        try:
+            freed += p.stat().st_size
+            p.unlink()
+        except OSError:
+            pass
+    return freed
+
+
+def cache_info(table=None, *, size: int | None = None) -> list[dict]:
+    """Cache entries (all, or those of ``table``[ at ``size``]) with key, shape, bytes, up-to-date flag."""
+    d = cache_dir()
+    current = cache_key(table, size=size) if table is not None and size else None
+    out = []
+    for meta, info in _entries(d):
+        if table is not None:
+            ident = _identity(table, info.get("size", 0))
+            if any(info.get(k) != v for k, v in ident.items() if k != "size"):
+                continue
+            if size and info.get("size") != size:
+                continue
+        npy = meta.with_suffix(".npy")
+        out.append({**{k: info.get(k) for k in ("n", "size", "fmt", "channels", "images", "csv", "bad")},
+                    "key": meta.stem, "path": str(npy), "bytes": npy.stat().st_size if npy.exists() else 0,
+                    "current": None if current is None else meta.stem == current})
+    return out
+
+
+def clear_cache(table=None) -> tuple[int, int]:
+    """Delete all cache entries, or those of ``table``; return (entries, bytes) removed."""
+    d = cache_dir()
+    metas = [d / f"{e['key']}.json" for e in cache_info(table)] if table is not None else \
+        [m for m, _ in _entries(d)]
+    freed = sum(remove_entry(m) for m in metas)
+    if table is None:
+        for p in d.glob(".*.npy") if d.is_dir() else []:  # leftovers of killed builds
+            freed += p.stat().st_size
+            p.unlink()
+    return len(metas), freed
 
 
 def load_cached(table, *, size: int, workers: int | None = None, progress: bool = True,
                 skip_bad: bool = False, use_cache: bool = True) -> DecodedSet:
     """Decoded images of ``table`` at ``size``, from the cache when it is up to date.
+
+    The first call decodes in parallel and streams chunks straight into the ``.npy`` file (RAM
+    use stays at a few chunks whatever the dataset size); later calls memory-map it. Older
+    entries of the same dataset (files changed since) are deleted.
 
     Examples
     --------
@@ -123,25 +209,40 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
     key = cache_key(table, size=size)
     npy, meta = d / f"{key}.npy", d / f"{key}.json"
     if npy.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("complete") and (skip_bad or not info.get("bad")):
-            return DecodedSet(np.load(npy, mmap_mode="r"), info.get("bad", []),
-                              info.get("bad_messages", []), npy)
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("complete") and (skip_bad or not info.get("bad")):
+                return DecodedSet(np.load(npy, mmap_mode="r"), info.get("bad", []),
+                                  info.get("bad_messages", []), npy)
+        except (OSError, ValueError):
+            pass  # damaged entry: rebuild it
     d.mkdir(parents=True, exist_ok=True)
+    shape = (len(table), size, size, len(table.channels))
     tmp = d / f".{key}.{os.getpid()}.npy"
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(len(table), size, size, len(table.channels)))
-        ds = decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad, out=arr)
-        arr.flush()
-        del arr
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            offset = f.tell()
+            item = int(np.prod(shape[1:]))
+            f.truncate(offset + item * shape[0])
+
+            def write(start, block):
+                f.seek(offset + start * item)
+                f.write(np.ascontiguousarray(block).tobytes())
+
+            ds = decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad,
+                              write=write)
         os.replace(tmp, npy)
     finally:
         if tmp.exists():
             tmp.unlink()
     from protloc.atomic import write_json
 
-    write_json(meta, {"complete": True, "n": len(table), "size": size, "fmt": table.fmt,
-                      "channels": list(map(str, table.channels)), "images": str(table.images),
+    ident = _identity(table, size)
+    for old, info in _entries(d):  # stale versions of this dataset
+        if old.stem != key and all(info.get(k) == v for k, v in ident.items()):
+            remove_entry(old)
+    write_json(meta, {"complete": True, "n": len(table), **ident, "key": key,
                       "bad": ds.bad, "bad_messages": ds.bad_messages})
     return DecodedSet(np.load(npy, mmap_mode="r"), ds.bad, ds.bad_messages, npy)

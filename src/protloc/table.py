@@ -309,3 +309,71 @@ def normalize_channels(fmt: str, channels) -> tuple:
     except ValueError:
         raise InputError(fmt_problem("--channels", expected="TIFF channel indices like 0,1,2",
                                      got=",".join(map(str, channels)), fix="pass integer indices")) from None
+
+
+def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train", fmt: str = "auto",
+                  channels=None, schema="ghent10", id_col=None, label_col=None, from_schema=None,
+                  ) -> tuple[DataTable, list[tuple[str, str, str, str, str]]]:
+    """Like :func:`load_table` but collects every row problem instead of raising on the first.
+
+    Returns ``(table, problems)``: the table holds the rows with a usable, first-seen id
+    (labels are kept only if every row's label parsed); each problem is
+    ``(severity, code, where, message, fix)``. Missing files/columns still raise.
+
+    Examples
+    --------
+    >>> t, problems = lenient_table("train.csv", "train/")  # doctest: +SKIP
+    >>> problems[0][1:3]  # doctest: +SKIP
+    ('bad_label', 'train.csv line 7 (id 1006)')
+    """
+    csv_path, images = resolve_paths(csv_path, images, data, split=split)
+    if csv_path is None:
+        return load_table(None, images, fmt=fmt, channels=channels, schema=schema), []
+    schema = get_schema(schema)
+    label_schema = get_schema(from_schema) if from_schema else schema
+    df, id_name, lab_name = read_csv_table(csv_path, id_col=id_col, label_col=label_col)
+    problems = []
+    ids, rows, labs, seen = [], [], [], {}
+    name = csv_path.name
+    texts = df[lab_name].tolist() if lab_name else [None] * len(df)
+    extra = df.columns[:-1].tolist()
+    for iid, ln, text in zip(df[id_name].tolist(), df["_line"].tolist(), texts):
+        iid = iid.strip()
+        where = f"{name} line {ln}" + (f" (id {iid})" if iid else "")
+        if not iid:
+            problems.append(("error", "empty_id", where, "empty id", "fill in the id or delete the row"))
+            continue
+        if iid in seen:
+            problems.append(("error", "duplicate_id", where, f"duplicate id {iid!r} (first on line {seen[iid]})",
+                             "keep one row per image"))
+            continue
+        seen[iid] = ln
+        lab = []
+        if lab_name:
+            try:
+                lab = label_schema.parse(text, where=where)
+            except InputError as e:
+                msg, _, fix = str(e).removeprefix(where + ": ").partition(". Fix: ")
+                code = "empty_label" if "empty label" in msg else "bad_label"
+                problems.append(("error", code, where, msg, fix.rstrip(".") or "fix the label"))
+                lab = None
+            if lab and from_schema == "hpa28" and schema.name == "ghent10":
+                mapped, keep = remap_hpa28_to_ghent10([lab])
+                if not keep[0]:
+                    problems.append(("info", "unmapped_label", where, f"labels {text!r} have no {schema.name} "
+                                     "class; training drops this image", "nothing to do, or relabel it"))
+                lab = mapped[0] if keep[0] else []
+        ids.append(iid)
+        rows.append(ln)
+        labs.append(lab)
+    if not ids:
+        raise InputError(f"{csv_path}: no usable rows (columns {extra}). Fix: add at least one image row")
+    if fmt == "auto":
+        fmt = _detect_common_format(images, ids)
+    if fmt not in FORMATS:
+        raise InputError(fmt_problem("--format", expected="auto, rgb, hpa-channels or tiff",
+                                     got=repr(fmt), fix="pick a supported format"))
+    labels = labs if lab_name and all(lab is not None for lab in labs) else None
+    table = DataTable(ids=ids, images=images, fmt=fmt, channels=normalize_channels(fmt, channels),
+                      schema=schema, labels=labels, csv_path=csv_path, csv_rows=rows)
+    return table, problems

@@ -1,0 +1,71 @@
+"""``protloc split``: multilabel-stratified K folds or a holdout, groups/near duplicates kept together."""
+
+from __future__ import annotations
+
+import sys
+
+from protloc.cli import add_data_args, new_command, table_from_args
+
+
+def register(sub) -> None:
+    p = new_command(sub, "split", help="make deterministic stratified folds (or a holdout) -> splits.csv",
+                    example="protloc split --csv train.csv --images train/ --folds 5 --seed 0 --out splits.csv")
+    add_data_args(p)
+    g = p.add_argument_group("split")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--folds", type=int, default=None, help="number of folds (default 5)")
+    m.add_argument("--holdout", type=float, default=None, help="hold out this fraction as one validation set")
+    g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same split)")
+    g.add_argument("--group-col", default=None, help="CSV column whose value keeps images in one fold")
+    g.add_argument("--no-near-dup", action="store_true",
+                   help="do not hash images to keep near duplicates in one fold (faster)")
+    g.add_argument("--workers", type=int, default=None, help="decoding processes for hashing")
+    g.add_argument("--out", default="splits.csv", help="output CSV (Image,fold)")
+    p.set_defaults(func=run)
+
+
+def _group_values(args, table):
+    from protloc.errors import InputError, fmt_problem
+    from protloc.table import read_csv_table
+
+    if table.csv_path is None:
+        raise InputError(fmt_problem("--group-col", expected="a CSV (--csv) holding the column",
+                                     got="an image folder only", fix="pass --csv or drop --group-col"))
+    df, id_name, _ = read_csv_table(table.csv_path, id_col=args.id_col)
+    if args.group_col not in df.columns:
+        raise InputError(fmt_problem(f"{table.csv_path} --group-col", expected=f"a column {args.group_col!r}",
+                                     got=f"columns {[c for c in df.columns if c != '_line']}",
+                                     fix="pass an existing column name"))
+    by_id = dict(zip(df[id_name].str.strip(), df[args.group_col]))
+    return [by_id.get(i, "") for i in table.ids]
+
+
+def run(args) -> int:
+    import numpy as np
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from protloc.atomic import write_csv
+    from protloc.split import fold_class_counts, make_folds
+
+    table = table_from_args(args)
+    groups = _group_values(args, table) if args.group_col else None
+    n_folds = args.folds if args.folds is not None else 5
+    folds = make_folds(table, n_folds, seed=args.seed, groups=groups, near_dup=not args.no_near_dup,
+                       holdout=args.holdout, progress=True, workers=args.workers)
+    write_csv(args.out, pd.DataFrame({"Image": table.ids, "fold": folds}))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    keys = sorted(set(folds.tolist()))
+    names = {k: ("holdout" if k == 0 else "train") if args.holdout is not None else f"fold {k}" for k in keys}
+    t = Table(title=f"{len(table)} images -> {args.out} (seed {args.seed})")
+    t.add_column("class")
+    for k in keys:
+        t.add_column(names[k], justify="right")
+    if table.labeled:
+        counts = fold_class_counts(table.y(), folds)
+        for c, cname in enumerate(table.schema.classes):
+            t.add_row(f"{c} {cname}", *[str(int(counts[k][c])) for k in keys])
+    t.add_row("[bold]images[/bold]", *[str(int(np.sum(folds == k))) for k in keys])
+    console.print(t)
+    return 0
