@@ -1,0 +1,119 @@
+"""Lightning callbacks and plugins of protloc training.
+
+- :class:`FreezeBackbone`: the reference notebook's two phases (head only, then everything with
+  the lower backbone learning rate); ``freeze_epochs=-1`` keeps the backbone frozen throughout.
+  A frozen backbone also keeps its BatchNorm statistics (eval mode), like Keras' frozen models.
+- :class:`TimeBudget`: stops cleanly at an epoch boundary when the next epoch would not fit in
+  the budget (the best checkpoint is kept).
+- :class:`EpochRecorder`: one row per epoch -> ``folds/fold{k}/metrics.csv`` (atomic) + log.
+- :class:`AtomicCheckpointIO`: checkpoints written to a temp file and renamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger("protloc.train")
+
+
+class FreezeBackbone(pl.Callback):
+    def __init__(self, freeze_epochs: int):
+        self.freeze_epochs = int(freeze_epochs)
+
+    def frozen(self, epoch: int) -> bool:
+        return self.freeze_epochs < 0 or epoch < self.freeze_epochs
+
+    def _apply(self, pl_module, epoch: int):
+        frozen = self.frozen(epoch)
+        for p in pl_module.net.backbone_parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            pl_module.net.backbone.eval()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.freeze_epochs and trainer.current_epoch == self.freeze_epochs and self.freeze_epochs > 0:
+            log.info("epoch %d: unfreezing the backbone", trainer.current_epoch)
+        self._apply(pl_module, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.frozen(trainer.current_epoch) and pl_module.net.backbone.training:
+            pl_module.net.backbone.eval()
+
+
+class TimeBudget(pl.Callback):
+    """Stop when ``deadline`` (time.time()) would be passed by the next epoch."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.t0 = None
+        self.epochs = 0
+        self.stopped = False
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.t0 is None:
+            self.t0 = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs += 1
+        if not self.deadline:
+            return
+        per_epoch = (time.time() - self.t0) / self.epochs
+        stop = time.time() + per_epoch > self.deadline and trainer.current_epoch + 1 < (trainer.max_epochs or 0)
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # same decision on every rank
+        if stop:
+            self.stopped = True
+            trainer.should_stop = True
+            log.info("time budget: stopping after epoch %d (%.0f s per epoch, %.0f s left)",
+                     trainer.current_epoch, per_epoch, self.deadline - time.time())
+
+
+class EpochRecorder(pl.Callback):
+    """Collects one row of metrics per epoch (rank 0) and writes them after each epoch."""
+
+    def __init__(self, fold: int, path: Path, *, rows: list | None = None, echo: bool = True):
+        self.fold, self.path, self.rows, self.echo = fold, Path(path), rows or [], echo
+        self.t_epoch = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.t_epoch = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        pl_module.reduce_train_loss()  # a collective: every rank calls it
+        if not trainer.is_global_zero:
+            return
+        import pandas as pd
+
+        from protloc.atomic import write_csv
+
+        m = dict(pl_module.epoch_metrics)
+        empty = m.pop("val_empty_classes", [])
+        lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
+        row = {"fold": self.fold, "epoch": trainer.current_epoch, "lr": lr,
+               "seconds": round(time.time() - (self.t_epoch or time.time()), 2), **m}
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        write_csv(self.path, pd.DataFrame(self.rows))
+        if empty and len(self.rows) == 1:
+            log.warning("fold %d: validation has no positives for classes %s; they are left out of "
+                        "macro F1", self.fold, empty)
+        msg = (f"fold {self.fold} epoch {row['epoch']}: train_loss {row.get('train_loss', float('nan')):.4f} "
+               f"val_loss {row.get('val_loss', float('nan')):.4f} val_macro_f1 {row.get('val_macro_f1', 0):.4f} "
+               f"(best-thr {row.get('val_macro_f1_best', 0):.4f}) mAP {row.get('val_mAP', 0):.4f} "
+               f"[{row['seconds']:.0f}s]")
+        log.info(msg)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file next to the target, then rename (never half-written)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        import torch
+
+        from protloc.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

@@ -1,0 +1,126 @@
+"""Data for training: decoded uint8 images (memmap from the decode cache) -> batches.
+
+Batches are ``(index, images uint8 (B, H, W, C), targets float (B, C))``; the uint8 tensor goes
+to the device as is and is augmented/normalised there (``lit_module``), so no worker ever
+decodes a PNG during training.
+
+Shuffling is a pure function of (seed, epoch): :class:`EpochSampler` also does the distributed
+split itself (pads like ``DistributedSampler``; the padded duplicates are removed by index when
+validation metrics are computed), so Lightning's sampler replacement is switched off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import lightning.pytorch as pl
+
+
+def epoch_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed derived from ``seed`` and any integers (epoch, batch, rank...).
+
+    Examples
+    --------
+    >>> epoch_seed(42, 1) == epoch_seed(42, 1) != epoch_seed(42, 2)
+    True
+    """
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(p) & 0xFFFFFFFF for p in parts]])
+               .generate_state(2, dtype=np.uint32).astype(np.uint64).dot([1 << 31, 1]))
+
+
+class ArrayDataset(Dataset):
+    """Rows ``indices`` of ``images`` (N, H, W, C) uint8 and ``y`` (N, C)."""
+
+    def __init__(self, images: np.ndarray, y: np.ndarray, indices):
+        self.images, self.y = images, np.asarray(y, dtype=np.float32)
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        i = int(self.indices[j])
+        return i, torch.from_numpy(np.array(self.images[i], dtype=np.uint8)), torch.from_numpy(self.y[i])
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-image sampling weight: the largest ``1 / class frequency`` among its labels.
+
+    Examples
+    --------
+    >>> balanced_weights(np.array([[1, 0], [1, 0], [1, 0], [0, 1]])).round(3).tolist()
+    [0.333, 0.333, 0.333, 1.0]
+    """
+    y = np.asarray(y, dtype=np.float64)
+    inv = 1.0 / np.maximum(y.sum(0), 1)
+    w = (y * inv).max(1)
+    return np.where(w > 0, w, inv.min())
+
+
+class EpochSampler(Sampler):
+    """Positions 0..n-1 in an order that depends only on (seed, epoch), split over ranks.
+
+    ``weights`` (n,) switches to sampling n positions with replacement (class-balanced).
+
+    Examples
+    --------
+    >>> s = EpochSampler(5, seed=0, shuffle=True, rank=0, world=2); s.set_epoch(3)
+    >>> len(list(s)), len(s)
+    (3, 3)
+    """
+
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 weights: np.ndarray | None = None):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 17))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = len(self) * self.world
+        order += order[: total - len(order)]  # pad (duplicates are de-duplicated by index later)
+        return iter(order[self.rank:total:self.world])
+
+
+class ProtlocDataModule(pl.LightningDataModule):
+    """Train/validation loaders over one fold."""
+
+    def __init__(self, images, y, train_idx, val_idx, *, batch_size: int = 32, seed: int = 0,
+                 workers: int = 0, sampler: str = "random"):
+        super().__init__()
+        self.images, self.y = images, y
+        self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
+        self.batch_size, self.seed, self.workers, self.sampler = batch_size, seed, workers, sampler
+
+    def _rank_world(self):
+        t = getattr(self, "trainer", None)
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, idx, *, train: bool):
+        rank, world = self._rank_world()
+        w = balanced_weights(self.y[idx]) if (train and self.sampler == "balanced") else None
+        sampler = EpochSampler(len(idx), seed=self.seed, shuffle=train, rank=rank, world=world, weights=w)
+        return DataLoader(ArrayDataset(self.images, self.y, idx), batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.workers, persistent_workers=self.workers > 0,
+                          pin_memory=torch.cuda.is_available(),
+                          drop_last=train and len(idx) > 2 * self.batch_size * world)
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, train=False)
