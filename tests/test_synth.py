@@ -1,0 +1,158 @@
+"""protloc synth: layout, CSV formats, determinism, label statistics, 4-channel output, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protloc.errors import InputError
+from protloc.synth import (REFERENCE_CLASS_COUNTS, REFERENCE_LABELS_PER_IMAGE, REFERENCE_N_IMAGES,
+                           add_label_noise, image_rng, make_dataset, parse_difficulty,
+                           sample_label_sets, synth_image)
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "synth.json"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "d"
+    summary = make_dataset(out, n_train=12, n_test=5, seed=3, size=32, progress=False)
+    return out, summary
+
+
+def test_layout_and_csv_formats(tiny):
+    out, summary = tiny
+    assert summary["n_train"] == 12 and summary["n_test"] == 5
+    assert sorted(p.name for p in out.iterdir()) == [
+        "synth.json", "test", "test.csv", "test_labels.csv", "train", "train.csv", "train_clean_labels.csv"]
+    lines = (out / "train.csv").read_text().splitlines()
+    assert lines[0] == "Image,Label" and len(lines) == 13
+    for line in lines[1:]:
+        iid, lab = line.split(",")
+        assert iid.isdigit() and not iid.startswith("0")
+        ids = [int(t) for t in lab.split(" ")]
+        assert ids == sorted(set(ids)) and 1 <= len(ids) <= 4 and all(0 <= i <= 9 for i in ids)
+        assert (out / "train" / f"{iid}.png").is_file()
+    test_lines = (out / "test.csv").read_text().splitlines()
+    assert test_lines[0] == "Image" and len(test_lines) == 6 and all(t.isdigit() for t in test_lines[1:])
+    truth = pd.read_csv(out / "test_labels.csv", dtype=str)
+    assert list(truth.columns) == ["Image", "Label"] and truth.Image.tolist() == test_lines[1:]
+    clean = pd.read_csv(out / "train_clean_labels.csv", dtype=str)
+    assert clean.Image.tolist() == [ln.split(",")[0] for ln in lines[1:]]
+    train_ids, test_ids = set(clean.Image), set(truth.Image)
+    assert not train_ids & test_ids
+    assert len(list((out / "train").iterdir())) == 12 and len(list((out / "test").iterdir())) == 5
+    from PIL import Image
+
+    with Image.open(out / "test" / f"{test_lines[1]}.png") as im:
+        assert im.mode == "RGB" and im.size == (32, 32)
+    from protloc.table import load_table
+
+    t = load_table(data=out, split="train")
+    assert len(t) == 12 and t.fmt == "rgb" and t.y().shape == (12, 10)
+
+
+def test_same_seed_same_bytes_any_workers(tmp_path, monkeypatch):
+    import protloc.synth as synth
+
+    monkeypatch.setattr(synth, "MIN_PARALLEL", 1)  # force the process pool on tiny data
+    a = make_dataset(tmp_path / "a", n_train=6, n_test=2, seed=7, size=32, workers=1, progress=False)
+    make_dataset(tmp_path / "b", n_train=6, n_test=2, seed=7, size=32, workers=2, progress=False)
+    assert a["workers"] == 1
+    da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    assert da == db and len(da) == 12
+    make_dataset(tmp_path / "c", n_train=6, n_test=2, seed=8, size=32, workers=1, progress=False)
+    assert _digest(tmp_path / "c") != da
+
+
+def test_synth_image_pure_and_shapes():
+    img = synth_image([2, 4], size=64, rng=image_rng(0, 1))
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, synth_image([2, 4], size=64, rng=image_rng(0, 1)))
+    img4 = synth_image([2, 4], size=64, rng=image_rng(0, 1), channels=4)
+    assert img4.shape == (64, 64, 4)
+    assert np.array_equal(img4[..., :3], img)  # yellow does not change the RGB planes
+    for k in range(10):  # every class and cell line renders at small sizes; green carries signal
+        im = synth_image([k], size=32, rng=image_rng(1, k), cell_type=k)
+        assert im.shape == (32, 32, 3) and im[..., 1].max() > 40
+    with pytest.raises(InputError, match="class ids 0-9"):
+        synth_image([10], rng=image_rng(0, 0))
+    with pytest.raises(InputError, match="difficulty"):
+        synth_image([1], rng=image_rng(0, 0), difficulty=2)
+
+
+def test_label_statistics_follow_reference():
+    sets = sample_label_sets(3000, np.random.default_rng(0))
+    freq = np.zeros(10)
+    for s in sets:
+        freq[list(s)] += 1
+    ref = np.array(REFERENCE_CLASS_COUNTS) / REFERENCE_N_IMAGES
+    assert np.allclose(freq / len(sets), ref, atol=0.025)
+    per = np.bincount([len(s) for s in sets], minlength=5)[1:] / len(sets)
+    ref_per = np.array([REFERENCE_LABELS_PER_IMAGE[k] for k in (1, 2, 3, 4)]) / REFERENCE_N_IMAGES
+    assert np.allclose(per, ref_per, atol=0.03)
+    # real co-occurrence: nucleoplasm + cytosol is the most common pair
+    pairs = [s for s in sets if len(s) == 2]
+    assert max(set(pairs), key=pairs.count) == (4, 6)
+
+
+def test_label_noise_keeps_one_to_four_sorted_labels():
+    rng = np.random.default_rng(0)
+    sets = sample_label_sets(300, rng)
+    noisy, n = add_label_noise(sets, 0.5, rng)
+    changed = sum(a != b for a, b in zip(sets, noisy))
+    assert changed == n and 100 < n < 200
+    assert all(1 <= len(s) <= 4 and list(s) == sorted(set(s)) for s in noisy)
+    assert add_label_noise(sets, 0.0, rng) == (sets, 0)
+
+
+def test_hpa_channels_four_files_per_image(tmp_path):
+    out = tmp_path / "h"
+    make_dataset(out, n_train=3, n_test=1, seed=0, size=32, fmt="hpa-channels", progress=False)
+    files = sorted(p.name for p in (out / "train").iterdir())
+    assert len(files) == 12 and all(f.rsplit("_", 1)[1] in
+                                    ("red.png", "green.png", "blue.png", "yellow.png") for f in files)
+    from protloc.imageio import read_image
+    from protloc.table import load_table
+
+    t = load_table(data=out, split="train", channels="all")
+    assert t.fmt == "hpa-channels" and t.channels == ("red", "green", "blue", "yellow")
+    img = read_image(out / "train", t.ids[0], fmt="hpa-channels", channels=t.channels)
+    assert img.shape == (32, 32, 4) and img.dtype == np.uint8
+    assert img[..., 3].max() > 0
+
+
+def test_difficulty_parsing():
+    assert parse_difficulty("easy") == 0.2 and parse_difficulty("HARD") == 0.8
+    assert parse_difficulty("0.25") == 0.25
+    with pytest.raises(InputError, match="easy|medium|hard"):
+        parse_difficulty("brutal")
+
+
+def test_cli_ok_and_bad_args(tmp_path, capsys):
+    from protloc.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synth", str(out), "--n-train", "4", "--n-test", "2", "--size", "32", "--seed", "1",
+                 "--difficulty", "hard", "--no-progress"]) == 0
+    assert "wrote 4 train + 2 test images" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "train.csv")) == 4
+    assert main(["synth", str(out), "--n-train", "4", "--n-test", "2", "--size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "non-empty" in err and "--overwrite" in err
+    assert main(["synth", str(out), "--n-train", "3", "--n-test", "1", "--size", "32", "--no-progress",
+                 "--overwrite"]) == 0
+    assert len(list((out / "train").iterdir())) == 3  # the earlier output was replaced
+    assert main(["synth", str(tmp_path / "z"), "--n-train", "0", "--no-progress"]) == 2
+    assert "--n-train: expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "z"), "--difficulty", "x", "--no-progress"]) == 2
+    assert main(["synth"]) == 2
+    assert "OUT" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
