@@ -66,6 +66,7 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
     [4, 4, 4, 4, 4]
     """
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+    from sklearn.model_selection import KFold, ShuffleSplit
 
     y = np.asarray(y)
     units = np.asarray(units, dtype=int)
@@ -75,6 +76,7 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
         np.maximum.at(uy, units, (y > 0).astype(np.uint8))
     else:
         uy[:] = 1
+    multilabel = uy.shape[1] > 1  # iterstrat needs >= 2 label columns; else plain shuffled folds
     ufold = np.full(n_units, -1, dtype=int)
     X = np.zeros((n_units, 1))
     if holdout is not None:
@@ -84,14 +86,16 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
         if n_units < 2:
             raise InputError(fmt_problem("holdout split", expected="at least 2 independent images",
                                          got=str(n_units), fix="add images"))
-        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=holdout, random_state=seed) \
+            if multilabel else ShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
         _, val = next(splitter.split(X, uy))
         ufold[val] = 0
     else:
         if n_folds < 2 or n_folds > n_units:
             raise InputError(fmt_problem("--folds", expected=f"2 to {n_units} folds (independent image groups)",
                                          got=str(n_folds), fix="use fewer folds or --holdout"))
-        splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splitter = (MultilabelStratifiedKFold if multilabel else KFold)(n_splits=n_folds, shuffle=True,
+                                                                       random_state=seed)
         for k, (_, val) in enumerate(splitter.split(X, uy)):
             ufold[val] = k
     return ufold[units]

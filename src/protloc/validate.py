@@ -172,9 +172,9 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
     try:
         img = read_image(folder, iid, fmt=fmt, channels=channels)
     except InputError as e:
-        msg = str(e).split(". Fix:")[0]
+        msg, _, fix = str(e).partition(". Fix: ")
         rec["problems"].append(("error", _classify(msg), msg.replace(str(folder) + os.sep, ""),
-                                "re-export the file (or fix --format/--channels), or delete the row"))
+                                fix.rstrip(".") or "re-export the file, or delete the row"))
         return rec
     rec["shape"] = tuple(img.shape)
     if hash_idx is not None:

@@ -22,7 +22,7 @@ def register(sub) -> None:
     g.add_argument("--json", default=None, help="also write every finding to this JSON file")
     g.add_argument("--no-near-dup", action="store_true", help="skip the perceptual-hash near-duplicate search")
     g.add_argument("--hamming", type=int, default=None,
-                   help="near-duplicate threshold in bits of the 128-bit hash (default 10)")
+                   help="near-duplicate threshold in bits of the 128-bit hash (default 12)")
     g.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
     p.set_defaults(func=run)
 
