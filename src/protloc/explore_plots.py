@@ -1,0 +1,183 @@
+"""Matplotlib figures of ``protloc explore`` (each function returns a closed-over Figure).
+
+The figures take plain arrays and names, never a table, so they are easy to test and reuse.
+``protloc.htmlreport.Page.figure`` embeds them as base64 PNG.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: display colours of the channel roles (histograms).
+ROLE_COLORS = {"microtubules": "#d62728", "protein": "#2ca02c", "nucleus": "#1f77b4", "ER": "#d4a017"}
+BAR = "#14213d"
+BAR2 = "#e07a1f"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_frequency_figure(names, counts, n_images: int, *, test_counts=None, n_test: int | None = None):
+    """Horizontal bars: images per class, annotated with count and % of images.
+
+    Examples
+    --------
+    >>> fig = class_frequency_figure(["A", "B"], np.array([3, 1]), 4)
+    >>> len(fig.axes)
+    1
+    """
+    plt = _plt()
+    names, counts = list(names), np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(6.8, 0.32 * len(names) + 1.1))
+    y = np.arange(len(names))
+    if test_counts is None:
+        ax.barh(y, counts, color=BAR)
+        for yi, c in zip(y, counts):
+            ax.text(c, yi, f" {int(c)} ({100 * c / max(n_images, 1):.1f}%)", va="center", fontsize=8)
+        ax.set_xlabel("images")
+        ax.set_xlim(0, max(counts.max(initial=1) * 1.25, 1))
+    else:
+        tr = 100 * counts / max(n_images, 1)
+        te = 100 * np.asarray(test_counts) / max(n_test or 1, 1)
+        ax.barh(y - 0.2, tr, height=0.4, color=BAR, label=f"train ({n_images} images)")
+        ax.barh(y + 0.2, te, height=0.4, color=BAR2, label=f"test ({n_test} images)")
+        ax.set_xlabel("% of images")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(y, names, fontsize=9)
+    ax.invert_yaxis()
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def labels_per_image_figure(counts):
+    """Bars: number of images with k labels (``counts[k]``)."""
+    plt = _plt()
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    k = np.arange(len(counts))
+    ax.bar(k, counts, color=BAR)
+    total = max(int(counts.sum()), 1)
+    for ki, c in zip(k, counts):
+        if c:
+            ax.text(ki, c, f"{int(c)}\n{100 * c / total:.1f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(k)
+    ax.set_xlabel("labels per image")
+    ax.set_ylabel("images")
+    ax.set_ylim(0, max(counts.max(initial=1) * 1.3, 1))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def heatmap_figure(mat, names, *, title: str, cmap: str = "Blues", fmt: str = "{:d}", vmin=None,
+                   vmax=None, diagonal: bool = True):
+    """Annotated class x class heatmap (annotations only up to 16 classes).
+
+    ``diagonal=False`` greys out the diagonal (e.g. phi of a class with itself is always 1).
+    """
+    plt = _plt()
+    mat = np.asarray(mat, dtype=float)
+    n = len(names)
+    side = min(max(3.8, 0.3 * n + 1.9), 14)
+    fig, ax = plt.subplots(figsize=(side + 0.8, side))
+    shown = np.ma.masked_invalid(mat.copy())
+    if not diagonal:
+        shown = np.ma.array(shown, mask=np.ma.getmaskarray(shown) | np.eye(n, dtype=bool))
+    cm = plt.get_cmap(cmap).copy()
+    cm.set_bad("#e6e6e6")
+    im = ax.imshow(shown, cmap=cm, vmin=vmin, vmax=vmax)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    short = [s if len(s) <= 18 else s[:16] + "…" for s in names]
+    ax.set_xticks(range(n), short, rotation=55, ha="right", fontsize=9 if n <= 16 else 7)
+    ax.set_yticks(range(n), short, fontsize=9 if n <= 16 else 7)
+    ax.set_title(title, fontsize=10)
+    if n <= 16:
+        lo, hi = im.get_clim()
+        for i in range(n):
+            for j in range(n):
+                v = mat[i, j]
+                if not np.isfinite(v) or (not diagonal and i == j):
+                    continue
+                txt = fmt.format(int(v)) if fmt == "{:d}" else fmt.format(v)
+                frac = (v - lo) / (hi - lo) if hi > lo else 0.0
+                dark = frac > 0.6 if cmap != "RdBu_r" else abs(frac - 0.5) > 0.3
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
+                        color="white" if dark else "#1d2430")
+    return fig
+
+
+def combinations_figure(labels, counts):
+    """Horizontal bars of the most frequent label combinations (``labels``: display strings)."""
+    plt = _plt()
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(labels) + 1.0))
+    y = np.arange(len(labels))
+    ax.barh(y, counts, color=BAR)
+    for yi, c in zip(y, counts):
+        ax.text(c, yi, f" {int(c)}", va="center", fontsize=8)
+    short = [s if len(s) <= 48 else s[:46] + "…" for s in labels]
+    ax.set_yticks(y, short, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.set_xlim(0, max(counts.max(initial=1) * 1.15, 1))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def histograms_figure(hists, roles):
+    """Per-channel intensity histograms (0-255, log y), one panel per channel.
+
+    Examples
+    --------
+    >>> fig = histograms_figure(np.ones((3, 256)), ["microtubules", "protein", "nucleus"])
+    >>> len(fig.axes)
+    3
+    """
+    plt = _plt()
+    hists = np.asarray(hists, dtype=float)
+    c = len(hists)
+    fig, axes = plt.subplots(1, c, figsize=(3.2 * c, 2.6), sharey=True, squeeze=False)
+    x = np.arange(hists.shape[1])
+    for k, ax in enumerate(axes[0]):
+        h = hists[k]
+        total = max(h.sum(), 1.0)
+        color = ROLE_COLORS.get(roles[k], "#555555")
+        ax.fill_between(x, np.where(h > 0, h / total, np.nan), step="mid", color=color, alpha=0.75)
+        ax.set_yscale("log")
+        ax.set_xlim(0, 255)
+        ax.set_title(roles[k], fontsize=10)
+        ax.set_xlabel("intensity (8 bit)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].set_ylabel("fraction of pixels (log)")
+    fig.tight_layout()
+    return fig
+
+
+#: extra CSS of the explore page (side-by-side blocks, sample cards, left-aligned tables).
+STYLE = ("<style>.xrow{display:flex;flex-wrap:wrap;gap:12px 28px;align-items:flex-start}"
+         ".xcards{display:flex;flex-wrap:wrap;gap:10px 22px}.xcard{width:min-content}"
+         ".xcard .gallery{flex-wrap:nowrap;gap:3px}.xcap{font-size:11px;color:#555;margin-top:2px}"
+         "h3{font-size:14px;margin:14px 0 6px}.xfig2{display:flex;flex-wrap:wrap;gap:8px}"
+         ".xfig2 img{max-width:49%}section td,section th{text-align:left!important;max-width:440px}</style>")
+
+
+def sample_card(img, roles, caption: str, labels: str = "") -> str:
+    """HTML of one sample: the composite then each channel in gray, captioned.
+
+    Examples
+    --------
+    >>> html = sample_card(np.zeros((8, 8, 3), np.uint8), ["a", "b", "c"], "id 1")
+    >>> html.count("<img")
+    4
+    """
+    from protloc.htmlreport import Page, esc
+    from protloc.imageio import resize
+
+    img = resize(img, size=128) if max(img.shape[:2]) > 128 else img
+    items = [(img, caption)] + [(img[..., c], r) for c, r in enumerate(roles)]
+    return f'<div class="xcard">{Page.gallery(items, width=84)}<div class="xcap">{esc(labels)}</div></div>'
