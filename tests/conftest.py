@@ -26,3 +26,30 @@ def fake_run(tmp_path_factory):
     from helpers import make_fake_run
 
     return make_fake_run(tmp_path_factory.mktemp("fake_run"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A real run folder from `protloc train` (test_resnet, 32 px, 40 images, 2 epochs, holdout).
+
+    Read-only for tests: copy it (shutil.copytree) before writing into it.
+    """
+    from helpers import make_tiny_dataset
+
+    from protloc.cli import main
+
+    root = tmp_path_factory.mktemp("trained_run")
+    old = os.environ.get("PROTLOC_CACHE_DIR")
+    os.environ["PROTLOC_CACHE_DIR"] = str(root / "cache")
+    try:
+        csv, images = make_tiny_dataset(root / "data", n=40, size=32)
+        out = root / "run"
+        rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(out), "--model", "test_resnet",
+                   "--pretrained", "none", "--size", "32", "--epochs", "2", "--batch-size", "8", "--quiet"])
+    finally:
+        if old is None:
+            os.environ.pop("PROTLOC_CACHE_DIR", None)
+        else:
+            os.environ["PROTLOC_CACHE_DIR"] = old
+    assert rc == 0
+    return out

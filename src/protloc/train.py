@@ -156,8 +156,11 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     mode = "min" if cfg.monitor.endswith("loss") else "max"
     rows = pd.read_csv(fdir / "metrics.csv").to_dict("records") if (ckpt_path and (fdir / "metrics.csv").is_file()) else []
     budget = TimeBudget(deadline)
-    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_last=True,
-                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
+                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
                  FreezeBackbone(cfg.freeze_epochs), budget, EpochRecorder(k, fdir / "metrics.csv", rows=rows),
                  *extra_callbacks]
     if cfg.patience > 0:
@@ -274,6 +277,8 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     main = is_main_process()
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
