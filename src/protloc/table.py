@@ -116,9 +116,11 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
         if c in columns:
             return c
     if required:
+        one = len(columns) == 1 and any(ch in columns[0] for ch in " :")
+        fix = ("separate the columns with commas (or ; or tabs)" if one else
+               f"rename the column or pass --{what}-col NAME")
         raise InputError(fmt_problem(f"{path}", expected=f"an {what} column ({'/'.join(candidates[:2])})",
-                                     got=f"columns {list(columns)}",
-                                     fix=f"rename the column or pass --{what}-col NAME"))
+                                     got=f"columns {list(columns)}", fix=fix))
     return None
 
 
@@ -336,7 +338,6 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
     ids, rows, labs, seen = [], [], [], {}
     name = csv_path.name
     texts = df[lab_name].tolist() if lab_name else [None] * len(df)
-    extra = df.columns[:-1].tolist()
     for iid, ln, text in zip(df[id_name].tolist(), df["_line"].tolist(), texts):
         iid = iid.strip()
         where = f"{name} line {ln}" + (f" (id {iid})" if iid else "")
@@ -367,7 +368,8 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
         rows.append(ln)
         labs.append(lab)
     if not ids:
-        raise InputError(f"{csv_path}: no usable rows (columns {extra}). Fix: add at least one image row")
+        what = "no rows" if df.empty else "no rows with an id"
+        raise InputError(f"{csv_path}: {what}. Fix: add at least one image row")
     if fmt == "auto":
         fmt = _detect_common_format(images, ids)
     if fmt not in FORMATS:
