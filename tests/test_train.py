@@ -13,7 +13,8 @@ from protloc.cli import main
 from protloc.runfolder import RunFolder
 from protloc.schema import GHENT10
 
-TINY = ["--model", "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet"]
+TINY = ["--model", "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet",
+        "--threads", "1", "--no-near-dup"]
 
 
 def train(csv, images, out, *extra):
