@@ -151,3 +151,42 @@ def test_parallel_same_as_serial(tiny_rgb, workers):
     a = validate_dataset(csv, imgs, progress=False, workers=1).to_dict()
     b = validate_dataset(csv, imgs, progress=False, workers=workers).to_dict()
     assert a == b and a["counts"]["error:unreadable"] == 1
+
+
+def test_all_formats_and_columns_through_cli(tmp_path, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+
+    def plane(dtype=np.uint8):
+        a = np.asarray(Image.fromarray(rng.integers(0, 255, (8, 8)).astype(np.uint8)).resize((40, 40)))
+        return a.astype(np.uint16) * 257 if dtype == np.uint16 else a
+
+    hpa, chw, hwc, jpg = (tmp_path / k for k in ("hpa", "chw", "hwc", "jpg"))
+    for d in (hpa, chw, hwc, jpg):
+        d.mkdir()
+    for i in range(3):
+        for c in ("red", "green", "blue", "yellow"):
+            tifffile.imwrite(hpa / f"{i}_{c}.tif", plane(np.uint16))               # HPA 16-bit tif
+        tifffile.imwrite(chw / f"{i}.tif", np.stack([plane(np.uint16) for _ in range(5)]))  # (C,H,W) 16
+        tifffile.imwrite(hwc / f"{i}.tiff", np.stack([plane() for _ in range(4)], -1))      # (H,W,C) 8
+        Image.fromarray(np.stack([plane() for _ in range(3)], -1)).save(jpg / f"im{i}.jpg")
+    (tmp_path / "hpa.csv").write_text("Id,Target\n0,1\n1,2 3\n2,0\n")
+    (tmp_path / "ids.csv").write_text("image_id\nim2\nim0\nim1\n")
+    (tmp_path / "custom.csv").write_text("file;classes\nim0.jpg;1\nim1.jpg;4 2\nim2.jpg;9\n")
+    ok = [["--csv", tmp_path / "hpa.csv", "--images", hpa, "--channels", "all"],
+          ["--images", chw, "--channels", "4,0"],
+          ["--images", hwc, "--format", "tiff"],
+          ["--csv", tmp_path / "ids.csv", "--images", jpg],
+          ["--csv", tmp_path / "custom.csv", "--images", jpg, "--id-col", "file", "--label-col", "classes"]]
+    for args in ok:
+        out = tmp_path / "r.json"
+        assert main(["validate", *map(str, args), "--json", str(out)]) == 0, args
+        rep = json.loads(out.read_text())
+        assert rep["findings"] == [], (args, rep["findings"])
+        assert main(["cache", *map(str, args), "--size", "16"]) == 0
+    assert rep["n_images"] == {"train": 3}
+    assert main(["validate", "--images", str(hwc), "--format", "rgb", "--json", str(out)]) == 0
+    assert {f["code"] for f in json.loads(out.read_text())["findings"]} == {"alpha_dropped"}
+    assert main(["validate", "--images", str(chw), "--channels", "0,7"]) == 2
+    assert "expected at least 8 channels, got 5" in capsys.readouterr().err

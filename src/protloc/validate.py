@@ -160,7 +160,9 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
         if dtype not in ("uint8", "uint16"):
             rec["problems"].append(("warning", "bit_depth", f"{p.name} has {dtype} pixels (expected 8 or 16 "
                                     "bit); they are clipped/scaled to 8 bit", "save 8- or 16-bit images"))
-        if fmt == "rgb" and mode in ("RGBA", "LA", "PA"):
+        shape = h.get("shape", ())
+        if fmt == "rgb" and (mode in ("RGBA", "LA", "PA") or (len(shape) == 3 and 4 in (shape[0], shape[-1]))):
+            mode = mode or "4 channels"
             rec["problems"].append(("warning", "alpha_dropped", f"{p.name} has an alpha channel ({mode}); "
                                     "it is ignored", "save RGB without transparency"))
         if fmt == "hpa-channels" and mode in ("RGB", "RGBA"):

@@ -10,7 +10,7 @@ from protloc.cli import add_data_args, new_command, table_from_args
 def register(sub) -> None:
     p = new_command(sub, "cache", help="decode images once into the memory-mapped cache (or --info/--clear)",
                     example="protloc cache --csv train.csv --images train/ --size 128")
-    add_data_args(p, labels=False)
+    add_data_args(p)  # label options accepted (ignored) so every data command takes the same flags
     g = p.add_argument_group("cache")
     g.add_argument("--size", type=int, default=128, help="image side length in pixels after resizing")
     g.add_argument("--info", action="store_true", help="list cache entries (of this dataset if given)")
