@@ -138,7 +138,7 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     return meta
 
 
-def load_onnx(path, *, device=None, meta: dict | None = None):
+def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | None = None):
     """Open an exported model: ``(onnxruntime.InferenceSession, metadata dict)``."""
     import onnxruntime as ort
 
@@ -161,6 +161,8 @@ def load_onnx(path, *, device=None, meta: dict | None = None):
         providers.insert(0, "CUDAExecutionProvider")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types

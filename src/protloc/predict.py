@@ -21,8 +21,8 @@ folds with ``merge='mean'`` (default) or ``'max'``.
 
 Engines
 -------
-``torch`` (default): CUDA with AMP and channels_last when available, else CPU float32, always
-under ``torch.inference_mode()``. ``onnx``: onnxruntime on ``RUN/model.onnx`` written by
+``torch`` (default): CUDA with AMP (float16) when available, else CPU float32; channels_last
+memory layout on both; always under ``torch.inference_mode()``. ``onnx``: onnxruntime on ``RUN/model.onnx`` written by
 ``protloc export`` (float NCHW normalised input, sigmoid probabilities out); same numbers as
 torch within 1e-4.
 """
@@ -57,8 +57,9 @@ __all__ = ["Predictor", "PredictionResult", "d4_views", "tta_views", "merge_prob
 def d4_views(x):
     """The 8 dihedral views (4 rotations x optional horizontal flip) of a batch (N, C, H, W).
 
-    Works on torch tensors and numpy arrays; the order is fixed (deterministic), the first view
-    is the input itself.
+    Works on torch tensors and numpy arrays; the order is fixed (deterministic): view ``k`` is
+    ``k % 4`` quarter turns then a horizontal flip when ``k >= 4`` (``protloc.augment.d4``, which
+    is reused for tensors), so view 0 is the input itself.
 
     Examples
     --------
@@ -69,6 +70,12 @@ def d4_views(x):
     if isinstance(x, np.ndarray):
         rot = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
         return rot + [np.flip(r, axis=3) for r in rot]
+    try:  # the training engine's helper (same element order: k%4 quarter turns, flip if k>=4)
+        from protloc.augment import d4
+    except ImportError:
+        d4 = None
+    if d4 is not None:
+        return [d4(x, k) for k in range(8)]
     import torch
 
     rot = [torch.rot90(x, k, dims=(2, 3)) if k else x for k in range(4)]
@@ -192,10 +199,8 @@ class Predictor:
                 raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
             self.device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
             self._cuda = self.device.startswith("cuda")
-            for m in self.models:
-                m.eval().to(self.device)
-                if self._cuda:
-                    m.to(memory_format=torch.channels_last)
+            for m in self.models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
+                m.eval().to(self.device).to(memory_format=torch.channels_last)
         else:
             self.device = "cpu" if device is None else str(device)
             self._cuda = False
@@ -205,11 +210,14 @@ class Predictor:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, path, *, device=None, engine: str = "torch", folds=None,
-                 onnx_path=None) -> "Predictor":
+                 onnx_path=None, threads: int | None = None) -> "Predictor":
         """Load ``RUN``: preprocessing, fold models (all by default) and thresholds.
 
         ``folds``: None (all), an int or a list of fold numbers. ``engine='onnx'`` loads
-        ``RUN/model.onnx`` (or ``onnx_path``) written by ``protloc export``.
+        ``RUN/model.onnx`` (or ``onnx_path``) written by ``protloc export`` and never imports
+        torch. ``threads``: CPU threads (torch: ``torch.set_num_threads``, process-wide; onnx:
+        the session's intra-op threads); None keeps the library default (all cores). On a busy
+        shared machine fewer threads than cores can be much faster.
         """
         _check_choice("engine", engine, ENGINES)
         run = RunFolder(path).check(need_models=engine == "torch")
@@ -218,6 +226,11 @@ class Predictor:
         want = None if folds is None else ([int(folds)] if np.isscalar(folds) else [int(f) for f in folds])
         if engine == "torch":
             from protloc.model import load_weights
+
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
 
             paths = {int(p.stem[4:]): p for p in run.model_paths() if p.stem[4:].isdigit()}
             use = sorted(paths) if want is None else want
@@ -238,7 +251,7 @@ class Predictor:
         from protloc.onnx_export import load_onnx
 
         onnx_file = Path(onnx_path) if onnx_path else run.root / "model.onnx"
-        session, meta = load_onnx(onnx_file, device=device)
+        session, meta = load_onnx(onnx_file, device=device, threads=threads)
         have = list(meta.get("folds", []))
         if want is not None and sorted(want) != sorted(have):
             raise InputError(fmt_problem(f"{onnx_file}", expected=f"an export of folds {want}",
@@ -341,8 +354,7 @@ class Predictor:
             acc = None
             n = 0
             for v in tta_views(xt, tta):
-                if self._cuda:
-                    v = v.contiguous(memory_format=torch.channels_last)
+                v = v.contiguous(memory_format=torch.channels_last)
                 for m in self.models:
                     with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
                         p = torch.sigmoid(m(v).float())

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: all)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: all cores; fewer can be faster on a busy machine)")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
@@ -59,7 +61,8 @@ def run(args) -> int:
             raise InputError(fmt_problem("--folds", expected="comma-separated fold numbers",
                                          got=repr(args.folds), fix="e.g. --folds 0,1")) from None
     table = table_from_args(args, split="test", labels=False)
-    pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds)
+    pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
+                              threads=args.threads)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None)
