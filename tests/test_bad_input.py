@@ -74,6 +74,8 @@ def test_bad_image_validate_and_cache(tmp_path, capsys, kind):
             if f["severity"] == "error"] == [code]
     rc, out, err = _run(capsys, "cache", "--csv", csv, "--images", imgs, "--size", 16)
     assert rc == 2 and err.startswith("error: train.csv line 3 (id 1001): ") and "Fix:" in err
+    rc, out, err = _run(capsys, "split", "--csv", csv, "--images", imgs, "--folds", 2, "--out", tmp_path / "s.csv")
+    assert rc == 0 and "warning: train.csv line 3 (id 1001): not hashed (" in err
     if kind != "missing":  # with --skip-bad the image is kept (black) and reported, never dropped
         rc, out, err = _run(capsys, "cache", "--csv", csv, "--images", imgs, "--size", 16, "--skip-bad")
         assert rc == 0 and "cached 4 images" in out and "warning: train.csv line 3 (id 1001)" in err
@@ -107,6 +109,8 @@ CSV_CASES = {
                       "got columns ['Image Label']. Fix: separate the columns with commas (or ; or tabs)."),
     "empty": ("", "the CSV is empty. Fix: write a header (Image,Label) and rows"),
     "header_only": ("Image,Label\n\n", "rows. Fix: add at least one image row"),
+    "ragged": ("Image,Label\n1000,1,4\n1001,2\n",
+               "train.csv line 2: expected 2 cells (Image,Label), got 3. Fix: separate class ids with spaces"),
     "not_utf8": (b"Image,Label\n10\xe900,1\n", "not a UTF-8 text file. Fix: save the CSV as UTF-8"),
 }
 

@@ -103,7 +103,7 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
 
 def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup: bool = True,
                holdout: float | None = None, progress: bool = False, threshold: int | None = None,
-               workers: int | None = None) -> np.ndarray:
+               workers: int | None = None, linked=None) -> np.ndarray:
     """Fold per image of a DataTable (see the module docstring for the convention).
 
     Parameters
@@ -118,6 +118,9 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
         Decode and hash the images and keep byte-identical/near-duplicate images together.
     holdout : float, optional
         Fraction held out as one validation set instead of K folds.
+    linked : list of lists, optional
+        Precomputed groups of indices to keep together (e.g. from
+        :func:`protloc.validate.near_duplicate_groups`); used instead of hashing.
 
     Examples
     --------
@@ -125,8 +128,8 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
     >>> np.bincount(folds)  # doctest: +SKIP
     array([3078, 3078, 3077, 3078, 3078])
     """
-    linked = []
-    if near_dup:
+    linked = list(linked or [])
+    if near_dup and not linked:
         from protloc.phash import DEFAULT_THRESHOLD
         from protloc.validate import near_duplicate_groups
 

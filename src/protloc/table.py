@@ -146,15 +146,33 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
     header = [c.strip() for c in parsed[0][1]]
     id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
     lab_name = _pick(header, label_col, LABEL_COLUMNS, "label", path, required=False)
-    records, line_no = [], []
+    records, line_no, ragged = [], [], []
     for ln, r in parsed[1:]:
         if not any(c.strip() for c in r):
             continue
         records.append([c.strip() for c in r] + [""] * (len(header) - len(r)))
         line_no.append(ln)
+        if any(c.strip() for c in r[len(header):]):
+            ragged.append((ln, len(r)))
     df = pd.DataFrame([r[:len(header)] for r in records], columns=header, dtype=str)
     df["_line"] = line_no
+    #: rows with more non-empty cells than the header (never dropped silently: see ragged_problem)
+    df.attrs["ragged"] = ragged
+    df.attrs["header"] = header
+    df.attrs["sep"] = sep
     return df, id_name, lab_name
+
+
+def ragged_problem(df, path: Path) -> list[tuple[int, str]]:
+    """Messages for rows of :func:`read_csv_table` that had more cells than the header.
+
+    A common cause is class ids separated by the column separator (``1,4`` instead of ``1 4``).
+    """
+    header, sep = df.attrs.get("header", []), df.attrs.get("sep", ",")
+    return [(ln, fmt_problem(f"{Path(path).name} line {ln}", expected=f"{len(header)} cells ({sep.join(header)})",
+                             got=f"{n}", fix="separate class ids with spaces (1 4), not the column separator, "
+                                             "or quote the value"))
+            for ln, n in df.attrs.get("ragged", [])]
 
 
 def resolve_paths(csv_path=None, images=None, data=None, *, split: str = "train"):
@@ -228,6 +246,8 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
                                          fix="add labels or pass --label-col"))
         if labels is False:
             lab_name = None
+        for _, msg in ragged_problem(df, csv_path)[:1]:
+            raise InputError(msg)
         ids = [s.strip() for s in df[id_name].tolist()]
         rows = df["_line"].tolist()
         for i, (iid, ln) in enumerate(zip(ids, rows)):
@@ -334,7 +354,8 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
     schema = get_schema(schema)
     label_schema = get_schema(from_schema) if from_schema else schema
     df, id_name, lab_name = read_csv_table(csv_path, id_col=id_col, label_col=label_col)
-    problems = []
+    problems = [("error", "extra_cells", m.split(": expected")[0], "expected" + m.split(": expected", 1)[1]
+                 .split(". Fix: ")[0], m.split(". Fix: ")[1].rstrip(".")) for _, m in ragged_problem(df, csv_path)]
     ids, rows, labs, seen = [], [], [], {}
     name = csv_path.name
     texts = df[lab_name].tolist() if lab_name else [None] * len(df)

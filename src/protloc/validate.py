@@ -360,10 +360,11 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
 
 
 def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOLD, progress: bool = True,
-                          workers: int | None = None) -> list[list[int]]:
+                          workers: int | None = None, problems: list | None = None) -> list[list[int]]:
     """Groups of row indices of ``table`` that are byte-identical or near-duplicate images.
 
-    Unreadable images are skipped (``protloc validate`` reports them).
+    Unreadable images are left out of the search; pass a list as ``problems`` to receive
+    ``(index, message)`` for each of them (``protloc validate`` reports them in full).
 
     Examples
     --------
@@ -373,6 +374,9 @@ def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOL
     recs = inspect_table(table, near_dup=True, workers=workers, progress=progress,
                          description="hashing images")
     ok = [i for i, r in enumerate(recs) if r["hash"] is not None]
+    if problems is not None:
+        problems += [(i, "; ".join(p[2] for p in r["problems"] if p[0] == "error"))
+                     for i, r in enumerate(recs) if r["hash"] is None]
     pairs = []
     by_sha: dict[str, int] = {}
     for i in ok:

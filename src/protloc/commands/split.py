@@ -52,7 +52,21 @@ def run(args) -> int:
     table = table_from_args(args)
     groups = _group_values(args, table) if args.group_col else None
     n_folds = args.folds if args.folds is not None else 5
-    folds = make_folds(table, n_folds, seed=args.seed, groups=groups, near_dup=not args.no_near_dup,
+    linked = []
+    if not args.no_near_dup:
+        from protloc.validate import near_duplicate_groups
+
+        problems: list = []
+        linked = near_duplicate_groups(table, progress=True, workers=args.workers, problems=problems)
+        for i, msg in problems[:20]:
+            print(f"warning: {table.where(i)}: not hashed ({msg}); it is split on its own. "
+                  "Run protloc validate for details", file=sys.stderr)
+        if len(problems) > 20:
+            print(f"warning: ... and {len(problems) - 20} more unreadable images", file=sys.stderr)
+        if linked:
+            print(f"{len(linked)} groups of duplicate/near-duplicate images "
+                  f"({sum(map(len, linked))} images) are kept in one fold each", file=sys.stderr)
+    folds = make_folds(table, n_folds, seed=args.seed, groups=groups, near_dup=False, linked=linked,
                        holdout=args.holdout, progress=True, workers=args.workers)
     write_csv(args.out, pd.DataFrame({"Image": table.ids, "fold": folds}))
     console = Console(width=None if sys.stdout.isatty() else 160)
