@@ -287,22 +287,24 @@ def _label_sections(page: Page, table, test_table) -> None:
                  note=f"The {len(combos)} most frequent label sets of {n_distinct} distinct ones.")
 
 
-def _read_sample(table, idx, *, size: int, keep, workers, progress: bool):
-    """Decode images ``idx`` in chunks; return (histograms over ``idx``, {i: image for i in keep}, bad)."""
+def _read_sample(table, hist_idx, keep, *, size: int, workers, progress: bool):
+    """Decode images ``hist_idx`` + ``keep`` in chunks; return (histograms over the readable
+    ``hist_idx``, {i: image for i in keep}, number of unreadable images)."""
     from protloc.cache import decode_table
     from protloc.progress import progress_bar
 
     hist = np.zeros((table.n_channels, 256), np.int64)
-    kept, bad, keep = {}, 0, set(keep)
+    kept, bad, keep, in_hist = {}, 0, set(keep), set(int(i) for i in hist_idx)
+    idx = np.union1d(hist_idx, sorted(keep)).astype(int)
     with progress_bar(total=len(idx), description="reading sample images", enable=progress) as advance:
         for s in range(0, len(idx), 512):
             chunk = [int(i) for i in idx[s:s + 512]]
             ds = decode_table(table.subset(chunk), size=size, workers=workers, progress=False, skip_bad=True)
-            good = np.setdiff1d(np.arange(len(chunk)), ds.bad)
-            bad += len(ds.bad)
-            hist += channel_histograms(ds.images[good])
+            good_set = set(range(len(chunk))) - set(ds.bad)
+            bad += sum(chunk[k] in in_hist for k in ds.bad)
+            hist += channel_histograms(ds.images[[k for k in sorted(good_set) if chunk[k] in in_hist]])
             for k, i in enumerate(chunk):
-                if i in keep and k in set(good):
+                if i in keep and k in good_set:
                     kept[i] = np.array(ds.images[k])
             advance(len(chunk))
     return hist, kept, bad
@@ -313,18 +315,18 @@ def _image_sections(page: Page, table, *, size: int, sample: int, seed: int, per
     roles = channel_roles(table.fmt, table.channels)
     hist_idx = sample_indices(len(table), sample=sample, seed=seed)
     if table.labeled:
+        counts = class_counts(table.y())
         gal = gallery_indices(table.y(), per_class=per_class, seed=seed)
     else:
         gal = [sample_indices(len(table), sample=4 * per_class, seed=seed + 1).tolist()]
     gal_flat = sorted({i for g in gal for i in g})
-    hist, kept, bad = _read_sample(table, np.union1d(hist_idx, gal_flat).astype(int), size=size,
-                                   keep=gal_flat, workers=workers, progress=progress)
+    hist, kept, bad = _read_sample(table, hist_idx, gal_flat, size=size, workers=workers, progress=progress)
     names = table.schema.classes
     blocks = []
     for c, idx in enumerate(gal):
-        title = f"{names[c]} ({len(np.flatnonzero(table.y()[:, c]))} images)" if table.labeled else "random images"
+        title = f"{names[c]} ({counts[c]} images)" if table.labeled else "random images"
         cards = [plots.sample_card(kept[i], roles, f"id {table.ids[i]}",
-                         " + ".join(names[k] for k in table.labels[i]) if table.labeled else "")
+                                   " + ".join(names[k] for k in table.labels[i]) if table.labeled else "")
                  for i in idx if i in kept]
         blocks.append(f"<h3>{esc(title)}</h3>" + (f'<div class="xcards">{"".join(cards)}</div>' if cards
                                                    else '<p class="note">no readable images</p>'))
@@ -341,51 +343,6 @@ def _image_sections(page: Page, table, *, size: int, sample: int, seed: int, per
                  + Page.table(stats, float_fmt="{:.1f}"),
                  note=f"{len(hist_idx) - bad} randomly sampled images (of {len(table)}), decoded at {size}x{size} px, "
                       "8 bit (16-bit files scaled by 1/257)." + (f" {bad} unreadable images skipped." if bad else ""))
-
-
-def _file_section(page: Page, parts) -> None:
-    body, notes = "", []
-    for label, table, idx, summary in parts:
-        sizes = [f.stat().st_size for i in idx[:2000] for f in table.files(int(i)) if f.is_file()]
-        per_img = sum(sizes) / max(min(len(idx), 2000), 1)
-        body += (f"<h3>{esc(label)}</h3>" + Page.kpis([("images", len(table)), ("files read", len(idx)),
-                                                        ("MB per image", f"{per_img / 1e6:.3f}"),
-                                                        ("GB in all (est.)", f"{per_img * len(table) / 1e9:.2f}")])
-                 + Page.table(summary))
-        if summary["bits"].nunique() > 1:
-            notes.append(f"{label}: files mix bit depths; each is scaled to 8 bit on its own.")
-        if summary["size"].nunique() > 1:
-            notes.append(f"{label}: image sizes differ; images are resized to the training size.")
-    body += "".join(f'<p class="warn">{esc(n)}</p>' for n in notes)
-    page.section("Image files", body, note=f"From the file headers (no pixel decoding) of up to {MAX_HEADERS} "
-                                           "randomly chosen images per set.")
-
-
-DUP_CODES = ("leak", "duplicate_image", "near_duplicate")
-
-
-def _findings_section(page: Page, findings, note: str) -> None:
-    if findings is None:
-        page.section("Duplicates and leaks", "", note=note)
-        return
-    if not findings:
-        page.section("Duplicates and leaks", '<p class="ok">No duplicates, train/test leaks or file problems '
-                                             "found.</p>")
-        return
-    rank = {c: k for k, c in enumerate(DUP_CODES)}
-    fs = sorted(findings, key=lambda f: (rank.get(f.code, 9), f.severity != "error"))
-    counts = pd.DataFrame(Counter((f.severity, f.code, f.set) for f in fs).most_common(),
-                          columns=["key", "findings"])
-    counts = pd.concat([pd.DataFrame(counts["key"].tolist(), columns=["severity", "code", "set"]),
-                        counts["findings"]], axis=1)
-    rows = pd.DataFrame([(f.severity, f.code, f.set, f.where, f.message, f.fix) for f in fs[:100]],
-                        columns=["severity", "code", "set", "where", "problem", "fix"])
-    n_dup = sum(f.code in DUP_CODES for f in fs)
-    page.section("Duplicates and leaks", Page.table(counts) + "<h3>Findings</h3>" + Page.table(rows)
-                 + (f'<p class="note">{len(fs) - 100} more: run `protloc validate --json FILE`.</p>'
-                    if len(fs) > 100 else ""),
-                 note=f"{n_dup} duplicate/leak findings, {len(fs) - n_dup} other file/label findings (from protloc "
-                      "validate). Leaks across train/test inflate the test score; split keeps duplicates in one fold.")
 
 
 # ----------------------------------------------------------------------------- the report
@@ -435,11 +392,11 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
                                         "image, co-occurrence and combinations are skipped.")
     _image_sections(page, table, size=decode_size(parts[0][3]), sample=sample, seed=seed, per_class=per_class,
                     progress=progress, workers=workers)
-    _file_section(page, parts)
+    plots.file_section(page, parts, max_headers=MAX_HEADERS)
     if validate:
         findings, note = validation_findings(table, test_table=test_table, progress=progress)
     else:
         findings, note = None, "Skipped (--no-validate). Run `protloc validate` for duplicates and leaks."
-    _findings_section(page, findings, note)
+    plots.findings_section(page, findings, note)
     page.subtitle += f" · {time.time() - t0:.0f} s"
     return page.save(out)

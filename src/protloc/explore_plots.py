@@ -1,12 +1,17 @@
-"""Matplotlib figures of ``protloc explore`` (each function returns a closed-over Figure).
+"""Figures and HTML blocks of ``protloc explore``.
 
-The figures take plain arrays and names, never a table, so they are easy to test and reuse.
-``protloc.htmlreport.Page.figure`` embeds them as base64 PNG.
+The figure functions take plain arrays and names, never a table, so they are easy to test and
+reuse; ``protloc.htmlreport.Page.figure`` embeds them as base64 PNG.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+import pandas as pd
+
+from protloc.htmlreport import Page, esc
 
 #: display colours of the channel roles (histograms).
 ROLE_COLORS = {"microtubules": "#d62728", "protein": "#2ca02c", "nucleus": "#1f77b4", "ER": "#d4a017"}
@@ -88,8 +93,7 @@ def heatmap_figure(mat, names, *, title: str, cmap: str = "Blues", fmt: str = "{
     shown = np.ma.masked_invalid(mat.copy())
     if not diagonal:
         shown = np.ma.array(shown, mask=np.ma.getmaskarray(shown) | np.eye(n, dtype=bool))
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("#e6e6e6")
+    cm = plt.get_cmap(cmap).with_extremes(bad="#e6e6e6")
     im = ax.imshow(shown, cmap=cm, vmin=vmin, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     short = [s if len(s) <= 18 else s[:16] + "…" for s in names]
@@ -175,9 +179,56 @@ def sample_card(img, roles, caption: str, labels: str = "") -> str:
     >>> html.count("<img")
     4
     """
-    from protloc.htmlreport import Page, esc
     from protloc.imageio import resize
 
     img = resize(img, size=128) if max(img.shape[:2]) > 128 else img
     items = [(img, caption)] + [(img[..., c], r) for c, r in enumerate(roles)]
     return f'<div class="xcard">{Page.gallery(items, width=84)}<div class="xcap">{esc(labels)}</div></div>'
+
+
+# ----------------------------------------------------------------------------- HTML sections
+def file_section(page, parts, *, max_headers: int) -> None:
+    """'Image files': per set, file count, MB per image and the header summary table."""
+    body, notes = "", []
+    for label, table, idx, summary in parts:
+        sizes = [f.stat().st_size for i in idx[:2000] for f in table.files(int(i)) if f.is_file()]
+        per_img = sum(sizes) / max(min(len(idx), 2000), 1)
+        body += (f"<h3>{esc(label)}</h3>" + Page.kpis([("images", len(table)), ("files read", len(idx)),
+                                                        ("MB per image", f"{per_img / 1e6:.3f}"),
+                                                        ("GB in all (est.)", f"{per_img * len(table) / 1e9:.2f}")])
+                 + Page.table(summary))
+        if summary["bits"].nunique() > 1:
+            notes.append(f"{label}: files mix bit depths; each is scaled to 8 bit on its own.")
+        if summary["size"].nunique() > 1:
+            notes.append(f"{label}: image sizes differ; images are resized to the training size.")
+    body += "".join(f'<p class="warn">{esc(n)}</p>' for n in notes)
+    page.section("Image files", body, note=f"From the file headers (no pixel decoding) of up to {max_headers} "
+                                           "randomly chosen images per set.")
+
+
+DUP_CODES = ("leak", "duplicate_image", "near_duplicate")
+
+
+def findings_section(page, findings, note: str) -> None:
+    """'Duplicates and leaks': the findings of protloc validate (duplicates and leaks first)."""
+    if findings is None:
+        page.section("Duplicates and leaks", "", note=note)
+        return
+    if not findings:
+        page.section("Duplicates and leaks", '<p class="ok">No duplicates, train/test leaks or file problems '
+                                             "found.</p>")
+        return
+    rank = {c: k for k, c in enumerate(DUP_CODES)}
+    fs = sorted(findings, key=lambda f: (rank.get(f.code, 9), f.severity != "error"))
+    counts = pd.DataFrame(Counter((f.severity, f.code, f.set) for f in fs).most_common(),
+                          columns=["key", "findings"])
+    counts = pd.concat([pd.DataFrame(counts["key"].tolist(), columns=["severity", "code", "set"]),
+                        counts["findings"]], axis=1)
+    rows = pd.DataFrame([(f.severity, f.code, f.set, f.where, f.message, f.fix) for f in fs[:100]],
+                        columns=["severity", "code", "set", "where", "problem", "fix"])
+    n_dup = sum(f.code in DUP_CODES for f in fs)
+    page.section("Duplicates and leaks", Page.table(counts) + "<h3>Findings</h3>" + Page.table(rows)
+                 + (f'<p class="note">{len(fs) - 100} more: run `protloc validate --json FILE`.</p>'
+                    if len(fs) > 100 else ""),
+                 note=f"{n_dup} duplicate/leak findings, {len(fs) - n_dup} other file/label findings (from protloc "
+                      "validate). Leaks across train/test inflate the test score; split keeps duplicates in one fold.")
