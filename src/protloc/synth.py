@@ -331,7 +331,7 @@ def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | st
 
     d = parse_difficulty(difficulty)
     cols = max(int(n_per_class), 5)
-    rows, cell = N_CLASSES + 1, 1.5
+    rows, cell = N_CLASSES + 1, 1.3
     fig_w, fig_h = cell * cols + 1.9, cell * rows * 1.05 + 0.5
     fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h))
     fig.subplots_adjust(left=1.85 / fig_w, right=0.995, bottom=0.005, top=1 - 0.45 / fig_h,
@@ -349,16 +349,26 @@ def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | st
                               cell_type=(j + k) % len(CELL_TYPES))
             axes[k, j].imshow(img, interpolation="nearest")
         axes[k, 0].set_ylabel(f"{k} {GHENT10[k]}", fontsize=7, rotation=0, ha="right", va="center")
-    img4 = synth_image([3, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4, cell_type=0)
+    img4 = synth_image([0, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4, cell_type=3)
     axes[-1, 0].imshow(img4[..., :3], interpolation="nearest")
-    axes[-1, 0].set_ylabel("4-channel\n(3 Golgi + 4 Nucleopl.)", fontsize=7, rotation=0, ha="right", va="center")
+    axes[-1, 0].set_ylabel("4-channel image\n0 Mitochondria\n+ 4 Nucleoplasm", fontsize=7, rotation=0, ha="right", va="center")
     for c, name in enumerate(("red: microtubules", "green: protein", "blue: nucleus", "yellow: ER")):
         axes[-1, c + 1].imshow(img4[..., c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[-1, c + 1].set_title(name, fontsize=7, pad=2)
     fig.suptitle(f"protloc synth: single-label examples per class ({size}px, difficulty {d:g}, seed {seed})",
                  fontsize=9, y=1 - 0.12 / fig_h, va="top")
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as im:  # a 256-colour palette keeps the file small (the images are noisy)
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        small.save(tmp, format="PNG", optimize=True)
+        os.chmod(tmp, 0o644)
     return path

@@ -411,9 +411,9 @@ def p_centrosome(f, rng, d):
 
 def p_speckles(f, rng, d):
     y, x, n = _interphase_points(f, rng, 8, 25, 0.85)
-    sp = blobs(f.cell.shape, y, x, 0.6 * f.s, rng.uniform(0.25, 0.8, n))
+    sp = blobs(f.cell.shape, y, x, 0.6 * f.s, rng.uniform(0.4, 1.0, n))
     irregular = np.clip(0.75 + 0.35 * smooth_noise(rng, f.cell.shape, 0.7 * f.s), 0, 1.3)
-    return (np.minimum(sp, 1.0) * irregular + 0.22 * _nucleoplasm(f, rng)) * f.nucleus * (1 - 0.8 * f.nucleoli)
+    return (np.minimum(sp, 1.0) * irregular + 0.15 * _nucleoplasm(f, rng)) * f.nucleus * (1 - 0.5 * f.nucleoli)
 
 
 PATTERNS = (p_mitochondria, p_nuclear_bodies, p_nucleoli, p_golgi, p_nucleoplasm, p_fibrillar_center,
@@ -424,7 +424,7 @@ NUCLEAR = (1, 2, 4, 5, 9)
 def stain_protein(f: Field, labels, rng, difficulty: float) -> np.ndarray:
     """Green: sum of the label patterns with random relative intensities and per-cell expression."""
     d = difficulty
-    sigma = 0.3 + 0.4 * d
+    sigma = 0.2 + 0.4 * d
     expr = rng.lognormal(0.0, sigma, f.n)
     expr = np.where(rng.uniform(0, 1, f.n) < 0.05 + 0.2 * d, expr * rng.uniform(0.05, 0.3, f.n), expr)
     weights = rng.uniform(0.35, 1.0, len(labels))
