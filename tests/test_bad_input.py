@@ -91,11 +91,15 @@ def test_warnings_rgba_16bit_misnamed(tmp_path, capsys):
     (imgs / "1002.png").unlink()
     tifffile.imwrite(imgs / "1002.tif", np.full((32, 32, 3), 40000, np.uint16))  # 16-bit RGB
     (imgs / "1003.png").rename(imgs / "1003.PNG")                                # wrong case
+    (imgs / "1004.png").rename(imgs / "1004.tif")                                # PNG named .tif
     rc, out, err = _run(capsys, "validate", "--csv", csv, "--images", imgs, "--json", tmp_path / "r.json")
     rep = json.loads((tmp_path / "r.json").read_text())
+    found = {(f["code"], f["where"][-5:-1]): f for f in rep["findings"]}
+    assert found[("misnamed", "1004")]["message"] == "1004.tif holds PNG data but is named .tif"
     found = {f["code"]: f for f in rep["findings"]}
     assert found["alpha_dropped"]["message"] == "1000.png has an alpha channel (RGBA); it is ignored"
-    assert found["misnamed"]["fix"] == "rename it to 1001.jpg"
+    assert {f["fix"] for f in rep["findings"] if f["code"] == "misnamed"} == {
+        "rename it to 1001.jpg", "rename it to 1004.png"}
     assert found["mixed_bit_depth"]["severity"] == "warning"
     assert found["unlisted_file"]["where"] == "train/1003.PNG"
     assert "looks like the file of train.csv line 5 (id 1003)" in found["unlisted_file"]["fix"]

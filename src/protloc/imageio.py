@@ -109,7 +109,14 @@ def _open_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     try:
-        arr = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tf:
+            shape = tf.series[0].shape
+            if int(np.prod([d for d in shape[-3:]], dtype=np.int64)) > 8 * MAX_PIXELS:
+                raise ImageReadError(f"{path}: too large image ({'x'.join(map(str, shape))}). Fix: downscale "
+                                     "it (protloc works at 128-512 px) or remove its row")
+            arr = tf.series[0].asarray()
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found. Fix: check the --images folder and the id")
     except Exception as e:  # noqa: BLE001 - tifffile raises many types on bad files
@@ -121,10 +128,40 @@ def _open_tiff(path: Path) -> np.ndarray:
     return arr
 
 
+def sniff_format(path: str | Path) -> str | None:
+    """The real format of a file from its first bytes: 'PNG', 'JPEG', 'TIFF' or None.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.tif")
+    >>> Image.fromarray(np.zeros((4, 4), np.uint8)).save(p, "PNG")
+    >>> sniff_format(p)
+    'PNG'
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    return None
+
+
 def read_array(path: str | Path) -> np.ndarray:
-    """Read any supported file as a raw array (H,W) or (H,W,C), original dtype."""
+    """Read any supported file as a raw array (H,W) or (H,W,C), original dtype.
+
+    The decoder follows the file's content (magic bytes), not its extension, so a PNG named
+    ``.tif`` still reads (``protloc validate`` reports it as misnamed).
+    """
     path = Path(path)
-    if path.suffix.lower() in TIFF_EXTS:
+    real = sniff_format(path)
+    if real == "TIFF" or (real is None and path.suffix.lower() in TIFF_EXTS):
         return _open_tiff(path)
     return _open_pil(path)
 

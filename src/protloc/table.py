@@ -142,7 +142,10 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
         raise InputError(f"{path}: the CSV is empty. Fix: write a header (Image,Label) and rows")
     sep = _sniff_sep(raw)
     lines = raw.splitlines()
-    parsed = [(i + 1, next(csv.reader([ln], delimiter=sep), [])) for i, ln in enumerate(lines) if ln.strip()]
+    try:
+        parsed = [(i + 1, next(csv.reader([ln], delimiter=sep), [])) for i, ln in enumerate(lines) if ln.strip()]
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e}). Fix: save it as a plain-text CSV (UTF-8)") from None
     header = [c.strip() for c in parsed[0][1]]
     id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
     lab_name = _pick(header, label_col, LABEL_COLUMNS, "label", path, required=False)

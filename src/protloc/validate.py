@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from protloc.errors import InputError
-from protloc.imageio import HPA_CHANNELS, TIFF_EXTS, hpa_channel_path, image_path, read_image
+from protloc.imageio import (HPA_CHANNELS, TIFF_EXTS, hpa_channel_path, image_path, read_image,
+                             sniff_format)
 from protloc.phash import DEFAULT_THRESHOLD, groups_from_pairs, hash_channels, image_hash, near_duplicate_pairs
 from protloc.table import IMAGE_SUFFIXES, DataTable, lenient_table
 
@@ -83,9 +84,9 @@ class ValidationReport:
 
 
 # ----------------------------------------------------------------------------- per image (worker)
-def _header(path: Path) -> dict:
+def _header(path: Path, real: str | None) -> dict:
     """Cheap facts from a file header: format, mode/dtype, size, channels; or a problem."""
-    if path.suffix.lower() in TIFF_EXTS:
+    if real == "TIFF" or (real is None and path.suffix.lower() in TIFF_EXTS):
         import tifffile
 
         try:
@@ -137,22 +138,28 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
     for _, p in paths:
         if p is None:
             continue
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            rec["problems"].append(("error", "unreadable", f"{p.name}: cannot read the file ({e.strerror})",
+                                    "check the file's permissions, or delete the row"))
+            continue
         sha.update(hashlib.sha1(data).digest())
         rec["files"].append(p.name)
         if not data:
             rec["problems"].append(("error", "empty_file", f"{p.name} is empty (0 bytes)",
                                     "re-export or re-download the file, or delete the row"))
             continue
-        h = _header(p)
+        real = sniff_format(p)
+        ext = p.suffix.lower()
+        if real in _PIL_FORMAT_EXTS and ext not in _PIL_FORMAT_EXTS[real]:
+            rec["problems"].append(("warning", "misnamed", f"{p.name} holds {real} data but is named "
+                                    f"{ext}", f"rename it to {p.stem}{_PIL_FORMAT_EXTS[real][0]}"))
+        h = _header(p, real)
         if "too_large" in h:
             rec["problems"].append(("error", "too_large", f"{p.name} is too large to decode safely "
                                     f"({h['too_large']})", "downscale the image (protloc works at 128-512 px)"))
             continue
-        ext = p.suffix.lower()
-        if h["format"] in _PIL_FORMAT_EXTS and ext not in _PIL_FORMAT_EXTS[h["format"]]:
-            rec["problems"].append(("warning", "misnamed", f"{p.name} holds {h['format']} data but is named "
-                                    f"{ext}", f"rename it to {p.stem}{_PIL_FORMAT_EXTS[h['format']][0]}"))
         mode = h.get("mode", "")
         dtype = h.get("dtype") or ("uint16" if mode.startswith("I;16") else "int32" if mode == "I"
                                    else "float32" if mode == "F" else "uint8")
