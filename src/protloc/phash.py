@@ -126,7 +126,11 @@ def _bands(hashes: np.ndarray, n_bands: int) -> list[np.ndarray]:
 
 
 def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
-    """All index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``threshold`` bits.
+    """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``threshold`` bits.
+
+    Every close pair of *distinct* hashes is returned; images that share one identical hash
+    are each paired with the first of them only (enough for grouping, and linear in their
+    number), and a close pair of such sets is represented by their first images.
 
     Parameters
     ----------
@@ -155,10 +159,9 @@ def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHO
     order = np.argsort(inv, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
     members = np.split(order, starts[1:])
-    for m in members:
-        for a in range(len(m)):
-            for b in range(a + 1, len(m)):
-                pairs.add((int(min(m[a], m[b])), int(max(m[a], m[b])), 0))
+    for m in members:  # identical hashes: a star to the first image (linear even for 10k blanks)
+        m = np.sort(m)
+        pairs.update((int(m[0]), int(b), 0) for b in m[1:])
     # banded search among distinct hashes
     close: set[tuple[int, int]] = set()
     if len(uniq) > 1 and threshold > 0:
@@ -176,10 +179,8 @@ def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHO
                         if a < b:
                             close.add((int(a), int(b)))
     for ua, ub in close:
-        dist = int(hamming(uniq[ua], uniq[ub]))
-        for a in members[ua]:
-            for b in members[ub]:
-                pairs.add((int(min(a, b)), int(max(a, b)), dist))
+        a, b = int(np.min(members[ua])), int(np.min(members[ub]))
+        pairs.add((min(a, b), max(a, b), int(hamming(uniq[ua], uniq[ub]))))
     if not pairs:
         return np.zeros((0, 3), int)
     return np.array(sorted(pairs), dtype=int)
