@@ -26,6 +26,8 @@ def test_build_hit_invalidate(tiny_rgb, monkeypatch):
     ds2 = cache.load_cached(t, size=16, progress=False, workers=1)
     assert ds2.path != ds.path and not ds.path.exists()
     assert [e["key"] for e in cache.cache_info(t, size=16)] == [ds2.path.stem]
+    sub = cache.load_cached(t.subset(range(10)), size=16, progress=False, workers=1)  # own entry
+    assert sub.images.shape[0] == 10 and ds2.path.exists() and sub.path != ds2.path
 
 
 def test_parallel_equals_serial_and_bad_images(tiny_rgb):

@@ -140,8 +140,13 @@ def _entries(d: Path) -> list[tuple[Path, dict]]:
 
 
 def _identity(table, size: int) -> dict:
+    """What makes two cache entries versions of the same dataset (only file stats differ).
+
+    The id list is part of it, so a subset of a table (``DataTable.subset``) never replaces
+    the full table's entry."""
+    ids = hashlib.sha1("\0".join(table.ids).encode()).hexdigest()[:16]
     return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
-            "channels": list(map(str, table.channels)),
+            "channels": list(map(str, table.channels)), "ids": ids,
             "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None}
 
 
