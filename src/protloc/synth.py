@@ -50,8 +50,9 @@ REFERENCE_LABELS_PER_IMAGE = {1: 8538, 2: 5835, 3: 971, 4: 45}
 REFERENCE_N_IMAGES = 15389
 DIFFICULTY_LEVELS = {"easy": 0.2, "medium": 0.5, "hard": 0.8}
 FORMATS = ("rgb", "hpa-channels")
-#: below this many images the pool's start-up costs more than it saves: render in-process.
-MIN_PARALLEL = 48
+#: below this many images render in-process: a pool saves little there, and tiny datasets made
+#: inside other programs' tests (which may hold threads, e.g. torch) should not fork.
+MIN_PARALLEL = 200
 
 _SETS = [tuple(int(t) for t in k.split()) for k in LABEL_SET_COUNTS]
 _PROBS = np.array(list(LABEL_SET_COUNTS.values()), dtype=np.float64)

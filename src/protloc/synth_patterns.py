@@ -288,8 +288,13 @@ def stain_microtubules(f: Field, rng, difficulty: float) -> np.ndarray:
         t = np.linspace(0.0, 1.0, npts, dtype=F32)[None, :]
         L = length[:, None]
         phi = ang[:, None] + curv[:, None] * t
-        y = f.mtoc_y[ci][:, None] + t * L * np.sin(phi)
-        x = f.mtoc_x[ci][:, None] + t * L * np.cos(phi)
+        # half the filaments start at the MTOC, the others at the nuclear periphery (seen from
+        # above the network is a mesh, not a perfect star)
+        from_mtoc = rng.uniform(0, 1, nr) < 0.5
+        sy = np.where(from_mtoc, f.mtoc_y[ci], f.ncy[ci] + np.sin(ang) * f.nb[ci] * 1.05)
+        sx = np.where(from_mtoc, f.mtoc_x[ci], f.ncx[ci] + np.cos(ang) * f.na[ci] * 1.05)
+        y = sy[:, None] + t * L * np.sin(phi)
+        x = sx[:, None] + t * L * np.cos(phi)
         yi, xi = np.clip(np.round(y).astype(int), 0, h - 1), np.clip(np.round(x).astype(int), 0, w - 1)
         inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
         ok = inside & f.cell[yi, xi] & (f.owner[yi, xi] == ci[:, None])
@@ -478,6 +483,19 @@ def microscope(chans, rng, difficulty: float, s: float) -> np.ndarray:
     return out
 
 
+def debris(chans, rng, difficulty: float, f: Field) -> None:
+    """Occasional bright specks of dust/precipitate (mostly green, sometimes in every channel)."""
+    if rng.uniform() >= 0.1 + 0.25 * difficulty:
+        return
+    k = int(rng.integers(1, 4))
+    y, x = rng.uniform(0, f.size, k), rng.uniform(0, f.size, k)
+    spot = blobs(f.cell.shape, y, x, rng.uniform(0.5, 1.5) * f.s, rng.uniform(0.3, 1.2, k))
+    everywhere = rng.uniform() < 0.3
+    for c, plane in enumerate(chans):
+        if c == 1 or everywhere:
+            plane += spot * F32(float(plane.max()) if c != 1 else float(max(plane.max(), 1e-3)))
+
+
 def render(labels, *, size, rng, difficulty, cell_type, channels) -> np.ndarray:
     """The whole pipeline for one image (see module docstring)."""
     d = float(difficulty)
@@ -493,5 +511,6 @@ def render(labels, *, size, rng, difficulty, cell_type, channels) -> np.ndarray:
     rng_mic = np.random.default_rng(rng.integers(2**63))
     if channels == 4:
         chans.append(stain_er(f, rng_er))
+    debris(chans, rng_mic, d, f)
     img = microscope(chans, rng_mic, d, f.s)
     return img
