@@ -226,6 +226,27 @@ def test_serve_cli_errors(tmp_path, capsys):
     assert "--port" in capsys.readouterr().err
 
 
+def test_serve_cli_port_in_use(fake_run, capsys):
+    from protloc.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["serve", str(fake_run), "--port", str(s.getsockname()[1])]) == 2
+    assert "free local address" in capsys.readouterr().err
+
+
+def test_model_card_of_trained_run(trained_run):
+    with TestClient(create_app(trained_run)) as c:
+        card = c.get("/model").json()
+        assert isinstance(card["validation"]["macro_f1"], float)
+        tr = card["training"]
+        assert int(tr["training images"]) + tr["validation images"] == 40 and tr["validation images"] > 0
+        assert card["training"]["network"] == "test_resnet" and card["image_size"] == 32
+        r = post(c, [("a.png", png_bytes(rand_img(1)), "image/png")], explain="true")
+        assert r.status_code == 200 and len(r.json()["results"][0]["overlays"]) == len(r.json()["results"][0]["labels"])
+
+
 # ------------------------------------------------------------------------------------------
 # load: 8 concurrent clients x 50 requests over real loopback HTTP
 # ------------------------------------------------------------------------------------------

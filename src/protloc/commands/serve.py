@@ -48,11 +48,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail early (exit 2, one line) when the address is taken or not on this computer."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(fmt_problem(f"--host {host} --port {port}", expected="a free local address",
+                                         got=e.strerror or str(e),
+                                         fix="pick another --port, or stop the other server")) from None
+
+
 def run(args) -> int:
     _check(args)
     from protloc.runfolder import RunFolder
 
     RunFolder(args.run).check()
+    _check_address(args.host, args.port)
     if args.threads:
         import torch
 
@@ -71,10 +87,6 @@ def run(args) -> int:
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}: other computers can reach this server; there is no "
               "login. Use --host 127.0.0.1 unless it is behind a firewall.", file=sys.stderr)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
-                    limit_concurrency=64, server_header=False)
-    except OSError as e:  # port in use, address not available
-        raise InputError(fmt_problem(f"--host {args.host} --port {args.port}", expected="a free address",
-                                     got=str(e), fix="pick another --port")) from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
+                limit_concurrency=64, server_header=False)
     return 0

@@ -280,10 +280,22 @@ def composite(img: np.ndarray, names) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def tinted(plane: np.ndarray, name: str) -> np.ndarray:
-    """One channel (H, W) shown in its colour (grey for unknown names)."""
+def tinted(plane: np.ndarray, name: str, *, autocontrast: bool = True) -> np.ndarray:
+    """One channel (H, W) shown in its colour (grey for unknown names), stretched so its 99.5th
+    percentile is full brightness (display only; the model sees the raw values).
+
+    Examples
+    --------
+    >>> tinted(np.array([[0, 50]], np.uint8), "green")[0, 1].tolist()
+    [51, 255, 76]
+    """
+    p = plane.astype(np.float32)
+    if autocontrast:
+        top = float(np.percentile(p, 99.5))
+        if top > 0:
+            p = p * (255.0 / top)
     t = np.asarray(TINTS.get(str(name).lower(), (1.0, 1.0, 1.0)), np.float32)
-    return np.clip(plane.astype(np.float32)[..., None] * t, 0, 255).astype(np.uint8)
+    return np.clip(p[..., None] * t, 0, 255).astype(np.uint8)
 
 
 _HEAT_X = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -407,7 +419,8 @@ class Service:
                 "at_least_one": bool(getattr(self.predictor, "at_least_one", False)),
                 "macro_f1_after": (thr or {}).get("macro_f1_after"),
             },
-            "validation": {"macro_f1": f1, "macro_f1_tuned": (thr or {}).get("macro_f1_after")},
+            "validation": {"macro_f1": f1, "threshold": summary.get("threshold", 0.5) if f1 is not None else None,
+                           "macro_f1_tuned": (thr or {}).get("macro_f1_after")},
             "training": _training_summary(summary, config, thr),
             "limits": {"max_upload_mb": round(self.max_upload / MB, 2),
                        "max_request_mb": round(self.max_request / MB, 2),
@@ -644,19 +657,36 @@ def _find_number(d, keys, depth: int = 0):
 
 
 def _training_summary(summary: dict, config: dict, thr) -> dict:
-    """Scalar facts about the training data and run (for the model card), at most 16."""
-    out = {}
-    for src in (summary, config):
-        for k, v in (src or {}).items():
-            if isinstance(v, dict):
-                for k2, v2 in v.items():
-                    if isinstance(v2, (str, int, float, bool)) and len(out) < 16 and "f1" not in k2:
-                        out.setdefault(f"{k}.{k2}", v2)
-            elif isinstance(v, (str, int, float, bool)) and "f1" not in str(k) and len(out) < 16:
-                out.setdefault(str(k), v)
-    if thr and thr.get("n_images"):
-        out.setdefault("validation images", thr["n_images"])
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+    """The training facts a biologist asks about (data size, folds, recipe), for the model card."""
+    summary, config = summary or {}, config or {}
+    out: dict = {}
+
+    def put(label, value):
+        if value is not None and value != "" and not isinstance(value, (dict, list)):
+            out[label] = round(value, 4) if isinstance(value, float) else value
+
+    folds = summary.get("fold_summaries") or []
+    n_train = sorted({int(f["n_train"]) for f in folds if isinstance(f, dict) and f.get("n_train")})
+    n_val = sum(int(f.get("n_val", 0)) for f in folds if isinstance(f, dict))
+    for key in ("data", "csv", "images", "dataset"):
+        put("data" if key != "csv" else "labels CSV", config.get(key) if isinstance(config.get(key), str) else None)
+    if n_train:
+        put("training images" + (" per fold" if len(folds) > 1 else ""),
+            str(n_train[0]) if len(n_train) == 1 else f"{n_train[0]}-{n_train[-1]}")
+    put("validation images", summary.get("oof_images") or n_val or (thr or {}).get("n_images") or None)
+    put("folds", summary.get("n_folds") or config.get("folds") or summary.get("folds"))
+    for key, label in (("preset", "recipe"), ("model", "network"), ("pretrained", "pretrained weights"),
+                       ("size", "image size"), ("epochs", "epochs"), ("batch_size", "batch size"),
+                       ("loss", "loss"), ("sampler", "sampler"), ("augment", "augmentation")):
+        put(label, config.get(key))
+    if isinstance(summary.get("val_mAP"), (int, float)):
+        put("validation mAP", float(summary["val_mAP"]))
+    if summary.get("empty_classes"):
+        put("classes without validation images", ", ".join(map(str, summary["empty_classes"])))
+    secs = summary.get("fit_seconds")
+    if isinstance(secs, (int, float)) and secs > 0:
+        put("training time", f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s")
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,17 +41,19 @@
     var body = $("model-body");
     body.textContent = "";
     var kp = el("div", "kpis");
-    var f1 = card.validation && card.validation.macro_f1;
-    var tuned = card.validation && card.validation.macro_f1_tuned;
-    var k1 = el("div", "kpi");
-    k1.appendChild(el("b", null, f1 === null || f1 === undefined ? "–" : fmt(f1)));
-    k1.appendChild(el("span", null, "validation macro F1"));
-    kp.appendChild(k1);
-    if (tuned !== null && tuned !== undefined) {
-      var k2 = el("div", "kpi");
-      k2.appendChild(el("b", null, fmt(tuned)));
-      k2.appendChild(el("span", null, "with tuned thresholds"));
-      kp.appendChild(k2);
+    var v = card.validation || {};
+    function kpi(value, label) {
+      var k = el("div", "kpi");
+      k.appendChild(el("b", null, value === null || value === undefined ? "–" : fmt(value)));
+      k.appendChild(el("span", null, label));
+      kp.appendChild(k);
+    }
+    var at = typeof v.threshold === "number" ? " at threshold " + v.threshold : "";
+    if (v.macro_f1_tuned !== null && v.macro_f1_tuned !== undefined) {
+      kpi(v.macro_f1_tuned, "validation macro F1 (tuned thresholds, as used here)");
+      kpi(v.macro_f1, "macro F1" + at);
+    } else {
+      kpi(v.macro_f1, "validation macro F1" + at);
     }
     var k3 = el("div", "kpi");
     k3.appendChild(el("b", null, card.classes.length));
@@ -245,6 +247,7 @@
         i.alt = c.name + " channel";
         f.appendChild(i);
         f.appendChild(el("figcaption", null, c.role || c.name));
+        f.title = c.name + " channel (" + (c.role || c.name) + "), contrast stretched for display";
         ch.appendChild(f);
       });
       pics.appendChild(ch);
@@ -291,7 +294,7 @@
     if (res.overlays) {
       cams.appendChild(el("p", "section-title", "Grad-CAM: where the model looked"));
       var grid = el("div", "grid");
-      res.overlays.forEach(function (o) {
+      res.overlays.slice().sort(function (a, b) { return b.probability - a.probability; }).forEach(function (o) {
         var f = el("figure");
         var i = el("img");
         i.src = o.src;
