@@ -156,3 +156,22 @@ def test_cli_ok_and_bad_args(tmp_path, capsys):
     assert main(["synth"]) == 2
     assert "OUT" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
+
+
+def test_interrupted_run_leaves_no_csv(tmp_path, monkeypatch):
+    import protloc.synth as synth
+
+    calls = []
+    real = synth._render_job
+
+    def flaky(job):
+        calls.append(job[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(synth, "_render_job", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        make_dataset(tmp_path / "i", n_train=5, n_test=2, size=32, progress=False)
+    assert not list((tmp_path / "i").glob("*.csv")) and not (tmp_path / "i" / "synth.json").exists()
+    assert not list((tmp_path / "i").rglob(".*.tmp"))

@@ -178,8 +178,12 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _render_job(job) -> int:
