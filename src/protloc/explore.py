@@ -272,7 +272,7 @@ def _label_sections(page: Page, table, test_table) -> None:
     iu.sort(key=lambda ij: -abs(phi[ij]))
     pairs = pd.DataFrame([(names[i], names[j], int(co[i, j]), phi[i, j]) for i, j in iu[:8]],
                          columns=["class", "class ", "both", "phi"])
-    page.section("Label co-occurrence", '<div class="xfig2">' + figs + "</div><h3>Strongest pairs</h3>"
+    page.section("Label co-occurrence", f'<div class="{"xfig2" if len(names) <= 16 else ""}">' + figs + "</div><h3>Strongest pairs</h3>"
                  + Page.table(pairs, float_fmt="{:+.2f}"),
                  note="Left: images labeled with both classes (diagonal: images of the class). Right: phi "
                       "coefficient, +1 = always together, -1 = never together, 0 = independent.")

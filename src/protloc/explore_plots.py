@@ -183,7 +183,8 @@ def sample_card(img, roles, caption: str, labels: str = "") -> str:
 
     img = resize(img, size=128) if max(img.shape[:2]) > 128 else img
     items = [(img, caption)] + [(img[..., c], r) for c, r in enumerate(roles)]
-    return f'<div class="xcard">{Page.gallery(items, width=84)}<div class="xcap">{esc(labels)}</div></div>'
+    width = 84 if len(roles) <= 3 else 68
+    return f'<div class="xcard">{Page.gallery(items, width=width)}<div class="xcap">{esc(labels)}</div></div>'
 
 
 # ----------------------------------------------------------------------------- HTML sections
@@ -193,7 +194,7 @@ def file_section(page, parts, *, max_headers: int) -> None:
     for label, table, idx, summary in parts:
         sizes = [f.stat().st_size for i in idx[:2000] for f in table.files(int(i)) if f.is_file()]
         per_img = sum(sizes) / max(min(len(idx), 2000), 1)
-        body += (f"<h3>{esc(label)}</h3>" + Page.kpis([("images", len(table)), ("files read", len(idx)),
+        body += (f"<h3>{esc(label)}</h3>" + Page.kpis([("images", len(table)), ("images with headers read", len(idx)),
                                                         ("MB per image", f"{per_img / 1e6:.3f}"),
                                                         ("GB in all (est.)", f"{per_img * len(table) / 1e9:.2f}")])
                  + Page.table(summary))
