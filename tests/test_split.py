@@ -52,6 +52,10 @@ def test_make_folds_keeps_duplicates_together(tmp_path):
     f = make_folds(t, 5, seed=0, workers=1)
     assert f[2] == f[17] and f.shape == (30,)
     assert np.array_equal(f, make_folds(t, 5, seed=0, workers=1))
+    from protloc.cache import load_cached
+
+    imgs128 = load_cached(t, size=32, progress=False, workers=1).images
+    assert np.array_equal(f, make_folds(t, 5, seed=0, images=imgs128))   # hashed from the cache
     unl = load_table(None, imgs)                                 # unlabeled: plain folds
     assert sorted(set(make_folds(unl, 3, near_dup=False).tolist())) == [0, 1, 2]
 

@@ -210,3 +210,27 @@ def groups_from_pairs(n: int, pairs) -> list[list[int]]:
     for i in range(n):
         comps.setdefault(find(i), []).append(i)
     return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: c[0])
+
+
+def array_duplicate_groups(images, *, fmt: str = "rgb", channels=("red", "green", "blue"),
+                           threshold: int = DEFAULT_THRESHOLD, skip=()) -> list[list[int]]:
+    """Near-duplicate groups of already decoded images (N, H, W, C) uint8, e.g. a cache memmap.
+
+    ``skip``: indices to leave out (unreadable images cached as black).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> imgs = rng.integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    >>> imgs[3] = imgs[1]
+    >>> array_duplicate_groups(imgs)
+    [[1, 3]]
+    """
+    p, n = hash_channels(fmt, channels)
+    skip = set(int(i) for i in skip)
+    keep = [i for i in range(len(images)) if i not in skip]
+    if len(keep) < 2:
+        return []
+    h = np.stack([image_hash(np.asarray(images[i]), protein=p, nucleus=n) for i in keep])
+    pairs = near_duplicate_pairs(h, threshold=threshold)
+    return groups_from_pairs(len(images), [(keep[a], keep[b]) for a, b, _ in pairs])

@@ -103,7 +103,7 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
 
 def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup: bool = True,
                holdout: float | None = None, progress: bool = False, threshold: int | None = None,
-               workers: int | None = None, linked=None) -> np.ndarray:
+               workers: int | None = None, linked=None, images=None) -> np.ndarray:
     """Fold per image of a DataTable (see the module docstring for the convention).
 
     Parameters
@@ -121,6 +121,9 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
     linked : list of lists, optional
         Precomputed groups of indices to keep together (e.g. from
         :func:`protloc.validate.near_duplicate_groups`); used instead of hashing.
+    images : (N, H, W, C) uint8 array, optional
+        Already decoded images of the table (e.g. ``load_cached(table, size=128).images``):
+        near duplicates are hashed from them instead of decoding the files again (fast).
 
     Examples
     --------
@@ -130,11 +133,17 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
     """
     linked = list(linked or [])
     if near_dup and not linked:
-        from protloc.phash import DEFAULT_THRESHOLD
+        from protloc.phash import DEFAULT_THRESHOLD, array_duplicate_groups
         from protloc.validate import near_duplicate_groups
 
-        linked = near_duplicate_groups(table, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                                       progress=progress, workers=workers)
+        thr = DEFAULT_THRESHOLD if threshold is None else threshold
+        if images is not None:
+            if len(images) != len(table):
+                raise InputError(fmt_problem("make_folds images", expected=f"{len(table)} decoded images",
+                                             got=str(len(images)), fix="pass the table's own decoded array"))
+            linked = array_duplicate_groups(images, fmt=table.fmt, channels=table.channels, threshold=thr)
+        else:
+            linked = near_duplicate_groups(table, threshold=thr, progress=progress, workers=workers)
     units = unit_ids(len(table), groups=groups, linked=linked)
     y = table.y() if table.labeled else np.zeros((len(table), 0), np.uint8)
     return stratified_folds(y, units, n_folds=n_folds, seed=seed, holdout=holdout)
