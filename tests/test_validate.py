@@ -190,3 +190,16 @@ def test_all_formats_and_columns_through_cli(tmp_path, capsys):
     assert {f["code"] for f in json.loads(out.read_text())["findings"]} == {"alpha_dropped"}
     assert main(["validate", "--images", str(chw), "--channels", "0,7"]) == 2
     assert "expected at least 8 channels, got 5" in capsys.readouterr().err
+
+
+def test_data_folder_checks_test_split_too(tmp_path, capsys):
+    _smooth_dataset(tmp_path / "d", 8, seed=3)
+    (tmp_path / "d" / "test").mkdir()
+    shutil.copy(tmp_path / "d" / "train" / "1002.png", tmp_path / "d" / "test" / "t1.png")
+    (tmp_path / "d" / "test.csv").write_text("Image\nt1\n")
+    out = tmp_path / "r.json"
+    assert main(["validate", "--data", str(tmp_path / "d"), "--json", str(out)]) == 2
+    rep = json.loads(out.read_text())
+    assert rep["n_images"] == {"train": 8, "test": 1}
+    assert [(f["code"], f["where"]) for f in rep["findings"]] == [("leak", "1002 (train), t1 (test)")]
+    assert "error: 1002 (train), t1 (test): byte-identical images in both train and test" in capsys.readouterr().err

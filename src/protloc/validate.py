@@ -312,7 +312,12 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
     tables = dict(sets)
     if len(shapes) > 1:
         common = shapes.most_common(1)[0][0]
-        for name, t in sets:
+        n_odd = sum(shapes.values()) - shapes[common]
+        if n_odd > 100:  # one summary instead of thousands of rows
+            findings.append(Finding("warning", "inconsistent_size", "all images", f"{n_odd} images are not "
+                                    f"{common[0]}x{common[1]} px (sizes: {dict(shapes.most_common(8))}); "
+                                    "all are resized", "check they are the same kind of image"))
+        for name, t in sets if n_odd <= 100 else []:
             for i, r in enumerate(recs_by_set[name]):
                 if r["shape"] is not None and r["shape"][:2] != common:
                     findings.append(Finding("warning", "inconsistent_size", t.where(i),
@@ -322,7 +327,8 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
                                             set=name, index=i))
     if len(dtypes) > 1:
         findings.append(Finding("warning", "mixed_bit_depth", "all files", "files mix bit depths "
-                                f"({dict(dtypes)}); each is scaled to 8 bit on its own",
+                                f"({dict(dtypes)}); 16-bit values are scaled by 1/257, so dim 16-bit images "
+                                "look darker than 8-bit ones",
                                 "export all images with the same bit depth"))
     for members in by_sha.values():
         if len(members) < 2:
