@@ -302,3 +302,51 @@ def test_concurrent_clients(live_server):
     assert sum(code == 200 for code, _ in flat) == 360 and sum(code == 415 for code, _ in flat) == 40
     assert elapsed < 60, f"400 requests took {elapsed:.1f} s"
     print(f"\n8 clients x 50 requests: {elapsed:.1f} s, {400 / elapsed:.0f} req/s")
+
+
+def test_explain_as_form_field(client):
+    r = client.post("/predict", files=[("files", ("a.png", GOOD, "image/png"))], data={"explain": "true"})
+    assert r.status_code == 200 and "overlays" in r.json()["results"][0]
+
+
+# ------------------------------------------------------------------------------------------
+# a 4-channel (red, green, blue, yellow) HPA run
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hpa4_client(tmp_path_factory):
+    from protloc.atomic import write_json
+    from protloc.model import ModelSpec, build_model, save_weights
+    from protloc.preprocessing import Preprocessing
+    from protloc.runfolder import RunFolder
+    from protloc.schema import get_schema
+
+    run = RunFolder(tmp_path_factory.mktemp("hpa4_run"))
+    Preprocessing(fmt="hpa-channels", channels=("red", "green", "blue", "yellow"), size=32, mean=(0.1,) * 4,
+                  std=(0.2,) * 4, schema=get_schema("ghent10")).save(run.preprocessing_json)
+    spec = ModelSpec(backbone="test_resnet", in_chans=4, num_classes=10, dropout=0.0)
+    write_json(run.model_json, spec.to_dict())
+    save_weights(build_model(spec), run.model_path(0))
+    with TestClient(create_app(run.root)) as c:
+        yield c
+
+
+def test_four_channel_run(hpa4_client):
+    c = hpa4_client
+    card = c.get("/model").json()
+    assert [ch["name"] for ch in card["channels"]] == ["red", "green", "blue", "yellow"]
+    assert card["channels"][3]["role"] == "endoplasmic reticulum"
+    img = rand_img(11, channels=4)
+    chans = ("red", "green", "blue", "yellow")
+    hpa = [(f"5_{ch}.png", png_bytes(np.ascontiguousarray(img[..., k])), "image/png") for k, ch in enumerate(chans)]
+    r = post(c, hpa + [("stack.tif", tiff_bytes(np.moveaxis(img, -1, 0)), "image/tiff")], preview="true")
+    assert r.status_code == 200, r.text
+    a, b = r.json()["results"]
+    assert a["image"] == "5" and a["probabilities"] == b["probabilities"]
+    assert [x["name"] for x in a["channel_images"]] == list(chans)
+    r = post(c, hpa[:3])
+    assert r.status_code == 422 and "5_yellow.png" in r.json()["detail"]
+    r = post(c, [("rgb.png", png_bytes(img[..., :3]), "image/png")])
+    assert r.status_code == 422 and "4 channels (red, green, blue, yellow)" in r.json()["detail"]
+    rgba = np.dstack([img[..., :3], np.full((32, 32), 255, np.uint8)])
+    r = post(c, [("rgba.png", png_bytes(rgba), "image/png")])
+    assert r.status_code == 422 and "alpha" in r.json()["detail"]

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -497,8 +497,11 @@ class Service:
             idx = [int(str(c).removeprefix("ch")) for c in pre.channels if str(c).removeprefix("ch").isdigit()]
             if len(idx) == pre.in_chans and max(idx) < a.shape[2]:
                 a = a[..., idx]
-        if a.shape[2] != pre.in_chans:
+        opaque_alpha = a.shape[2] == 4 and pre.in_chans == 4 and bool((a[..., 3] == 255).all())
+        if a.shape[2] != pre.in_chans or opaque_alpha:
             got = "a grayscale image (1 channel)" if a.shape[2] == 1 else f"{a.shape[2]} channels"
+            if opaque_alpha:
+                got = "an RGBA image whose 4th channel is a plain alpha (all 255), not a yellow channel"
             fix = ("upload an RGB image (red microtubules, green protein, blue nucleus)" if pre.in_chans == 3
                    else f"upload a {pre.in_chans}-channel TIFF or the HPA channel files "
                         f"<id>_{'/'.join(self._hpa_needed())}.png together")
@@ -860,7 +863,10 @@ def create_app(run_dir, *, max_upload_mb: float = 20, max_request_mb: float = 10
                       explain: bool = Query(False, description="add Grad-CAM overlays per predicted class"),
                       preview: bool = Query(False, description="add composite and channel pictures"),
                       tta: str = Query("none", description="test-time augmentation: none, flip, d4"),
-                      format: str = Query("json", description="json or csv (Image,Label,<probabilities>)")):
+                      format: str = Query("json", description="json or csv (Image,Label,<probabilities>)"),
+                      explain_field: bool | None = Form(None, alias="explain", description="same as the "
+                                                        "query option explain (for curl -F explain=true)")):
+        explain = bool(explain or explain_field)
         if format not in ("json", "csv"):
             raise UploadError(422, "invalid option", fmt_problem("format", expected="json or csv",
                                                                  got=repr(format), fix="use format=json"))
