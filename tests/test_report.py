@@ -55,7 +55,7 @@ def test_report_missing_thresholds_images_and_metrics_still_renders(run_copy, ca
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in html
     assert "no thresholds.json: 0.5 is used for every class" in html
-    assert "no images found: config.yaml records no training image folder" in html
+    assert "no images found: the run records no training image folder" in html
     assert "No training curves: metrics.csv is missing or empty." in html
     assert "No images available: galleries skipped" in html
     assert "No images available: Grad-CAM skipped" in html
@@ -84,8 +84,9 @@ def test_report_errors(run_copy, tiny_rgb, tmp_path, capsys):
     assert "--gallery: expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
-def test_image_source_reads_config_defensively(run_copy, tiny_rgb):
+def test_image_source_reads_config_defensively(run_copy, tiny_rgb, tmp_path):
     _, images = tiny_rgb
+    run_copy = shutil.copytree(run_copy, tmp_path / "iso" / "run")  # no data/ folder next to it
     rf = RunFolder(run_copy)
     pre = rf.preprocessing()
     assert image_source(rf, pre)[0] is None
@@ -94,12 +95,17 @@ def test_image_source_reads_config_defensively(run_copy, tiny_rgb):
     (run_copy / "config.yaml").write_text(f"data: {images.parent}\n")
     assert image_source(rf, pre)[0] == images
     (run_copy / "config.yaml").write_text("images: /no/such/dir\n")
-    assert image_source(rf, pre) == (None, "the training images recorded in config.yaml (/no/such/dir) were "
+    assert image_source(rf, pre) == (None, "the training images recorded in the run (/no/such/dir) were "
                                            "not found")
+    assert image_source(rf, pre, ["nope"])[0] is None
     (run_copy / "config.yaml").write_text(": : bad yaml [")
     assert image_source(rf, pre)[0] is None
     d = from_oof(rf)
     assert d.read is None and d.probs.shape == (40, 10)
+    # the protloc demo layout: OUT/run next to OUT/data/train, found when it holds the oof ids
+    shutil.copytree(images, run_copy.parent / "data" / "train")
+    assert image_source(rf, pre, ["1000"])[0] == run_copy.parent / "data" / "train"
+    assert from_oof(rf).read("1000").shape == (32, 32, 3)
 
 
 def test_run_thresholds_mismatch_falls_back(run_copy):

@@ -74,27 +74,56 @@ def run_thresholds(run: RunFolder, classes) -> tuple[np.ndarray, bool, str | Non
     return thr, bool(d.get("at_least_one", False)), None
 
 
-def image_source(run: RunFolder, pre) -> tuple[Path | None, str]:
-    """The training image folder recorded in config.yaml (keys read defensively), or None."""
+def image_source(run: RunFolder, pre, ids=()) -> tuple[Path | None, str]:
+    """The training image folder of a run, or ``(None, why)``.
+
+    Looked up (keys read defensively) in ``config.yaml``, ``data.json`` and ``summary.json``
+    (``images``/``train_images``, or ``data``/``data_dir`` holding ``train/``, top level or under
+    ``data:``), then next to the run (``RUN/../data/train``, ``RUN/../train``, the layout of
+    ``protloc demo``). A folder counts only if it holds one of the first ``ids`` (when given).
+    """
+    import json
+
+    from protloc.imageio import detect_format
+
+    dicts = []
     try:
-        cfg = run.config()
+        dicts.append(run.config())
     except Exception:  # noqa: BLE001 - a broken config must not break the report
-        cfg = {}
+        pass
+    for extra in (run.root / "data.json", run.summary_json):
+        try:
+            dicts.append(json.loads(extra.read_text()) if extra.is_file() else {})
+        except ValueError:
+            pass
     cands = []
-    for d in (cfg, cfg.get("data") if isinstance(cfg.get("data"), dict) else {}):
-        for key in ("images", "train_images", "image_dir", "images_dir"):
-            if isinstance(d.get(key), str):
-                cands.append(Path(d[key]))
-        for key in ("data", "data_dir", "dataset", "root"):
-            if isinstance(d.get(key), str):
-                cands.append(Path(d[key]) / "train")
+    for top in [d for d in dicts if isinstance(d, dict)]:
+        for d in (top, top.get("data") if isinstance(top.get("data"), dict) else {}):
+            for key in ("images", "train_images", "image_dir", "images_dir"):
+                if isinstance(d.get(key), str):
+                    cands.append(Path(d[key]))
+            for key in ("data", "data_dir", "dataset", "root"):
+                if isinstance(d.get(key), str):
+                    cands.append(Path(d[key]) / "train")
+    recorded = list(cands)
+    cands += [run.root.parent / "data" / "train", run.root.parent / "train"]
+
+    def holds_ids(folder: Path) -> bool:
+        for iid in list(ids)[:5]:
+            try:
+                detect_format(folder, str(iid))
+                return True
+            except InputError:
+                continue
+        return not len(ids)
+
     for p in cands:
         for q in (p, run.root / p):
-            if q.is_dir():
+            if q.is_dir() and holds_ids(q):
                 return q, str(q)
-    if cands:
-        return None, f"the training images recorded in config.yaml ({cands[0]}) were not found"
-    return None, "config.yaml records no training image folder"
+    if recorded:
+        return None, f"the training images recorded in the run ({recorded[0]}) were not found"
+    return None, "the run records no training image folder"
 
 
 def _reader(folder, fmt, channels, size) -> Callable:
@@ -123,7 +152,7 @@ def from_oof(run: RunFolder) -> ReportData:
     data = ReportData(ids=[i for i, k in zip(ids, ok) if k], probs=probs[ok], y=y[ok], classes=list(pre.classes),
                       thresholds=np.full(len(pre.classes), 0.5), notes=notes,
                       source=f"out-of-fold predictions ({run.oof_csv.name})")
-    folder, msg = image_source(run, pre)
+    folder, msg = image_source(run, pre, data.ids)
     if folder is None:
         data.notes.append(f"no images found: {msg}; galleries and Grad-CAM are skipped. Pass --csv/--images "
                           "to report on a labeled image set.")
