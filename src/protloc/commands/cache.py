@@ -17,7 +17,7 @@ def register(sub) -> None:
     g.add_argument("--clear", action="store_true", help="delete cache entries (of this dataset if given, else all)")
     g.add_argument("--skip-bad", action="store_true",
                    help="cache unreadable images as black and list them instead of stopping")
-    g.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
+    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +66,7 @@ def run(args) -> int:
         _print_info(cache_info(table, size=args.size if table is not None else None), console)
         return 0
     t0 = time.perf_counter()
-    ds = load_cached(table, size=args.size, workers=args.workers, skip_bad=args.skip_bad, progress=True)
+    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True)
     dt = time.perf_counter() - t0
     console.print(f"cached {ds.images.shape[0]} images as {tuple(ds.images.shape)} uint8 "
                   f"({_mb(ds.images.nbytes)}) in {dt:.1f} s -> {ds.path}")

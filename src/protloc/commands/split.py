@@ -19,7 +19,7 @@ def register(sub) -> None:
     g.add_argument("--group-col", default=None, help="CSV column whose value keeps images in one fold")
     g.add_argument("--no-near-dup", action="store_true",
                    help="do not hash images to keep near duplicates in one fold (faster)")
-    g.add_argument("--workers", type=int, default=None, help="decoding processes for hashing")
+    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     g.add_argument("--out", default="splits.csv", help="output CSV (Image,fold)")
     p.set_defaults(func=run)
 
@@ -57,7 +57,7 @@ def run(args) -> int:
         from protloc.validate import near_duplicate_groups
 
         problems: list = []
-        linked = near_duplicate_groups(table, progress=True, workers=args.workers, problems=problems)
+        linked = near_duplicate_groups(table, progress=True, workers=args.workers or None, problems=problems)
         for i, msg in problems[:20]:
             print(f"warning: {table.where(i)}: not hashed ({msg}); it is split on its own. "
                   "Run protloc validate for details", file=sys.stderr)
@@ -67,7 +67,7 @@ def run(args) -> int:
             print(f"{len(linked)} groups of duplicate/near-duplicate images "
                   f"({sum(map(len, linked))} images) are kept in one fold each", file=sys.stderr)
     folds = make_folds(table, n_folds, seed=args.seed, groups=groups, near_dup=False, linked=linked,
-                       holdout=args.holdout, progress=True, workers=args.workers)
+                       holdout=args.holdout, progress=True, workers=args.workers or None)
     write_csv(args.out, pd.DataFrame({"Image": table.ids, "fold": folds}))
     console = Console(width=None if sys.stdout.isatty() else 160)
     keys = sorted(set(folds.tolist()))

@@ -21,9 +21,9 @@ def register(sub) -> None:
     g.add_argument("--test-images", default=None, help="test-set image folder (checks train/test leaks)")
     g.add_argument("--json", default=None, help="also write every finding to this JSON file")
     g.add_argument("--no-near-dup", action="store_true", help="skip the perceptual-hash near-duplicate search")
-    g.add_argument("--hamming", type=int, default=None,
-                   help="near-duplicate threshold in bits of the 128-bit hash (default 12)")
-    g.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
+    g.add_argument("--hamming", type=int, default=12,
+                   help="near-duplicate threshold: differing bits of the 128-bit perceptual hash")
+    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     p.set_defaults(func=run)
 
 
@@ -57,7 +57,6 @@ def render(report, *, console=None, max_rows: int = MAX_ROWS_PER_CODE) -> None:
 
 def run(args) -> int:
     from protloc.atomic import write_json
-    from protloc.phash import DEFAULT_THRESHOLD
     from protloc.validate import validate_dataset
 
     if args.data and not (args.test_csv or args.test_images):
@@ -70,8 +69,8 @@ def run(args) -> int:
     kw = dict(data=args.data, fmt=args.format, channels=args.channels, schema=args.schema,
               id_col=args.id_col, label_col=args.label_col, from_schema=args.from_schema)
     report = validate_dataset(args.csv, args.images, test_table=args.test_csv, test_images=args.test_images,
-                              near_dup=not args.no_near_dup, progress=True, workers=args.workers,
-                              threshold=DEFAULT_THRESHOLD if args.hamming is None else args.hamming, **kw)
+                              near_dup=not args.no_near_dup, progress=True, workers=args.workers or None,
+                              threshold=args.hamming, **kw)
     render(report)
     if args.json:
         write_json(args.json, report.to_dict())
