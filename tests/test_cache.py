@@ -40,7 +40,7 @@ def test_parallel_equals_serial_and_bad_images(tiny_rgb):
     t = load_table(csv, imgs)
     with pytest.raises(InputError, match=r"train.csv line 7 \(id 1005\): .*unreadable"):
         cache.load_cached(t, size=20, progress=False, workers=2)
-    assert not list(cache.cache_dir().glob("*.npy")) and not list(cache.cache_dir().glob(".*"))
+    assert not list(cache.cache_dir().glob("*.npy")) and not list(cache.cache_dir().glob(".*.npy"))
     ds = cache.load_cached(t, size=20, progress=False, skip_bad=True, workers=1)
     assert ds.bad == [5] and ds.images[5].max() == 0 and "unreadable" in ds.bad_messages[0]
 
@@ -58,3 +58,14 @@ def test_cache_cli_build_info_clear(tiny_rgb, capsys):
     assert main(["cache", "--info"]) == 0 and "no cache entries" in capsys.readouterr().out
     assert main(["cache", *args[:4], "--size", "3"]) == 2
     assert "--size: expected 8 to 4096 pixels, got 3" in capsys.readouterr().err
+
+
+def test_concurrent_builds_share_one_entry(tiny_rgb):
+    from concurrent.futures import ThreadPoolExecutor
+
+    csv, imgs = tiny_rgb
+    t = load_table(csv, imgs)
+    with ThreadPoolExecutor(3) as ex:
+        res = list(ex.map(lambda _: cache.load_cached(t, size=12, progress=False, workers=1), range(3)))
+    assert len({r.path for r in res}) == 1 and len(list(cache.cache_dir().glob("*.npy"))) == 1
+    assert all(np.array_equal(r.images, res[0].images) for r in res)

@@ -9,6 +9,7 @@ straight from the page cache instead of decoding PNGs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -188,7 +189,7 @@ def clear_cache(table=None) -> tuple[int, int]:
         [m for m, _ in _entries(d)]
     freed = sum(remove_entry(m) for m in metas)
     if table is None:
-        for p in d.glob(".*.npy") if d.is_dir() else []:  # leftovers of killed builds
+        for p in [*d.glob(".*.npy"), *d.glob(".*.lock")] if d.is_dir() else []:  # leftovers, locks
             freed += p.stat().st_size
             p.unlink()
     return len(metas), freed
@@ -213,15 +214,46 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
     d = cache_dir()
     key = cache_key(table, size=size)
     npy, meta = d / f"{key}.npy", d / f"{key}.json"
-    if npy.is_file() and meta.is_file():
-        try:
-            info = json.loads(meta.read_text())
-            if info.get("complete") and (skip_bad or not info.get("bad")):
-                return DecodedSet(np.load(npy, mmap_mode="r"), info.get("bad", []),
-                                  info.get("bad_messages", []), npy)
-        except (OSError, ValueError):
-            pass  # damaged entry: rebuild it
+    hit = _read_hit(npy, meta, skip_bad)
+    if hit is not None:
+        return hit
     d.mkdir(parents=True, exist_ok=True)
+    with _build_lock(d / f".{key}.lock"):  # parallel callers (DDP ranks) wait for one build
+        hit = _read_hit(npy, meta, skip_bad)
+        if hit is not None:
+            return hit
+        return _build(table, size, key, d, workers=workers, progress=progress, skip_bad=skip_bad)
+
+
+def _read_hit(npy: Path, meta: Path, skip_bad: bool) -> DecodedSet | None:
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("complete") and (skip_bad or not info.get("bad")):
+            return DecodedSet(np.load(npy, mmap_mode="r"), info.get("bad", []), info.get("bad_messages", []), npy)
+    except (OSError, ValueError):
+        pass  # damaged entry: rebuild it
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, builds are still atomic
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:  # the (empty) lock file stays: unlinking it would let a third caller lock a new inode
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(table, size: int, key: str, d: Path, *, workers, progress, skip_bad) -> DecodedSet:
+    npy, meta = d / f"{key}.npy", d / f"{key}.json"
     shape = (len(table), size, size, len(table.channels))
     tmp = d / f".{key}.{os.getpid()}.npy"
     try:
