@@ -167,3 +167,19 @@ def test_cli_thresholds_bad_run(tmp_path, capsys):
 
     assert main(["thresholds", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+def test_bootstrap_weights_equal_resampling():
+    """Bootstrap resamples are computed as weights on one sort: same thresholds as a re-sort."""
+    from protloc.thresholds import _Sorted
+
+    p, y = _data(n=150, c=3, seed=12, quant=40)
+    srt = _Sorted(p, y)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = rng.integers(0, len(p), len(p))
+        w = np.bincount(idx, minlength=len(p)).astype(float)
+        np.testing.assert_array_equal(srt.fit("f1", w), best_f1_thresholds(p[idx], y[idx])[0])
+        assert srt.fit("global", w)[0] == global_threshold(p[idx], y[idx])[0]
+        np.testing.assert_array_equal(apply_thresholds(p[idx], srt.fit("ratio", w)),
+                                      apply_thresholds(p[idx], ratio_thresholds(p[idx], y[idx])))

@@ -176,22 +176,145 @@ def apply_thresholds(probs, thresholds, *, at_least_one: bool = False) -> np.nda
     return out
 
 
-def _cut(ps_desc: np.ndarray, i: np.ndarray) -> np.ndarray:
-    """Threshold that keeps sorted-descending values ``0..i`` (per column): midway to the next."""
+def _cut(ps_desc: np.ndarray, i: np.ndarray, nxt_idx: np.ndarray | None = None) -> np.ndarray:
+    """Threshold that keeps sorted-descending values ``0..i`` (per column): midway to the next
+    kept value (``nxt_idx[i]``, default ``i + 1``; ``n`` = none left)."""
     n = ps_desc.shape[0]
     cols = np.arange(ps_desc.shape[1])
+    j = i + 1 if nxt_idx is None else nxt_idx[i, cols]
     v = ps_desc[np.minimum(i, n - 1), cols]
-    nxt = ps_desc[np.minimum(i + 1, n - 1), cols]
+    nxt = ps_desc[np.minimum(j, n - 1), cols]
     mid = (v + nxt) / 2
-    ok = (i < n - 1) & (mid > nxt)  # guard against adjacent floats rounding onto ``nxt``
+    ok = (j < n) & (mid > nxt)  # guard against adjacent floats rounding onto ``nxt``
     return np.where(ok, mid, v)
 
 
-def best_f1_thresholds(probs: np.ndarray, y: np.ndarray):
+def _next_kept(keep: np.ndarray) -> np.ndarray:
+    """For each row i the smallest j > i with ``keep[j]`` (per column), or n if none."""
+    n = keep.shape[0]
+    idx = np.where(keep, np.arange(n).reshape((n,) + (1,) * (keep.ndim - 1)), n)
+    first = np.minimum.accumulate(idx[::-1], axis=0)[::-1]  # smallest j >= i
+    out = np.full_like(first, n)
+    out[:-1] = first[1:]
+    return out
+
+
+def _cut_mask(ps_desc: np.ndarray, ws: np.ndarray | None):
+    """(valid cut positions, next kept index): a cut after i is real when i is kept (weight > 0)
+    and the next kept value differs (ties stay together)."""
+    n = ps_desc.shape[0]
+    if ws is None:
+        valid = np.ones_like(ps_desc, dtype=bool)
+        valid[:-1] = ps_desc[:-1] != ps_desc[1:]
+        return valid, None
+    keep = ws > 0
+    nxt = _next_kept(keep)
+    nv = np.take_along_axis(ps_desc, np.minimum(nxt, n - 1), axis=0)
+    return keep & ((nxt >= n) | (ps_desc != nv)), nxt
+
+
+def _above_max(ps_desc: np.ndarray) -> np.ndarray:
+    return np.minimum(np.nextafter(ps_desc[0], np.inf), 1.0)
+
+
+class _Sorted:
+    """Per-class descending sort of (probs, y), done once; weighted searches reuse it.
+
+    Bootstrap resamples are expressed as integer weights (how often each image was drawn), so
+    each resample costs O(N*C) instead of a new sort.
+    """
+
+    def __init__(self, probs: np.ndarray, y: np.ndarray):
+        n, c = probs.shape
+        self.n, self.c = n, c
+        self.order = np.argsort(-probs, axis=0, kind="stable")
+        self.ps = np.take_along_axis(probs, self.order, axis=0)
+        self.ys = np.take_along_axis(y, self.order, axis=0).astype(np.float64)
+        # flattened (global) view: all N*C values in one descending order, grouped by class
+        flat = probs.ravel()
+        order = np.argsort(-flat, kind="stable")
+        self.fp = flat[order]
+        self.ft = y.ravel()[order].astype(np.float64)
+        self.fcls = order % c
+        self.fimg = order // c
+        self.g = np.argsort(self.fcls, kind="stable")  # keeps the descending order inside a class
+        self.gcls = self.fcls[self.g]
+        self.gimg = self.fimg[self.g]
+        self.gt = self.ft[self.g]
+        self.starts = np.searchsorted(self.gcls, np.arange(c))
+        self.valid, _ = _cut_mask(self.ps, None)
+        self.fvalid, _ = _cut_mask(self.fp, None)
+
+    def f1(self, w=None):
+        ws = None if w is None else np.asarray(w, np.float64)[self.order]
+        valid, nxt = (self.valid, None) if ws is None else _cut_mask(self.ps, ws)
+        tp = np.cumsum(self.ys if ws is None else ws * self.ys, axis=0)
+        k = np.arange(1.0, self.n + 1)[:, None] if ws is None else np.cumsum(ws, axis=0)
+        pos = tp[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = 2.0 * tp / (k + pos[None, :])
+        f1 = np.where(valid, np.nan_to_num(f1, nan=0.0), -1.0)
+        i = f1.argmax(0)
+        best = f1[i, np.arange(self.c)]
+        none = pos == 0
+        thr = np.where(none, _above_max(self.ps), _cut(self.ps, i, nxt))
+        return thr, np.where(none, np.nan, best)
+
+    def ratio(self, w=None):
+        ws = np.ones((self.n, self.c)) if w is None else np.asarray(w, np.float64)[self.order]
+        nxt = None if w is None else _cut_mask(self.ps, ws)[1]
+        k = np.cumsum(ws, axis=0)
+        target = (ws * self.ys).sum(0)
+        i = np.array([np.searchsorted(k[:, j], target[j] - 1e-9) for j in range(self.c)])
+        i = np.minimum(i, self.n - 1)
+        return np.where(target == 0, _above_max(self.ps), _cut(self.ps, i, nxt))
+
+    def global_(self, w=None):
+        c = self.c
+        g, gc, st = self.g, self.gcls, self.starts
+        we_g = np.ones_like(self.gt) if w is None else np.asarray(w, np.float64)[self.gimg]
+        tw_g = we_g * self.gt
+        pos = np.bincount(gc, weights=tw_g, minlength=c)
+        active = pos > 0
+        if not active.any():
+            return 0.5, 0.0
+        ct = np.cumsum(tw_g)
+        ck = np.cumsum(we_g)
+        tp = ct - (ct[st] - tw_g[st])[gc]  # cumulative counts inside each class's group
+        k = ck - (ck[st] - we_g[st])[gc]
+        pc = pos[gc]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = 2.0 * tp / (k + pc) - 2.0 * (tp - tw_g) / (k - we_g + pc)
+        d = np.where(active[gc], np.nan_to_num(d), 0.0)
+        delta = np.empty_like(d)
+        delta[g] = d  # back to the global descending order
+        macro = np.cumsum(delta) / active.sum()
+        if w is None:
+            valid, nxt = self.fvalid, None
+        else:
+            we = np.empty_like(we_g)
+            we[g] = we_g
+            valid, nxt = _cut_mask(self.fp, we)
+            nxt = nxt[:, None]
+        macro = np.where(valid, macro, -1.0)
+        j = int(macro.argmax())
+        return float(_cut(self.fp[:, None], np.array([j]), nxt)[0]), float(macro[j])
+
+    def fit(self, method: str, w=None) -> np.ndarray:
+        if method == "f1":
+            return self.f1(w)[0]
+        if method == "ratio":
+            return self.ratio(w)
+        return np.full(self.c, self.global_(w)[0])
+
+
+def best_f1_thresholds(probs: np.ndarray, y: np.ndarray, *, sample_weight=None):
     """Exact per-class F1-maximising thresholds over all distinct cut points.
 
-    Returns ``(thresholds (C,), best_f1 (C,))``. A class without positives gets a threshold
-    above its largest probability (predicts nothing) and F1 NaN. Ties go to the highest cut.
+    One sort per class, then cumulative true-positive counts give the F1 of every cut at once
+    (O(N log N)). Returns ``(thresholds (C,), best_f1 (C,))``; a threshold lies midway between
+    the last kept value and the next one. A class without positives gets a threshold above its
+    largest probability (predicts nothing) and F1 NaN. Ties go to the highest cut.
 
     Examples
     --------
@@ -199,27 +322,10 @@ def best_f1_thresholds(probs: np.ndarray, y: np.ndarray):
     >>> float(t[0]), float(f[0])
     (0.5, 1.0)
     """
-    n, c = probs.shape
-    order = np.argsort(-probs, axis=0, kind="stable")
-    ps = np.take_along_axis(probs, order, axis=0)
-    ys = np.take_along_axis(y, order, axis=0).astype(np.int64)
-    tp = np.cumsum(ys, axis=0)
-    k = np.arange(1, n + 1)[:, None]
-    pos = ys.sum(0)
-    f1 = 2.0 * tp / (k + pos[None, :])
-    valid = np.ones_like(ps, dtype=bool)
-    valid[:-1] = ps[:-1] != ps[1:]  # only the last of a run of equal values is a real cut
-    f1 = np.where(valid, f1, -1.0)
-    i = f1.argmax(0)
-    best = f1[i, np.arange(c)]
-    thr = _cut(ps, i)
-    none = pos == 0
-    thr = np.where(none, np.minimum(np.nextafter(ps[0], np.inf), 1.0), thr)
-    best = np.where(none, np.nan, best)
-    return thr, best
+    return _Sorted(np.asarray(probs, np.float64), np.asarray(y)).f1(sample_weight)
 
 
-def ratio_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def ratio_thresholds(probs: np.ndarray, y: np.ndarray, *, sample_weight=None) -> np.ndarray:
     """Per-class thresholds whose predicted positive rate matches the label positive rate.
 
     Examples
@@ -227,14 +333,10 @@ def ratio_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     >>> ratio_thresholds(np.array([[0.9], [0.6], [0.4], [0.1]]), np.array([[1], [0], [0], [0]])).tolist()
     [0.75]
     """
-    n, c = probs.shape
-    ps = -np.sort(-probs, axis=0)
-    k = y.astype(np.int64).sum(0)
-    thr = _cut(ps, np.maximum(k - 1, 0))
-    return np.where(k == 0, np.minimum(np.nextafter(ps[0], np.inf), 1.0), thr)
+    return _Sorted(np.asarray(probs, np.float64), np.asarray(y)).ratio(sample_weight)
 
 
-def global_threshold(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def global_threshold(probs: np.ndarray, y: np.ndarray, *, sample_weight=None) -> tuple[float, float]:
     """One threshold for all classes maximising macro F1, exactly (all distinct values).
 
     Macro F1 here averages the classes that have positives (a class without positives has no
@@ -249,42 +351,7 @@ def global_threshold(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     >>> round(t, 3), f
     (0.325, 1.0)
     """
-    n, c = probs.shape
-    pos = y.astype(np.int64).sum(0)
-    active = pos > 0
-    if not active.any():
-        return 0.5, 0.0
-    flat_p, flat_y = probs.ravel(), y.ravel().astype(np.int64)
-    cls = np.tile(np.arange(c), n)
-    order = np.argsort(-flat_p, kind="stable")
-    p, t, cl = flat_p[order], flat_y[order], cls[order]
-    g = np.argsort(cl, kind="stable")  # group by class, keeping the descending order inside
-    tg, cg = t[g], cl[g]
-    starts = np.searchsorted(cg, np.arange(c))
-    ct = np.concatenate([[0], np.cumsum(tg)])
-    tp_g = ct[1:] - ct[starts][cg]
-    k_g = np.arange(1, len(g) + 1) - starts[cg]
-    tp, k = np.empty_like(tp_g), np.empty_like(k_g)
-    tp[g], k[g] = tp_g, k_g
-    pc = pos[cl]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = 2.0 * tp / (k + pc) - 2.0 * (tp - t) / (k - 1 + pc)
-    delta = np.where(active[cl], delta, 0.0)
-    macro = np.cumsum(delta) / active.sum()
-    valid = np.ones_like(p, dtype=bool)
-    valid[:-1] = p[:-1] != p[1:]
-    macro = np.where(valid, macro, -1.0)
-    j = int(macro.argmax())
-    thr = float(_cut(p[:, None], np.array([j]))[0])
-    return thr, float(macro[j])
-
-
-def _fit_once(method: str, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    if method == "f1":
-        return best_f1_thresholds(probs, y)[0]
-    if method == "ratio":
-        return ratio_thresholds(probs, y)
-    return np.full(probs.shape[1], global_threshold(probs, y)[0])
+    return _Sorted(np.asarray(probs, np.float64), np.asarray(y)).global_(sample_weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,22 +422,28 @@ class ThresholdOptimizer:
                                          fix="pass one name per column"))
         self.classes_ = [str(v) for v in classes] if classes is not None else [str(i) for i in range(c)]
         self.n_positives_ = t.sum(0).astype(int)
-        self.global_threshold_, _ = global_threshold(p, t)
-        raw = _fit_once(self.method, p, t)
+        srt = _Sorted(p, t)
+        self.global_threshold_, _ = srt.global_()
+        raw = srt.fit(self.method)
         self.raw_thresholds_ = raw.copy()
 
+        # bootstrap: image i drawn w_i times; the sort is reused, each resample is O(N*C)
         rng = np.random.default_rng(self.random_state)
-        boot_t = np.full((self.n_bootstrap, c), np.nan)
-        boot_f1 = np.full((self.n_bootstrap, c), np.nan)
-        for b in range(self.n_bootstrap):
-            idx = rng.integers(0, n, n)
-            pb, yb = p[idx], t[idx]
-            boot_t[b] = _fit_once(self.method, pb, yb)
-            boot_f1[b] = per_class_f1(yb, pb >= raw[None, :])
+        nb = int(self.n_bootstrap)
+        boot_t = np.full((nb, c), np.nan)
+        boot_f1 = np.full((nb, c), np.nan)
+        hit, tb = p >= raw[None, :], t.astype(bool)
+        tp_m, fp_m, fn_m = (tb & hit).astype(float), (~tb & hit).astype(float), (tb & ~hit).astype(float)
+        for b in range(nb):
+            w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+            boot_t[b] = srt.fit(self.method, w)
+            tp, fp, fn = w @ tp_m, w @ fp_m, w @ fn_m
+            den = 2 * tp + fp + fn
+            boot_f1[b] = np.where(den > 0, 2 * tp / np.maximum(den, 1e-12), np.nan)
         with np.errstate(invalid="ignore"), _quiet():
-            t_std = np.nanstd(boot_t, axis=0) if self.n_bootstrap else np.full(c, np.nan)
-            f1_std = np.nanstd(boot_f1, axis=0) if self.n_bootstrap else np.full(c, np.nan)
-            t_med = np.nanmedian(boot_t, axis=0) if self.n_bootstrap else raw.copy()
+            t_std = np.nanstd(boot_t, axis=0) if nb else np.full(c, np.nan)
+            f1_std = np.nanstd(boot_f1, axis=0) if nb else np.full(c, np.nan)
+            t_med = np.nanmedian(boot_t, axis=0) if nb else raw.copy()
         self.stability_ = {"threshold_std": t_std, "f1_std": f1_std, "threshold_median": t_med}
 
         thr = raw.copy()
