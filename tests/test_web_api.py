@@ -350,3 +350,15 @@ def test_four_channel_run(hpa4_client):
     rgba = np.dstack([img[..., :3], np.full((32, 32), 255, np.uint8)])
     r = post(c, [("rgba.png", png_bytes(rgba), "image/png")])
     assert r.status_code == 422 and "alpha" in r.json()["detail"]
+
+
+def test_busy_model_gives_503_not_a_hang(fake_run, predictor):
+    app = create_app(fake_run, predictor=predictor, workers=1, busy_timeout_s=0.2)
+    service = app.state.service
+    with TestClient(app) as c:
+        with service.slot():  # another request holds the only model slot
+            t0 = time.perf_counter()
+            r = post(c, [("a.png", GOOD, "image/png")])
+            assert r.status_code == 503 and r.json()["error"] == "server busy"
+            assert time.perf_counter() - t0 < 5
+        assert post(c, [("a.png", GOOD, "image/png")]).status_code == 200

@@ -117,11 +117,27 @@ def test_upload_in_browser(browser, fake_run, tmp_path):
         by_id = {r[0]: r[1] for r in rows[1:]}
         assert by_id["cell_A"] == api["label"] and by_id["42"] == api["label"]
 
+        # drag and drop onto the drop zone (a synthetic DataTransfer, as a file manager makes)
+        import base64
+
+        page.evaluate("""(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+            document.getElementById('dropzone').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""", base64.b64encode(cell.read_bytes()).decode())
+        expect(page.locator('.result[data-image="dropped"][data-status="done"]')).to_have_count(1, timeout=30000)
+        assert "3 analysed" in page.inner_text("#count")
+
         page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
         assert (tmp_path / "web.png").stat().st_size > 10_000
         if os.environ.get("PROTLOC_SCREENSHOT"):
             page.screenshot(path=os.environ["PROTLOC_SCREENSHOT"], full_page=True)
         assert not problems, problems
+        page.click("#btn-clear")
+        expect(page.locator(".result")).to_have_count(0)
+        assert page.is_disabled("#btn-csv")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

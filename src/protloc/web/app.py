@@ -373,6 +373,8 @@ class Service:
         self.max_pixels = int(max_pixels)
         self.busy_timeout_s = float(busy_timeout_s)
         self._slots = threading.BoundedSemaphore(max(1, int(workers)))
+        #: decoding runs outside the model slots but is bounded too (memory of decoded images)
+        self._decode_slots = threading.BoundedSemaphore(max(2, 2 * int(workers)))
         self.started = time.time()
         self.n_requests = 0
         self._count_lock = threading.Lock()
@@ -430,15 +432,16 @@ class Service:
 
     # ------------------------------------------------------------------------------------
     @contextmanager
-    def slot(self):
-        """One of ``workers`` model slots; 503 after ``busy_timeout_s``."""
-        if not self._slots.acquire(timeout=self.busy_timeout_s):
-            raise UploadError(503, "server busy", f"no free model slot within {self.busy_timeout_s:.0f} s. "
-                              "Fix: retry in a moment, or send fewer images per request")
+    def slot(self, *, decode: bool = False):
+        """One of ``workers`` model slots (or decode slots); 503 after ``busy_timeout_s``."""
+        sem = self._decode_slots if decode else self._slots
+        if not sem.acquire(timeout=self.busy_timeout_s):
+            raise UploadError(503, "server busy", f"no free {'decoding' if decode else 'model'} slot within "
+                              f"{self.busy_timeout_s:g} s. Fix: retry in a moment, or send fewer images per request")
         try:
             yield
         finally:
-            self._slots.release()
+            sem.release()
 
     def check_upload(self, name: str, size: int) -> None:
         if size > self.max_upload:
@@ -546,7 +549,8 @@ class Service:
         if tta not in ("none", "flip", "d4"):
             raise UploadError(422, "invalid option", fmt_problem("tta", expected="none, flip or d4",
                                                                  got=repr(tta), fix="use tta=none"))
-        items = self.items_from_uploads(uploads)
+        with self.slot(decode=True):
+            items = self.items_from_uploads(uploads)
         batch = []
         for it in items:
             try:
