@@ -135,6 +135,11 @@ def test_hpa_channels_and_tiff_formats(tmp_path):
     assert rep.findings == [] and rep.stats["format"] == "hpa-channels"
     rep = validate_dataset(csv, imgs, progress=False, workers=1)   # yellow not chosen: still no finding
     assert rep.findings == []
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(imgs / "1003_red.png")
+    rep = validate_dataset(csv, imgs, progress=False, workers=1)
+    assert ("inconsistent_size", "channel files differ in size (16x16, 32x32); they are resized to the first") \
+        in [(f.code, f.message) for f in rep.findings]
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(imgs / "1003_red.png")
     (imgs / "1002_blue.png").unlink()
     rep = validate_dataset(csv, imgs, progress=False, workers=1)
     assert [(f.code, f.message) for f in rep.errors] == [

@@ -135,6 +135,7 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
         rec["problems"].append(("error", "missing_file", f"image file missing: {what} (also looked "
                                 f"for .tif{'/.jpg' if fmt == 'rgb' else ''})", "add the file or delete the row"))
     sha = hashlib.sha1()
+    sizes: set = set()
     for _, p in paths:
         if p is None:
             continue
@@ -164,6 +165,7 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
         dtype = h.get("dtype") or ("uint16" if mode.startswith("I;16") else "int32" if mode == "I"
                                    else "float32" if mode == "F" else "uint8")
         rec["dtypes"].append(dtype)
+        sizes.add(tuple(h["size"][::-1]) if "size" in h else tuple(h.get("shape", ())[-2:]))
         if dtype not in ("uint8", "uint16"):
             rec["problems"].append(("warning", "bit_depth", f"{p.name} has {dtype} pixels (expected 8 or 16 "
                                     "bit); they are clipped/scaled to 8 bit", "save 8- or 16-bit images"))
@@ -176,6 +178,10 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
             rec["problems"].append(("warning", "wrong_channels", f"{p.name} is {mode} but HPA channel files "
                                     "are single-channel; the matching plane is used", "save one gray plane per file"))
     rec["sha1"] = sha.hexdigest()
+    if len(sizes) > 1:
+        rec["problems"].append(("warning", "inconsistent_size", "channel files differ in size ("
+                                + ", ".join(f"{a}x{b}" for a, b in sorted(sizes)) + "); they are resized to the first",
+                                "export all channels of an image at the same size"))
     if any(s == "error" for s, *_ in rec["problems"]):
         return rec
     try:
