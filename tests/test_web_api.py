@@ -139,6 +139,8 @@ def test_csv_format(client):
     lines = r.text.strip().splitlines()
     assert lines[0].startswith("Image,Label,Mitochondria,") and len(lines) == 3
     assert lines[1].split(",")[0] == "a"
+    r = post(client, [("=HYPERLINK(1).png", GOOD, "image/png")], format="csv")
+    assert r.text.splitlines()[1].startswith("'=HYPERLINK(1)")  # no spreadsheet formulas from names
 
 
 # ------------------------------------------------------------------------------------------

@@ -638,7 +638,8 @@ class Service:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["Image", "Label", *self.classes])
         for r in result["results"]:
-            w.writerow([r["image"], r["label"], *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
+            image = "'" + r["image"] if r["image"][:1] in ("=", "+", "@") else r["image"]  # no formulas
+            w.writerow([image, r["label"], *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
         return buf.getvalue()
 
 

@@ -326,7 +326,7 @@
 
   function csvCell(v) {
     var s = String(v);
-    if (/^[=+\-@]/.test(s)) s = "'" + s;            // no spreadsheet formulas from file names
+    if (/^[=+@]/.test(s)) s = "'" + s;            // no spreadsheet formulas from file names
     return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
 
