@@ -244,3 +244,15 @@ def test_bad_options(pred):
         pred.predict_array(np.zeros((1, 32, 32, 3), np.uint8), tta="d8")
     with pytest.raises(InputError, match=r"merge: expected one of mean, max, got 'median'"):
         pred.predict_array(np.zeros((1, 32, 32, 3), np.uint8), merge="median")
+
+
+def test_labeled_table_schema_must_match_run(run2, data):
+    from protloc.table import load_table
+
+    csv, images = data
+    t = load_table(csv, images, schema="hpa28")
+    with pytest.raises(InputError, match=r"label schema 'hpa28' of .*: expected the run's schema 'ghent10' "
+                                         r"\(10 classes\), got 28 classes"):
+        Predictor.from_run(run2).predict_table(t)
+    res = Predictor.from_run(run2).predict_table(load_table(csv, images), batch_size=5)
+    assert res.ids == [str(1000 + i) for i in range(12)] and res.skipped == []

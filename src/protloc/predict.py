@@ -437,6 +437,12 @@ class Predictor:
                                                   f"({', '.join(map(str, pre.channels))}) like the run",
                                          got=f"{table.n_channels}",
                                          fix="pass --channels in the run's order"))
+        if table.labels is not None and tuple(table.schema.classes) != tuple(pre.classes):
+            raise InputError(fmt_problem(f"label schema {table.schema.name!r} of {table.csv_path or table.images}",
+                                         expected=f"the run's schema {pre.schema.name!r} "
+                                                  f"({len(pre.classes)} classes)",
+                                         got=f"{len(table.schema.classes)} classes",
+                                         fix=f"pass --schema {pre.schema.name} (or the run's schema file)"))
         n = len(table)
         bs = max(1, int(batch_size))
         skipped: list[tuple[str, str]] = []

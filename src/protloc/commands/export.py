@@ -14,7 +14,7 @@ def register(sub) -> None:
                                 "('fold_probs'). Writes MODEL.onnx.json with the preprocessing next to "
                                 "it. `protloc predict --engine onnx` uses RUN/model.onnx.")
     p.add_argument("run", help="run folder (made by `protloc train`)")
-    p.add_argument("--onnx", default=None, help="output .onnx file (default: RUN/model.onnx)")
+    p.add_argument("--onnx", default=None, help="output .onnx file; RUN/model.onnx if not given")
     p.add_argument("--fold", default="all", help="fold number to export, or 'all' for the ensemble")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.set_defaults(func=run)

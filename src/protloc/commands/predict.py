@@ -27,10 +27,10 @@ def register(sub) -> None:
     p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
                    help="onnx uses RUN/model.onnx (see `protloc export`)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: all)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--folds", default=None, help="comma-separated fold numbers to ensemble; all folds when not given")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; cuda when available if not given")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the model (default: all cores; fewer can be faster on a busy machine)")
+                   help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
@@ -51,8 +51,11 @@ def run(args) -> int:
                                      fix="e.g. --batch-size 64"))
     rf = RunFolder(args.run).check(need_models=args.engine == "torch")
     pre = rf.preprocessing()
-    if args.channels is None and args.format in ("auto", pre.fmt) and pre.fmt == "hpa-channels":
-        args.channels = ",".join(pre.channels)  # default to the run's channels and order
+    if args.channels is None and args.format in ("auto", pre.fmt):  # default: the run's channels
+        if pre.fmt == "hpa-channels":
+            args.channels = ",".join(pre.channels)
+        elif pre.fmt == "tiff" and all(str(c).removeprefix("ch").isdigit() for c in pre.channels):
+            args.channels = ",".join(str(c).removeprefix("ch") for c in pre.channels)
     folds = None
     if args.folds:
         try:
