@@ -149,17 +149,23 @@ def test_error_messages():
         opt.predict(p[:, :2])
 
 
-def test_cli_thresholds_writes_json(fake_run, capsys):
+def test_cli_thresholds_writes_json(fake_run, tmp_path, capsys):
+    import shutil
+
     from protloc.cli import main
     from protloc.runfolder import RunFolder
 
+    fake_run = shutil.copytree(fake_run, tmp_path / "run")  # the session fixture is shared
     rc = main(["thresholds", str(fake_run), "--method", "f1", "--n-bootstrap", "20", "--at-least-one"])
     out = capsys.readouterr().out
     assert rc == 0 and "macro F1" in out and "Mitoch" in out
     d = RunFolder(fake_run).thresholds()
     assert len(d["thresholds"]) == 10 and d["at_least_one"] is True and d["method"] == "f1"
     assert d["macro_f1_after"] >= d["macro_f1_before"]
-    RunFolder(fake_run).thresholds_json.unlink()  # the session fixture is shared
+    assert main(["thresholds", str(fake_run), "--method", "global", "--n-bootstrap", "5"]) == 0
+    assert len(set(RunFolder(fake_run).thresholds()["thresholds"])) == 1
+    assert main(["thresholds", str(fake_run), "--fallback", "mean"]) == 2
+    assert "--fallback: expected global, median or a number in [0, 1], got 'mean'" in capsys.readouterr().err
 
 
 def test_cli_thresholds_bad_run(tmp_path, capsys):
