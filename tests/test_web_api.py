@@ -216,6 +216,9 @@ def test_size_limits_413(fake_run, predictor):
         assert r.status_code == 413 and r.json()["error"] == "image too large" and "wide.png" in r.json()["detail"]
         r = c.post("/predict", content=b"x" * 60000, headers={"content-type": "multipart/form-data; boundary=b"})
         assert r.status_code == 413
+        r = c.post("/predict", content=iter([b"x" * 20000] * 4),  # chunked, no Content-Length
+                   headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413 and r.json()["error"] == "request too large"
         assert post(c, [("ok.png", small, "image/png")]).status_code == 200  # still serving
 
 
