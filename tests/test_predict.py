@@ -256,3 +256,26 @@ def test_labeled_table_schema_must_match_run(run2, data):
         Predictor.from_run(run2).predict_table(t)
     res = Predictor.from_run(run2).predict_table(load_table(csv, images), batch_size=5)
     assert res.ids == [str(1000 + i) for i in range(12)] and res.skipped == []
+
+
+def test_hpa_channel_order_and_paths(tmp_path):
+    from helpers import make_tiny_dataset
+
+    from protloc.model import ModelSpec, build_model
+    from protloc.preprocessing import Preprocessing
+    from protloc.schema import get_schema
+    from protloc.table import load_table
+
+    chans = ("red", "green", "blue", "yellow")
+    pre = Preprocessing(fmt="hpa-channels", channels=chans, size=32, mean=(0.1,) * 4, std=(0.2,) * 4,
+                        schema=get_schema("ghent10"))
+    p = Predictor(pre, [build_model(ModelSpec("test_resnet", in_chans=4, num_classes=10))])
+    csv, images = make_tiny_dataset(tmp_path / "hpa", n=3, fmt="hpa-channels", channels=chans)
+    swapped = load_table(csv, images, fmt="hpa-channels", channels="green,red,blue,yellow", labels=False)
+    with pytest.raises(InputError, match=r"--channels: expected red,green,blue,yellow \(the run's channels, "
+                                         r"in its order\), got green,red,blue,yellow"):
+        p.predict_table(swapped)
+    res = p.predict_table(load_table(csv, images, fmt="hpa-channels", channels="all", labels=False))
+    by_path = p.predict([images / "1000", images / "1001", images / "1002"])  # DIR/ID for channel files
+    assert by_path.ids == res.ids == ["1000", "1001", "1002"]
+    np.testing.assert_allclose(by_path.probs, res.probs, atol=1e-6)

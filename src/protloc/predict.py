@@ -437,6 +437,10 @@ class Predictor:
                                                   f"({', '.join(map(str, pre.channels))}) like the run",
                                          got=f"{table.n_channels}",
                                          fix="pass --channels in the run's order"))
+        if table.fmt == pre.fmt == "hpa-channels" and tuple(table.channels) != tuple(pre.channels):
+            raise InputError(fmt_problem("--channels", expected=f"{','.join(pre.channels)} (the run's "
+                                         "channels, in its order)", got=",".join(table.channels),
+                                         fix=f"pass --channels {','.join(pre.channels)}"))
         if table.labels is not None and tuple(table.schema.classes) != tuple(pre.classes):
             raise InputError(fmt_problem(f"label schema {table.schema.name!r} of {table.csv_path or table.images}",
                                          expected=f"the run's schema {pre.schema.name!r} "
