@@ -12,6 +12,7 @@ The statistics are pure functions on the (N, C) multi-hot label matrix ``y``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -215,30 +216,12 @@ def validation_findings(table, *, test_table=None, progress: bool = True):
 
 
 # ----------------------------------------------------------------------------- sections
-def _row(*parts) -> str:
-    return '<div class="xrow">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+def _tab(df) -> str:
+    return Page.table(df, float_fmt="{:.1f}")
 
 
 def _pct(a, n) -> np.ndarray:
     return 100.0 * np.asarray(a, dtype=float) / max(n, 1)
-
-
-def _overview(page: Page, table, test_table) -> None:
-    roles = channel_roles(table.fmt, table.channels)
-    kp = [("images", len(table)), ("labels", "yes" if table.labeled else "none"),
-          (f"classes ({table.schema.name})", table.schema.n_classes), ("format", table.fmt),
-          ("channels", len(roles))]
-    if table.labeled:
-        kp.append(("labels per image (mean)", f"{np.mean([len(v) for v in table.labels]):.2f}"))
-    if test_table is not None:
-        kp.append(("test images", len(test_table)))
-    rows = [("images", str(table.images)), ("CSV", str(table.csv_path or "none (every image in the folder)")),
-            ("channels", ", ".join(f"{c} = {r}" for c, r in zip(table.channels, roles)))]
-    if test_table is not None:
-        rows += [("test images", str(test_table.images)), ("test CSV", str(test_table.csv_path or "none"))]
-    body = plots.STYLE + Page.kpis(kp) + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
-    body += "".join(f'<p class="warn">{esc(n)}</p>' for n in table.notes[:20])
-    page.section("Overview", body)
 
 
 def _label_sections(page: Page, table, test_table) -> None:
@@ -255,35 +238,35 @@ def _label_sections(page: Page, table, test_table) -> None:
     empty = [nm for nm, c in zip(names, counts) if c == 0]
     warn = f'<p class="warn">No images of: {esc(", ".join(empty))}.</p>' if empty else ""
     ratio = counts.max() / counts[counts > 0].min() if counts.any() else 0.0
-    page.section("Class frequency", warn + _row(Page.figure(fig, alt="class frequency"), Page.table(df, float_fmt="{:.1f}")),
+    page.section("Class frequency", warn + plots.row(Page.figure(fig, alt="class frequency"), _tab(df)),
                  note=f"All {n} images; an image with several labels counts once for each. "
                       f"Most / least frequent class: {ratio:.1f}x.")
     lpi = labels_per_image(y)
     last = max(int(np.flatnonzero(lpi).max(initial=1)), 1)
     lpi_df = pd.DataFrame({"labels": range(last + 1), "images": lpi[:last + 1], "%": _pct(lpi[:last + 1], n)})
-    page.section("Labels per image", _row(Page.figure(plots.labels_per_image_figure(lpi[:last + 1]),
-                                                      alt="labels per image"), Page.table(lpi_df, float_fmt="{:.1f}")),
+    lpi_fig = Page.figure(plots.labels_per_image_figure(lpi[:last + 1]), alt="labels per image")
+    page.section("Labels per image", plots.row(lpi_fig, _tab(lpi_df)),
                  note=f"{_pct(lpi[1], n):.1f}% of images have exactly one label; mean {y.sum(1).mean():.2f}.")
     co, phi = cooccurrence(y), phi_coefficients(y)
-    figs = (Page.figure(plots.heatmap_figure(co, names, title="images with both classes (count)"), alt="co-occurrence")
+    figs = (Page.figure(plots.heatmap_figure(co, names, title="images with both classes (count)"), alt="counts")
             + Page.figure(plots.heatmap_figure(phi, names, title="phi coefficient (correlation)", cmap="RdBu_r",
                                                fmt="{:.2f}", vmin=-1, vmax=1, diagonal=False), alt="phi"))
     iu = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names)) if np.isfinite(phi[i, j])]
     iu.sort(key=lambda ij: -abs(phi[ij]))
     pairs = pd.DataFrame([(names[i], names[j], int(co[i, j]), phi[i, j]) for i, j in iu[:8]],
                          columns=["class", "class ", "both", "phi"])
-    page.section("Label co-occurrence", f'<div class="{"xfig2" if len(names) <= 16 else ""}">' + figs + "</div><h3>Strongest pairs</h3>"
-                 + Page.table(pairs, float_fmt="{:+.2f}"),
-                 note="Left: images labeled with both classes (diagonal: images of the class). Right: phi "
-                      "coefficient, +1 = always together, -1 = never together, 0 = independent.")
+    page.section("Label co-occurrence", f'<div class="{"xfig2" if len(names) <= 16 else ""}">{figs}</div>'
+                 "<h3>Strongest pairs</h3>" + Page.table(pairs, float_fmt="{:+.2f}"),
+                 note="Counts: images labeled with both classes (diagonal: images of the class). Phi: correlation "
+                      "of the two labels, +1 = always together, -1 = never together, 0 = independent.")
     combos = top_combinations(y, k=15)
     text = [" + ".join(names[c] for c in ids) or "(no label)" for ids, _ in combos]
     cdf = pd.DataFrame({"rank": range(1, len(combos) + 1), "classes": text,
                         "ids": [table.schema.format(ids) for ids, _ in combos],
                         "images": [c for _, c in combos], "% of images": _pct([c for _, c in combos], n)})
     n_distinct = len({tuple(r) for r in np.asarray(y)})
-    page.section("Label combinations", _row(Page.figure(plots.combinations_figure(text, cdf["images"].to_numpy()),
-                                                        alt="label combinations"), Page.table(cdf, float_fmt="{:.1f}")),
+    cfig = Page.figure(plots.combinations_figure(text, cdf["images"].to_numpy()), alt="label combinations")
+    page.section("Label combinations", plots.row(cfig, _tab(cdf)),
                  note=f"The {len(combos)} most frequent label sets of {n_distinct} distinct ones.")
 
 
@@ -331,18 +314,19 @@ def _image_sections(page: Page, table, *, size: int, sample: int, seed: int, per
         blocks.append(f"<h3>{esc(title)}</h3>" + (f'<div class="xcards">{"".join(cards)}</div>' if cards
                                                    else '<p class="note">no readable images</p>'))
     note = ("Single-label images first, so each pattern is seen alone; " if table.labeled else "") + \
-        f"composite then each channel in gray ({', '.join(roles)})."
+        f"composite (as recorded) then each channel in gray ({', '.join(roles)}), contrast-stretched for display."
     page.section("Sample images per class" if table.labeled else "Sample images", "".join(blocks), note=note)
     total = hist.sum(axis=1, keepdims=True).clip(1)
     mean = (hist * np.arange(256)).sum(1) / total[:, 0]
     cdf = np.cumsum(hist, axis=1) / total
     stats = pd.DataFrame({"channel": [f"{c} ({r})" for c, r in zip(table.channels, roles)], "mean": mean,
                           "median": (cdf < 0.5).sum(1), "99th pct": (cdf < 0.99).sum(1),
-                          "% zero": 100 * hist[:, 0] / total[:, 0], "% saturated (255)": 100 * hist[:, 255] / total[:, 0]})
+                          "% zero": 100 * hist[:, 0] / total[:, 0],
+                          "% saturated (255)": 100 * hist[:, 255] / total[:, 0]})
     page.section("Channel intensities", Page.figure(plots.histograms_figure(hist, roles), alt="histograms")
-                 + Page.table(stats, float_fmt="{:.1f}"),
-                 note=f"{len(hist_idx) - bad} randomly sampled images (of {len(table)}), decoded at {size}x{size} px, "
-                      "8 bit (16-bit files scaled by 1/257)." + (f" {bad} unreadable images skipped." if bad else ""))
+                 + _tab(stats),
+                 note=f"{len(hist_idx) - bad} randomly sampled images (of {len(table)}), decoded at {size}x{size} "
+                      "px, 8 bit (16-bit files scaled by 1/257)." + (f" {bad} unreadable, skipped." if bad else ""))
 
 
 # ----------------------------------------------------------------------------- the report
@@ -384,7 +368,7 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
         if t is not None:
             idx = sample_indices(len(t), sample=MAX_HEADERS, seed=seed)
             parts.append((label, t, idx, header_summary(t, idx)))
-    _overview(page, table, test_table)
+    plots.overview_section(page, table, test_table, channel_roles(table.fmt, table.channels))
     if table.labeled:
         _label_sections(page, table, test_table)
     else:
@@ -399,4 +383,8 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
         findings, note = None, "Skipped (--no-validate). Run `protloc validate` for duplicates and leaks."
     plots.findings_section(page, findings, note)
     page.subtitle += f" · {time.time() - t0:.0f} s"
-    return page.save(out)
+    path = page.save(out)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)  # atomic writes create 0600 files; a report is meant to be shared
+    return path

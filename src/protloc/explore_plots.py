@@ -119,7 +119,7 @@ def combinations_figure(labels, counts):
     """Horizontal bars of the most frequent label combinations (``labels``: display strings)."""
     plt = _plt()
     counts = np.asarray(counts)
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(labels) + 1.0))
+    fig, ax = plt.subplots(figsize=(5.0, 0.3 * len(labels) + 1.0))
     y = np.arange(len(labels))
     ax.barh(y, counts, color=BAR)
     for yi, c in zip(y, counts):
@@ -163,11 +163,31 @@ def histograms_figure(hists, roles):
 
 
 #: extra CSS of the explore page (side-by-side blocks, sample cards, left-aligned tables).
-STYLE = ("<style>.xrow{display:flex;flex-wrap:wrap;gap:12px 28px;align-items:flex-start}"
+STYLE = ("<style>.kpi{margin-bottom:12px}"
+         ".xrow{display:flex;flex-wrap:wrap;gap:12px 28px;align-items:flex-start}"
          ".xcards{display:flex;flex-wrap:wrap;gap:10px 22px}.xcard{width:min-content}"
          ".xcard .gallery{flex-wrap:nowrap;gap:3px}.xcap{font-size:11px;color:#555;margin-top:2px}"
          "h3{font-size:14px;margin:14px 0 6px}.xfig2{display:flex;flex-wrap:wrap;gap:8px}"
          ".xfig2 img{max-width:49%}section td,section th{text-align:left!important;max-width:440px}</style>")
+
+
+def row(*parts) -> str:
+    """HTML blocks side by side (wrapping on narrow screens)."""
+    return '<div class="xrow">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+def stretch(channel, *, pct: float = 99.5) -> np.ndarray:
+    """Contrast-stretch one uint8 channel for display: its ``pct`` percentile becomes 255.
+
+    Examples
+    --------
+    >>> stretch(np.array([[0, 10], [20, 40]], np.uint8), pct=100).tolist()
+    [[0, 64], [128, 255]]
+    """
+    hi = float(np.percentile(channel, pct))
+    if hi <= 0:
+        return np.asarray(channel, np.uint8)
+    return np.clip(np.round(channel.astype(np.float32) * (255.0 / hi)), 0, 255).astype(np.uint8)
 
 
 def sample_card(img, roles, caption: str, labels: str = "") -> str:
@@ -182,21 +202,40 @@ def sample_card(img, roles, caption: str, labels: str = "") -> str:
     from protloc.imageio import resize
 
     img = resize(img, size=128) if max(img.shape[:2]) > 128 else img
-    items = [(img, caption)] + [(img[..., c], r) for c, r in enumerate(roles)]
+    items = [(img, caption)] + [(stretch(img[..., c]), r) for c, r in enumerate(roles)]
     width = 84 if len(roles) <= 3 else 68
     return f'<div class="xcard">{Page.gallery(items, width=width)}<div class="xcap">{esc(labels)}</div></div>'
 
 
 # ----------------------------------------------------------------------------- HTML sections
+def overview_section(page, table, test_table, roles) -> None:
+    """'Overview': sizes, labels, schema, format and which channel is which (also adds the CSS)."""
+    kp = [("images", len(table)), ("labels", "yes" if table.labeled else "none"),
+          (f"classes ({table.schema.name})", table.schema.n_classes), ("format", table.fmt),
+          ("channels", len(roles))]
+    if table.labeled:
+        kp.append(("labels per image (mean)", f"{np.mean([len(v) for v in table.labels]):.2f}"))
+    if test_table is not None:
+        kp.append(("test images", len(test_table)))
+    rows = [("images", str(table.images)), ("CSV", str(table.csv_path or "none (every image in the folder)")),
+            ("channels", ", ".join(f"{c} = {r}" for c, r in zip(table.channels, roles)))]
+    if test_table is not None:
+        rows += [("test images", str(test_table.images)), ("test CSV", str(test_table.csv_path or "none"))]
+    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    notes = "".join(f'<p class="warn">{esc(n)}</p>' for n in table.notes[:20])
+    body = STYLE + Page.kpis(kp) + f"<table>{cells}</table>" + notes
+    page.section("Overview", body)
+
+
 def file_section(page, parts, *, max_headers: int) -> None:
     """'Image files': per set, file count, MB per image and the header summary table."""
     body, notes = "", []
     for label, table, idx, summary in parts:
         sizes = [f.stat().st_size for i in idx[:2000] for f in table.files(int(i)) if f.is_file()]
         per_img = sum(sizes) / max(min(len(idx), 2000), 1)
-        body += (f"<h3>{esc(label)}</h3>" + Page.kpis([("images", len(table)), ("images with headers read", len(idx)),
-                                                        ("MB per image", f"{per_img / 1e6:.3f}"),
-                                                        ("GB in all (est.)", f"{per_img * len(table) / 1e9:.2f}")])
+        kp = [("images", len(table)), ("images with headers read", len(idx)),
+              ("MB per image", f"{per_img / 1e6:.3f}"), ("GB in all (est.)", f"{per_img * len(table) / 1e9:.2f}")]
+        body += (f"<h3>{esc(label)}</h3>" + Page.kpis(kp)
                  + Page.table(summary))
         if summary["bits"].nunique() > 1:
             notes.append(f"{label}: files mix bit depths; each is scaled to 8 bit on its own.")
@@ -231,5 +270,6 @@ def findings_section(page, findings, note: str) -> None:
     page.section("Duplicates and leaks", Page.table(counts) + "<h3>Findings</h3>" + Page.table(rows)
                  + (f'<p class="note">{len(fs) - 100} more: run `protloc validate --json FILE`.</p>'
                     if len(fs) > 100 else ""),
-                 note=f"{n_dup} duplicate/leak findings, {len(fs) - n_dup} other file/label findings (from protloc "
-                      "validate). Leaks across train/test inflate the test score; split keeps duplicates in one fold.")
+                 note=f"{n_dup} duplicate/leak findings, {len(fs) - n_dup} other file/label findings (from "
+                      "protloc validate). Leaks across train/test inflate the test score; split keeps duplicates "
+                      "in one fold.")
