@@ -69,26 +69,45 @@ def _decode_chunk(args):
     return out, errors
 
 
-def _chunk_results(jobs, workers: int):
-    """Yield ``_decode_chunk`` results in order, keeping at most ``2 * workers`` chunks in flight
-    (so decoded images never pile up in RAM when the consumer is slower than the decoders)."""
+def _quiet_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+
+
+def worker_map(fn, jobs, workers: int):
+    """``map(fn, jobs)`` in ``workers`` processes, in order, at most ``2 * workers`` jobs in flight.
+
+    Workers ignore Ctrl-C (no traceback per worker); a worker that dies (e.g. killed for
+    memory) becomes one clear :class:`InputError`.
+
+    Examples
+    --------
+    >>> list(worker_map(abs, [-1, 2, -3], 1))
+    [1, 2, 3]
+    """
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(_decode_chunk, jobs)
+        yield from map(fn, jobs)
         return
     from collections import deque
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(workers) as ex:
-        pending: deque = deque()
-        it = iter(jobs)
-        for job in it:
-            pending.append(ex.submit(_decode_chunk, job))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            yield pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(ex.submit(_decode_chunk, nxt))
+    try:
+        with ProcessPoolExecutor(workers, initializer=_quiet_worker) as ex:
+            pending: deque = deque()
+            it = iter(jobs)
+            for job in it:
+                pending.append(ex.submit(fn, job))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                yield pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(ex.submit(fn, nxt))
+    except BrokenProcessPool:
+        raise InputError("a decoding worker process died (out of memory?). Fix: rerun with fewer "
+                         "--workers, or check the images with protloc validate") from None
 
 
 def decode_table(table, *, size: int, workers: int | None = None, progress: bool = True,
@@ -114,7 +133,7 @@ def decode_table(table, *, size: int, workers: int | None = None, progress: bool
             for s in range(0, n, chunk)]
     bad, msgs = [], []
     with progress_bar(total=n, description="decoding images", enable=progress) as advance:
-        for j, (imgs, errs) in enumerate(_chunk_results(jobs, workers)):
+        for j, (imgs, errs) in enumerate(worker_map(_decode_chunk, jobs, workers)):
             base = j * chunk
             block = np.zeros((len(imgs), size, size, c), np.uint8)
             for k, (img, err) in enumerate(zip(imgs, errs)):

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from protloc.cache import worker_map
 from protloc.errors import InputError
 from protloc.imageio import (HPA_CHANNELS, TIFF_EXTS, hpa_channel_path, image_path, read_image,
                              sniff_format)
@@ -216,16 +216,9 @@ def inspect_table(table: DataTable, *, near_dup: bool = True, workers: int | Non
     workers = workers or min(4, os.cpu_count() or 1)
     out: list[dict] = []
     with progress_bar(total=n, description=description, enable=progress) as advance:
-        if workers <= 1 or len(jobs) <= 1:
-            results = map(_inspect_chunk, jobs)
-            for r in results:
-                out.extend(r)
-                advance(len(r))
-        else:
-            with ProcessPoolExecutor(workers) as ex:
-                for r in ex.map(_inspect_chunk, jobs):
-                    out.extend(r)
-                    advance(len(r))
+        for r in worker_map(_inspect_chunk, jobs, workers):
+            out.extend(r)
+            advance(len(r))
     return out
 
 
