@@ -201,7 +201,7 @@ def decode_size(summary: pd.DataFrame) -> int:
     return 128
 
 
-def validation_findings(table, *, test_table=None, progress: bool = True):
+def validation_findings(table, *, test_table=None, progress: bool = True, workers: int | None = None):
     """``(findings, note)`` from :func:`protloc.validate.validate_dataset`; on any failure
     ``(None, note)`` so the report never breaks because of it."""
     try:
@@ -209,7 +209,7 @@ def validation_findings(table, *, test_table=None, progress: bool = True):
     except ImportError:
         return None, "Duplicate and leak checks are not available here: run `protloc validate`."
     try:
-        rep = validate_dataset(table, test_table=test_table, near_dup=True, progress=progress)
+        rep = validate_dataset(table, test_table=test_table, near_dup=True, progress=progress, workers=workers)
         return list(rep.findings), ""
     except Exception as e:  # noqa: BLE001 - the report must not depend on validate working
         return None, f"The dataset check failed ({type(e).__name__}: {e}); run `protloc validate` to see why."
@@ -378,7 +378,7 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
                     progress=progress, workers=workers)
     plots.file_section(page, parts, max_headers=MAX_HEADERS)
     if validate:
-        findings, note = validation_findings(table, test_table=test_table, progress=progress)
+        findings, note = validation_findings(table, test_table=test_table, progress=progress, workers=workers)
     else:
         findings, note = None, "Skipped (--no-validate). Run `protloc validate` for duplicates and leaks."
     plots.findings_section(page, findings, note)
