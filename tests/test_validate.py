@@ -201,10 +201,11 @@ def test_data_folder_checks_test_split_too(tmp_path, capsys):
     _smooth_dataset(tmp_path / "d", 8, seed=3)
     (tmp_path / "d" / "test").mkdir()
     shutil.copy(tmp_path / "d" / "train" / "1002.png", tmp_path / "d" / "test" / "t1.png")
-    (tmp_path / "d" / "test.csv").write_text("Image\nt1\n")
+    (tmp_path / "d" / "test.csv").write_text("Image,Label\nt1,\n")  # empty label column: unlabeled
     out = tmp_path / "r.json"
     assert main(["validate", "--data", str(tmp_path / "d"), "--json", str(out)]) == 2
     rep = json.loads(out.read_text())
     assert rep["n_images"] == {"train": 8, "test": 1}
-    assert [(f["code"], f["where"]) for f in rep["findings"]] == [("leak", "1002 (train), t1 (test)")]
+    assert [(f["code"], f["where"]) for f in rep["findings"]] == [("leak", "1002 (train), t1 (test)"),
+                                                                  ("unlabeled", "test.csv")]
     assert "error: 1002 (train), t1 (test): byte-identical images in both train and test" in capsys.readouterr().err

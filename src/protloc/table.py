@@ -361,6 +361,10 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
                  .split(". Fix: ")[0], m.split(". Fix: ")[1].rstrip(".")) for _, m in ragged_problem(df, csv_path)]
     ids, rows, labs, seen = [], [], [], {}
     name = csv_path.name
+    if lab_name and not any(str(t).strip() for t in df[lab_name]):
+        problems.append(("info", "unlabeled", name, f"the label column {lab_name!r} is empty; the set is "
+                         "treated as unlabeled", "nothing to do for a test set; fill in labels to train on it"))
+        lab_name = None
     texts = df[lab_name].tolist() if lab_name else [None] * len(df)
     for iid, ln, text in zip(df[id_name].tolist(), df["_line"].tolist(), texts):
         iid = iid.strip()
