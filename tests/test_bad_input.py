@@ -84,7 +84,8 @@ def test_bad_image_validate_and_cache(tmp_path, capsys, kind):
 def test_warnings_rgba_16bit_misnamed(tmp_path, capsys):
     import tifffile
 
-    csv, imgs = make_tiny_dataset(tmp_path, n=5)
+    csv, imgs = make_tiny_dataset(tmp_path, n=6)
+    (imgs / "1005.png").unlink()
     Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(imgs / "1000.png")      # RGBA
     Image.open(imgs / "1001.png").save(imgs / "1001.jpg")
     (imgs / "1001.jpg").replace(imgs / "1001.png")                               # JPEG named .png
@@ -92,6 +93,7 @@ def test_warnings_rgba_16bit_misnamed(tmp_path, capsys):
     tifffile.imwrite(imgs / "1002.tif", np.full((32, 32, 3), 40000, np.uint16))  # 16-bit RGB
     (imgs / "1003.png").rename(imgs / "1003.PNG")                                # wrong case
     (imgs / "1004.png").rename(imgs / "1004.tif")                                # PNG named .tif
+    tifffile.imwrite(imgs / "1005.tif", np.random.default_rng(0).integers(0, 3000, (32, 32, 3)).astype(np.uint16))
     rc, out, err = _run(capsys, "validate", "--csv", csv, "--images", imgs, "--json", tmp_path / "r.json")
     rep = json.loads((tmp_path / "r.json").read_text())
     found = {(f["code"], f["where"][-5:-1]): f for f in rep["findings"]}
@@ -101,6 +103,9 @@ def test_warnings_rgba_16bit_misnamed(tmp_path, capsys):
     assert {f["fix"] for f in rep["findings"] if f["code"] == "misnamed"} == {
         "rename it to 1001.jpg", "rename it to 1004.png"}
     assert found["mixed_bit_depth"]["severity"] == "warning"
+    assert {f["where"] for f in rep["findings"] if f["code"] == "blank_image"} == {
+        "train.csv line 2 (id 1000)", "train.csv line 4 (id 1002)"}                  # constant images
+    assert found["dark_16bit"]["where"] == "train.csv line 7 (id 1005)"       # 12-bit data in 16 bits
     assert found["unlisted_file"]["where"] == "train/1003.PNG"
     assert "looks like the file of train.csv line 5 (id 1003)" in found["unlisted_file"]["fix"]
     assert rc == 2 and "error: train.csv line 5 (id 1003): image file missing" in err

@@ -192,6 +192,13 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
                                 fix.rstrip(".") or "re-export the file, or delete the row"))
         return rec
     rec["shape"] = tuple(img.shape)
+    if int(img.max()) == int(img.min()):
+        rec["problems"].append(("warning", "blank_image", f"every pixel is {int(img.max())} (an empty image)",
+                                "check the export, or delete the row"))
+    elif "uint16" in rec["dtypes"] and int(img.max()) < 32:  # e.g. 12-bit camera data in 16 bits
+        rec["problems"].append(("warning", "dark_16bit", "16-bit data uses only the low bits (8-bit max "
+                                f"{int(img.max())} after the 1/257 scaling); the image is almost black",
+                                "rescale the TIFFs to the full 16-bit range, or export 8-bit PNGs"))
     if hash_idx is not None:
         rec["hash"] = image_hash(img, protein=min(hash_idx[0], img.shape[2] - 1),
                                  nucleus=min(hash_idx[1], img.shape[2] - 1))
