@@ -59,6 +59,7 @@ def _sections(html: str) -> list[str]:
 
 def test_report_labeled_with_test_set(hand, tmp_path):
     csv, images = make_tiny_dataset(tmp_path / "t", n=6, size=16, seed=3)
+    (images / "1002.png").write_bytes((hand.images / "1001.png").read_bytes())  # a train/test leak
     test = load_table(csv, images, labels=False)
     out = ex.explore(hand, out=tmp_path / "r.html", test_table=test, sample=5, progress=False)
     html = out.read_text()
@@ -66,7 +67,8 @@ def test_report_labeled_with_test_set(hand, tmp_path):
     assert html.count('src="data:image/png;base64,') > 20  # figures + gallery thumbnails
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # self-contained, offline
     assert "Nucleoplasm + Cytosol" in html and "microtubules" in html and "test images" in html
-    assert "Duplicates and leaks" in html
+    assert "byte-identical images in both train and test" in html and "The first duplicate groups" in html
+    assert 'alt="1001 (train)"' in html and 'alt="1002 (test)"' in html
 
 
 def test_report_unlabeled_4_channels_and_validate_failure(tmp_path, monkeypatch):

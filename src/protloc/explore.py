@@ -381,7 +381,7 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
         findings, note = validation_findings(table, test_table=test_table, progress=progress, workers=workers)
     else:
         findings, note = None, "Skipped (--no-validate). Run `protloc validate` for duplicates and leaks."
-    plots.findings_section(page, findings, note)
+    plots.findings_section(page, findings, note, tables={"train": table, "test": test_table})
     page.subtitle += f" · {time.time() - t0:.0f} s"
     path = page.save(out)
     mask = os.umask(0o022)

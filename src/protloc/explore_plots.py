@@ -249,8 +249,44 @@ def file_section(page, parts, *, max_headers: int) -> None:
 DUP_CODES = ("leak", "duplicate_image", "near_duplicate")
 
 
-def findings_section(page, findings, note: str) -> None:
-    """'Duplicates and leaks': the findings of protloc validate (duplicates and leaks first)."""
+def finding_members(where: str) -> list[tuple[str, str]]:
+    """``[(id, set), ...]`` named by a duplicate / leak finding's ``where``.
+
+    Examples
+    --------
+    >>> finding_members("1003 (train), t7 (test) ...")
+    [('1003', 'train'), ('t7', 'test')]
+    """
+    import re
+
+    return re.findall(r"(?:^|, )(.+?) \((train|test)\)(?=, |$| \.\.\.)", where)
+
+
+def duplicate_gallery(findings, tables, *, max_groups: int = 6, max_members: int = 4) -> str:
+    """Composites of the images in the first duplicate / leak findings, side by side (so a person
+    can judge them); images that cannot be read are left out."""
+    from protloc.imageio import read_image, resize
+
+    blocks = []
+    for f in [f for f in findings if f.code in DUP_CODES][:max_groups]:
+        items = []
+        for iid, set_name in finding_members(f.where)[:max_members]:
+            t = tables.get(set_name)
+            if t is None:
+                continue
+            try:
+                img = read_image(t.images, iid, fmt=t.fmt, channels=t.channels)
+            except Exception:  # noqa: BLE001 - a picture is a bonus; the table lists the finding
+                continue
+            items.append((img if max(img.shape[:2]) <= 128 else resize(img, size=128), f"{iid} ({set_name})"))
+        if items:
+            blocks.append(f'<div><div class="xcap">{esc(f.code)}</div>{Page.gallery(items, width=96)}</div>')
+    return f'<h3>The first duplicate groups</h3><div class="xrow">{"".join(blocks)}</div>' if blocks else ""
+
+
+def findings_section(page, findings, note: str, *, tables=None) -> None:
+    """'Duplicates and leaks': the findings of protloc validate (duplicates and leaks first), with
+    pictures of the first duplicate groups when ``tables`` ({'train': table, 'test': table}) is given."""
     if findings is None:
         page.section("Duplicates and leaks", "", note=note)
         return
@@ -267,7 +303,8 @@ def findings_section(page, findings, note: str) -> None:
     rows = pd.DataFrame([(f.severity, f.code, f.set, f.where, f.message, f.fix) for f in fs[:100]],
                         columns=["severity", "code", "set", "where", "problem", "fix"])
     n_dup = sum(f.code in DUP_CODES for f in fs)
-    page.section("Duplicates and leaks", Page.table(counts) + "<h3>Findings</h3>" + Page.table(rows)
+    pics = duplicate_gallery(fs, tables) if tables else ""
+    page.section("Duplicates and leaks", Page.table(counts) + pics + "<h3>Findings</h3>" + Page.table(rows)
                  + (f'<p class="note">{len(fs) - 100} more: run `protloc validate --json FILE`.</p>'
                     if len(fs) > 100 else ""),
                  note=f"{n_dup} duplicate/leak findings, {len(fs) - n_dup} other file/label findings (from "
