@@ -35,6 +35,7 @@ SECTIONS = ("Summary", "Training curves", "Per-class metrics", "Precision-recall
             "Probability distributions", "Calibration", "Label co-occurrence",
             "Worst false positives and false negatives", "Grad-CAM examples")
 THUMB = 96  # gallery thumbnails are at most this many pixels wide
+GRADCAM_PX = 128  # side of each Grad-CAM panel
 
 
 @dataclass
@@ -212,9 +213,32 @@ def _summary(page: Page, d: ReportData, y_pred: np.ndarray, thr_note, run: RunFo
     if s["empty_classes"]:
         notes.append(f"classes with no positive image (left out of macro F1): {', '.join(s['empty_classes'])}")
     body = Page.kpis(kpis) + f"<p>Evaluated on: {esc(d.source)}. Run folder: <code>{esc(run.root)}</code>.</p>"
+    body += f"<p>{esc(_run_facts(run, thr_note))}</p>"
     body += "".join(f'<p class="warn">Note: {esc(n)}</p>' for n in notes)
     page.section(SECTIONS[0], body)
     return s
+
+
+def _run_facts(run: RunFolder, thr_note) -> str:
+    """One line: model, image size, channels, folds, threshold method."""
+    import json
+
+    facts = []
+    try:
+        spec = json.loads(run.model_json.read_text()) if run.model_json.is_file() else {}
+        pre = run.preprocessing()
+        facts.append(f"Model: {spec.get('backbone', '?')} on {pre.size} px {'/'.join(map(str, pre.channels))} images")
+    except (ValueError, InputError):
+        pass
+    n = len(run.model_paths())
+    facts.append(f"{n} fold model{'s' if n != 1 else ''}")
+    if not thr_note:
+        try:
+            method = (run.thresholds() or {}).get("method", "?")
+        except ValueError:
+            method = "?"
+        facts.append(f"per-class thresholds from thresholds.json (method {method})")
+    return "; ".join(facts) + "."
 
 
 def _training(page: Page, run: RunFolder, metrics: pd.DataFrame | None) -> None:
@@ -276,6 +300,7 @@ def _galleries(page: Page, d: ReportData, *, k: int) -> None:
 
 def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) -> None:
     from protloc.explain import explain_image, load_run, overlay, protein_channel
+    from protloc.imageio import resize
 
     if d.read is None:
         page.section(SECTIONS[8], '<p class="warn">No images available: Grad-CAM skipped.</p>')
@@ -301,12 +326,14 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
         a = pre.check_array(img[..., :pre.in_chans] if img.shape[2] > pre.in_chans else img)
         g = a[..., protein_channel(pre)]
         green = np.stack([np.zeros_like(g), g, np.zeros_like(g)], -1)
-        row = np.concatenate([_thumb(a), _thumb(overlay(composite(a), e["heatmap"])),
-                              _thumb(overlay(green, e["heatmap"]))], axis=1)
+        gap = np.full((GRADCAM_PX, 4, 3), 255, np.uint8)
+        panels = [composite(a), overlay(composite(a), e["heatmap"]), overlay(green, e["heatmap"])]
+        row = np.concatenate([x for p in panels for x in (resize(p, size=GRADCAM_PX), gap)][:-1], axis=1)
         items.append((row, f"{d.ids[i]} · {d.classes[c]} · p={e['prob']:.2f} (threshold {e['threshold']:.2f})"))
-    body = Page.gallery(items, width=3 * min(THUMB, pre.size) + 30) if items else "<p>No examples.</p>"
-    page.section(SECTIONS[8], body, note="Confident true positives: image, Grad-CAM over the composite, "
-                 "Grad-CAM over the protein channel (red = where the class evidence is).")
+    body = Page.gallery(items, width=3 * GRADCAM_PX + 8) if items else "<p>No examples.</p>"
+    page.section(SECTIONS[8], body, note="The most confident true positives of each class: image, Grad-CAM "
+                 "over the composite, Grad-CAM over the protein channel. Colour = how much a region raised "
+                 "the class score (red high, blue low, none: no evidence); see `protloc explain`.")
 
 
 def build_report(run, data: ReportData | None = None, *, gallery_k: int = 3, n_gradcam: int = 8,
