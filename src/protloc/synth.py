@@ -208,19 +208,26 @@ def _check_args(out, n_train, n_test, size, fmt, label_noise, workers, overwrite
         raise InputError(fmt_problem("--format", expected="rgb or hpa-channels", got=repr(fmt),
                                      fix="pick one of the two layouts"))
     if not isinstance(size, (int, np.integer)) or not 16 <= size <= 2048:
-        raise InputError(fmt_problem("--size", expected="an integer 16..2048", got=repr(size), fix="e.g. --size 128"))
-    if not 0.0 <= float(label_noise) <= 0.5:
+        raise InputError(fmt_problem("--size", expected="an integer 16..2048", got=repr(size),
+                                     fix="e.g. --size 128"))
+    try:
+        noise_ok = 0.0 <= float(label_noise) <= 0.5
+    except (TypeError, ValueError):
+        noise_ok = False
+    if not noise_ok:
         raise InputError(fmt_problem("--label-noise", expected="a probability 0..0.5", got=repr(label_noise),
                                      fix="e.g. --label-noise 0.02 (0 for clean labels)"))
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise InputError(fmt_problem("--workers", expected="an integer >= 1", got=repr(workers), fix="e.g. --workers 2"))
+        raise InputError(fmt_problem("--workers", expected="an integer >= 1", got=repr(workers),
+                                     fix="e.g. --workers 2"))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(fmt_problem(f"output {out}", expected="a folder", got="a file",
                                      fix="choose another OUT path"))
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(fmt_problem(f"output folder {out}", expected="a new or empty folder",
-                                     got="a non-empty folder", fix="pass --overwrite (overwrite=True) or choose another OUT"))
+                                     got="a non-empty folder",
+                                     fix="pass --overwrite (overwrite=True) or choose another OUT"))
 
 
 def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 128, fmt: str = "rgb",
@@ -294,12 +301,15 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
             with ProcessPoolExecutor(max_workers=workers) as ex:
                 for _ in ex.map(_render_job, jobs, chunksize=chunk):
                     advance(1)
-    fmt_l = lambda s: " ".join(map(str, s))  # noqa: E731
+    def table(iids, sets=None):
+        cols = {"Image": iids} if sets is None else {"Image": iids, "Label": [" ".join(map(str, s)) for s in sets]}
+        return pd.DataFrame(cols)
+
     tr_ids, te_ids = [int(i) for i in ids[:n_train]], [int(i) for i in ids[n_train:]]
-    write_csv(out / "train_clean_labels.csv", pd.DataFrame({"Image": tr_ids, "Label": [fmt_l(s) for s in clean[:n_train]]}))
-    write_csv(out / "test_labels.csv", pd.DataFrame({"Image": te_ids, "Label": [fmt_l(s) for s in clean[n_train:]]}))
-    write_csv(out / "test.csv", pd.DataFrame({"Image": te_ids}))
-    write_csv(out / "train.csv", pd.DataFrame({"Image": tr_ids, "Label": [fmt_l(s) for s in noisy_train]}))
+    write_csv(out / "train_clean_labels.csv", table(tr_ids, clean[:n_train]))
+    write_csv(out / "test_labels.csv", table(te_ids, clean[n_train:]))
+    write_csv(out / "test.csv", table(te_ids))
+    write_csv(out / "train.csv", table(tr_ids, noisy_train))  # last: its presence means "complete"
     seconds = time.perf_counter() - t0
     counts = np.zeros(N_CLASSES, int)
     for s in noisy_train:
@@ -354,9 +364,11 @@ def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | st
                               cell_type=(j + k) % len(CELL_TYPES))
             axes[k, j].imshow(img, interpolation="nearest")
         axes[k, 0].set_ylabel(f"{k} {GHENT10[k]}", fontsize=7, rotation=0, ha="right", va="center")
-    img4 = synth_image([0, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4, cell_type=3)
+    img4 = synth_image([0, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4,
+                       cell_type=3)
     axes[-1, 0].imshow(img4[..., :3], interpolation="nearest")
-    axes[-1, 0].set_ylabel("4-channel image\n0 Mitochondria\n+ 4 Nucleoplasm", fontsize=7, rotation=0, ha="right", va="center")
+    axes[-1, 0].set_ylabel("4-channel image\n0 Mitochondria\n+ 4 Nucleoplasm", fontsize=7, rotation=0,
+                           ha="right", va="center")
     for c, name in enumerate(("red: microtubules", "green: protein", "blue: nucleus", "yellow: ER")):
         axes[-1, c + 1].imshow(img4[..., c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes[-1, c + 1].set_title(name, fontsize=7, pad=2)
