@@ -46,13 +46,13 @@ class CellType:
 
 CELL_TYPES = (
     CellType("U-2 OS (osteosarcoma, flat)", (6, 12), 17.0, (1.2, 1.9), 0.40, 0.16, False, 0.80, 0.0),
-    CellType("A-431 (epithelial, dense)", (16, 30), 10.5, (1.0, 1.35), 0.50, 0.10, True, 0.85, 0.0),
+    CellType("A-431 (epithelial, dense)", (20, 32), 10.5, (1.0, 1.35), 0.50, 0.10, True, 0.72, 0.0),
     CellType("U-251 MG (glioma, spread)", (5, 10), 19.0, (1.3, 2.2), 0.34, 0.24, False, 0.75, 0.0),
-    CellType("HeLa", (8, 18), 13.0, (1.1, 1.6), 0.45, 0.14, False, 0.80, 0.0),
+    CellType("HeLa", (8, 18), 13.0, (1.1, 1.6), 0.45, 0.14, False, 0.75, 0.0),
     CellType("BJ (fibroblast, elongated)", (5, 10), 18.0, (2.4, 3.6), 0.30, 0.12, False, 0.55, 0.7),
     CellType("Jurkat-like (lymphoid, small round)", (16, 30), 7.0, (1.0, 1.12), 0.74, 0.05, False, 0.95, 0.0),
-    CellType("CACO-2-like (big flat epithelial)", (5, 9), 22.0, (1.0, 1.3), 0.28, 0.12, True, 0.90, 0.0),
-    CellType("MCF7 (islands)", (12, 24), 11.0, (1.0, 1.3), 0.50, 0.10, True, 0.85, 0.0),
+    CellType("CACO-2-like (big flat epithelial)", (5, 10), 22.0, (1.0, 1.3), 0.28, 0.12, True, 0.75, 0.0),
+    CellType("MCF7 (islands)", (12, 26), 11.0, (1.0, 1.3), 0.50, 0.10, True, 0.75, 0.0),
     CellType("Hep G2 (clumped, small)", (14, 28), 9.0, (1.0, 1.25), 0.55, 0.08, True, 0.80, 0.0),
     CellType("SH-SY5Y-like (neuronal, polar)", (8, 18), 10.0, (1.6, 2.6), 0.55, 0.20, False, 0.65, 0.3),
 )
@@ -163,7 +163,7 @@ def layout(rng, size, ct: CellType, difficulty: float) -> Field:
         k = int(rng.integers(1, 4))
         cc = rng.uniform(0.1 * size, 0.9 * size, (k, 2))
         pick = rng.integers(0, k, m)
-        cand = cc[pick] + rng.normal(0, 0.28 * size, (m, 2))
+        cand = cc[pick] + rng.normal(0, 0.33 * size, (m, 2))
     else:
         cand = rng.uniform(lo, hi, (m, 2))
     cand = cand[(cand[:, 0] > lo) & (cand[:, 0] < hi) & (cand[:, 1] > lo) & (cand[:, 1] < hi)]
