@@ -108,7 +108,8 @@ def test_warnings_rgba_16bit_misnamed(tmp_path, capsys):
     assert found["dark_16bit"]["where"] == "train.csv line 7 (id 1005)"       # 12-bit data in 16 bits
     assert found["unlisted_file"]["where"] == "train/1003.PNG"
     assert "looks like the file of train.csv line 5 (id 1003)" in found["unlisted_file"]["fix"]
-    assert rc == 2 and "error: train.csv line 5 (id 1003): image file missing" in err
+    assert rc == 2 and ("error: train.csv line 5 (id 1003): image file missing: 1003.png (also looked for "
+                        ".tif/.jpg). Fix: found 1003.PNG: rename it with a lower-case extension.") in err
 
 
 CSV_CASES = {

@@ -8,7 +8,6 @@ decoded image (or None), ``dtypes`` per file, ``sha1`` of the bytes and the perc
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from pathlib import Path
@@ -70,11 +69,8 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
     if missing:
         what, also = {"hpa-channels": (", ".join(f"{iid}_{c}.png" for c in missing), ".tif"),
                       "rgb": (f"{iid}.png", ".tif/.jpg"), "tiff": (f"{iid}.tif", ".tiff")}[fmt]
-        others = [q.name for q in folder.glob(glob.escape(iid) + ".*")] if fmt != "hpa-channels" else []
-        fix = (f"found {', '.join(others[:3])}: pass the right --format, or add the file or delete the row"
-               if others else "add the file or delete the row")
         rec["problems"].append(("error", "missing_file", f"image file missing: {what} (also looked for {also})",
-                                fix))
+                                "add the file or delete the row"))
     sha = hashlib.sha1()
     sizes: set = set()
     for _, p in paths:

@@ -90,14 +90,27 @@ def _as_table(obj, images, kw, findings, set_name) -> DataTable:
 
 
 def _unlisted(table: DataTable, records: list[dict], set_name: str) -> list[Finding]:
+    """Files in the folder that no row names (one folder listing); also improves the fix of
+    missing-file problems when a file with the same id but another extension exists."""
     named = {f for r in records for f in r["files"]}
     ids = set(table.ids)
     out = []
     missing_lower = {}
+    listing = sorted(Path(table.images).iterdir())
+    by_stem: dict[str, list[str]] = {}
+    for p in listing:
+        by_stem.setdefault(p.stem, []).append(p.name)
     for i, r in enumerate(records):
         if any(p[1] == "missing_file" for p in r["problems"]):
             missing_lower[table.ids[i].lower()] = i
-    for p in sorted(Path(table.images).iterdir()):
+            others = by_stem.get(table.ids[i], []) if table.fmt != "hpa-channels" else []
+            if others:
+                upper = any(Path(o).suffix != Path(o).suffix.lower() for o in others)
+                hint = (f"found {', '.join(others[:3])}: " + ("rename it with a lower-case extension" if upper
+                        else "pass the right --format, or add the file or delete the row"))
+                r["problems"] = [(sev, code, msg, hint if code == "missing_file" else fix)
+                                 for sev, code, msg, fix in r["problems"]]
+    for p in listing:
         if p.name.startswith(".") or not p.is_file() or p.name in named:
             continue
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -159,6 +172,7 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
         recs = inspect_table(t, near_dup=near_dup, workers=workers, progress=progress,
                              description=f"checking {name} images")
         recs_by_set[name] = recs
+        unlisted = _unlisted(t, recs, name)
         for i, r in enumerate(recs):
             for sev, code, msg, fix in r["problems"]:
                 findings.append(Finding(sev, code, t.where(i), msg, fix, set=name, index=i))
@@ -169,7 +183,7 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
                 if r["hash"] is not None:
                     all_hash.append(r["hash"])
                     owners.append((name, i))
-        findings.extend(_unlisted(t, recs, name))
+        findings.extend(unlisted)
     tables = dict(sets)
     if len(shapes) > 1:
         common = shapes.most_common(1)[0][0]
