@@ -77,3 +77,13 @@ def test_split_cli_writes_csv_with_group_col(tmp_path, capsys):
     rc = main(["split", "--csv", str(csv), "--images", str(imgs), "--group-col", "nope", "--out", str(out)])
     assert rc == 2
     assert "--group-col: expected a column 'nope'" in capsys.readouterr().err
+
+
+def test_split_reports_rows_dropped_by_schema_mapping(tmp_path, capsys):
+    csv, imgs = make_tiny_dataset(tmp_path, n=5, size=16)
+    csv.write_text("Image,Label\n1000,1\n1001,0\n1002,23\n1003,5\n1004,0 25\n")
+    out = tmp_path / "s.csv"
+    assert main(["split", "--csv", str(csv), "--images", str(imgs), "--from-schema", "hpa28", "--folds", "2",
+                 "--no-near-dup", "--out", str(out)]) == 0
+    assert "note: dropped 1 of 5 images with no label in ghent10" in capsys.readouterr().err
+    assert pd.read_csv(out, dtype={"Image": str})["Image"].tolist() == ["1001", "1002", "1003", "1004"]

@@ -58,6 +58,8 @@ def run(args) -> int:
                                      fix="e.g. --size 128"))
     has_data = bool(args.csv or args.images or args.data)
     table = table_from_args(args, labels=False) if has_data else None
+    for note in (table.notes if table is not None else []):  # never drop rows silently
+        print(f"note: {note}", file=sys.stderr)
     if args.clear:
         n, freed = clear_cache(table)
         console.print(f"removed {n} cache entries ({_mb(freed)}) from {cache_dir()}")

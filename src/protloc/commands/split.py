@@ -50,6 +50,8 @@ def run(args) -> int:
     from protloc.split import fold_class_counts, make_folds
 
     table = table_from_args(args)
+    for note in (table.notes if table is not None else []):  # never drop rows silently
+        print(f"note: {note}", file=sys.stderr)
     groups = _group_values(args, table) if args.group_col else None
     n_folds = args.folds if args.folds is not None else 5
     linked = []
