@@ -104,7 +104,8 @@ def main() -> int:
         out = explore(table, out=work / f"explore_{name}.html", test_table=test, sample=args.sample,
                       progress=False, validate=val)
         dt = time.perf_counter() - t
-        results[name] = {"seconds": round(dt, 1), "html_mb": round(out.stat().st_size / 1e6, 2)}
+        results[name] = {"seconds": round(dt, 1), "html_mb": round(out.stat().st_size / 1e6, 2),
+                         "load_average_1min_after": round(os.getloadavg()[0], 1)}
         print(f"explore ({name.replace('_', ' ')}): {dt:.1f} s, {results[name]['html_mb']} MB -> {out}")
     res = {"n_train": args.n, "n_test": args.test, "sample": args.sample, "goal_seconds": 120,
            "data": f"{args.base} protloc.synth images + mosaics of their quadrants (see docstring)",
