@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protloc.errors import InputError, fmt_problem
 from protloc import explore_plots as plots
+from protloc.errors import InputError, fmt_problem
 from protloc.htmlreport import Page, esc
 
 #: what each stacked channel shows, by HPA channel name (rgb files: red, green, blue).
