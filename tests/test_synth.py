@@ -175,3 +175,13 @@ def test_interrupted_run_leaves_no_csv(tmp_path, monkeypatch):
         make_dataset(tmp_path / "i", n_train=5, n_test=2, size=32, progress=False)
     assert not list((tmp_path / "i").glob("*.csv")) and not (tmp_path / "i" / "synth.json").exists()
     assert not list((tmp_path / "i").rglob(".*.tmp"))
+
+
+def test_gallery_png(tmp_path):
+    from PIL import Image
+
+    from protloc.synth import save_gallery
+
+    p = save_gallery(tmp_path / "g.png", size=32, n_per_class=1)
+    with Image.open(p) as im:
+        assert im.size[0] > 300 and im.size[1] > 600
