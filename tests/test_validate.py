@@ -209,3 +209,22 @@ def test_data_folder_checks_test_split_too(tmp_path, capsys):
     assert [(f["code"], f["where"]) for f in rep["findings"]] == [("leak", "1002 (train), t1 (test)"),
                                                                   ("unlabeled", "test.csv")]
     assert "error: 1002 (train), t1 (test): byte-identical images in both train and test" in capsys.readouterr().err
+
+
+def test_rotated_copies_only_with_rotations(tmp_path, capsys):
+    csv, imgs = _smooth_dataset(tmp_path, 12, seed=5)
+    Image.fromarray(np.rot90(np.asarray(Image.open(imgs / "1004.png")))).save(imgs / "1011.png")
+    plain = validate_dataset(csv, imgs, progress=False, workers=1)
+    assert plain.findings == []
+    rep = validate_dataset(csv, imgs, rotations=True, progress=False, workers=1)
+    assert [(f.code, f.where) for f in rep.findings] == [("near_duplicate", "1004 (train), 1011 (train)")]
+    assert "any rotation/flip" in rep.findings[0].message
+    t = load_table(csv, imgs)
+    assert near_duplicate_groups(t, rotations=True, progress=False, workers=1) == [[4, 11]]
+    from protloc.split import make_folds
+
+    f = make_folds(t, 3, rotations=True, workers=1)
+    assert f[4] == f[11]
+    assert main(["split", "--csv", str(csv), "--images", str(imgs), "--folds", "3", "--rotations",
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    assert "1 groups of duplicate/near-duplicate images (2 images)" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 from protloc.cache import worker_map
 from protloc.errors import InputError
 from protloc.imageio import TIFF_EXTS, hpa_channel_path, image_path, read_image, sniff_format
-from protloc.phash import hash_channels, image_hash
+from protloc.phash import hash_channels, image_hash, image_hashes_d4
 
 _PIL_FORMAT_EXTS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "TIFF": (".tif", ".tiff")}
 
@@ -57,7 +57,7 @@ def _classify(msg: str) -> str:
     return "unreadable"
 
 
-def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> dict:
+def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rotations: bool = False) -> dict:
     """Inspect one image: its files (name, bytes, SHA-1, header), problems, size, hash."""
     folder = Path(folder)
     rec = {"files": [], "problems": [], "shape": None, "hash": None, "dtypes": []}
@@ -137,17 +137,17 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2)) -> d
                                 f"{int(img.max())} after the 1/257 scaling); the image is almost black",
                                 "rescale the TIFFs to the full 16-bit range, or export 8-bit PNGs"))
     if hash_idx is not None:
-        rec["hash"] = image_hash(img, protein=min(hash_idx[0], img.shape[2] - 1),
-                                 nucleus=min(hash_idx[1], img.shape[2] - 1))
+        fn = image_hashes_d4 if rotations else image_hash  # (8, 2) or (2,) uint64
+        rec["hash"] = fn(img, protein=min(hash_idx[0], img.shape[2] - 1), nucleus=min(hash_idx[1], img.shape[2] - 1))
     return rec
 
 
 def _inspect_chunk(args):
-    folder, ids, fmt, channels, hash_idx = args
-    return [inspect_image(folder, iid, fmt, channels, hash_idx=hash_idx) for iid in ids]
+    folder, ids, fmt, channels, hash_idx, rotations = args
+    return [inspect_image(folder, iid, fmt, channels, hash_idx=hash_idx, rotations=rotations) for iid in ids]
 
 
-def inspect_table(table, *, near_dup: bool = True, workers: int | None = None,
+def inspect_table(table, *, near_dup: bool = True, rotations: bool = False, workers: int | None = None,
                   progress: bool = True, description: str = "checking images") -> list[dict]:
     """:func:`inspect_image` for every row of ``table``, in parallel, in row order."""
     from protloc.progress import progress_bar
@@ -155,7 +155,7 @@ def inspect_table(table, *, near_dup: bool = True, workers: int | None = None,
     n = len(table)
     hidx = hash_channels(table.fmt, table.channels) if near_dup else None
     chunk = 32
-    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, hidx)
+    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, hidx, rotations)
             for s in range(0, n, chunk)]
     workers = workers or min(4, os.cpu_count() or 1)
     out: list[dict] = []

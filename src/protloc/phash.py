@@ -61,12 +61,51 @@ def phash64(plane: np.ndarray) -> np.uint64:
     >>> bin(int(phash64(a)) ^ int(phash64(b))).count("1") <= 4
     True
     """
+    return _bits64(_dct8(plane))
+
+
+def _dct8(plane: np.ndarray) -> np.ndarray:
     x = np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize((32, 32), Image.Resampling.BOX),
                    dtype=np.float64)
-    d = (_DCT @ x @ _DCT.T)[:8, :8].ravel()
+    return (_DCT @ x @ _DCT.T)[:8, :8]
+
+
+def _bits64(d8: np.ndarray) -> np.uint64:
+    d = d8.ravel()
     bits = d > np.median(d[1:])
     bits[0] = False
     return np.bitwise_or.reduce(_BITS[bits], initial=np.uint64(0))
+
+
+_ALT = (-1.0) ** np.arange(8)
+#: sign patterns of the 8x8 DCT under vertical / horizontal flips (DCT-II: x[::-1] -> (-1)^u)
+_FLIPS = [np.ones((8, 8)), np.outer(_ALT, np.ones(8)), np.outer(np.ones(8), _ALT), np.outer(_ALT, _ALT)]
+
+
+def image_hashes_d4(img: np.ndarray, *, protein: int = 1, nucleus: int = 2) -> np.ndarray:
+    """Hashes of the 8 rotations/flips of an image, (8, 2) uint64; row 0 is :func:`image_hash`.
+
+    Computed from one DCT per channel (flips change coefficient signs, a transpose swaps
+    the axes), so it costs about as much as one hash.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> a = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    >>> h = image_hashes_d4(a)
+    >>> bool((h[0] == image_hash(a)).all())
+    True
+    >>> rotated = image_hash(np.ascontiguousarray(np.rot90(a)))
+    >>> int(hamming(h, rotated).min())
+    0
+    """
+    out = np.zeros((8, 2), np.uint64)
+    for c, ch in enumerate((protein, nucleus)):
+        d = _dct8(img[..., ch])
+        for k, base in enumerate((d, d.T)):
+            for j, sign in enumerate(_FLIPS):
+                out[k * 4 + j, c] = _bits64(base * sign)
+    return out
 
 
 def hash_channels(fmt: str, channels) -> tuple[int, int]:
@@ -125,7 +164,7 @@ def _bands(hashes: np.ndarray, n_bands: int) -> list[np.ndarray]:
     return out
 
 
-def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
+def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHOLD, queries=None) -> np.ndarray:
     """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``threshold`` bits.
 
     Every close pair of *distinct* hashes is returned; images that share one identical hash
@@ -137,6 +176,8 @@ def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHO
     hashes : (N, 2) uint64
     threshold : int
         Maximum Hamming distance (of 128 bits).
+    queries : (N,) bool, optional
+        Only look for close pairs that involve at least one of these hashes (faster).
 
     Returns
     -------
@@ -163,6 +204,10 @@ def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHO
         m = np.sort(m)
         pairs.update((int(m[0]), int(b), 0) for b in m[1:])
     # banded search among distinct hashes
+    uq = np.ones(len(uniq), bool)
+    if queries is not None:
+        uq[:] = False
+        uq[inv[np.asarray(queries, bool)]] = True
     close: set[tuple[int, int]] = set()
     if len(uniq) > 1 and threshold > 0:
         for band in _bands(uniq, min(max(threshold + 1, 3), 64)):
@@ -171,13 +216,14 @@ def near_duplicate_pairs(hashes: np.ndarray, *, threshold: int = DEFAULT_THRESHO
             for grp in np.split(o, s[1:]):
                 if len(grp) < 2:
                     continue
-                for k0 in range(0, len(grp), 512):  # bounded memory for big buckets
-                    blk = grp[k0:k0 + 512]
+                rows = grp[uq[grp]]
+                for k0 in range(0, len(rows), 512):  # bounded memory for big buckets
+                    blk = rows[k0:k0 + 512]
                     d = hamming(uniq[blk][:, None, :], uniq[grp][None, :, :])
                     ii, jj = np.nonzero(d <= threshold)
-                    for a, b in zip(blk[ii], grp[jj]):
-                        if a < b:
-                            close.add((int(a), int(b)))
+                    for a, b in zip(blk[ii].tolist(), grp[jj].tolist()):
+                        if a != b:
+                            close.add((min(a, b), max(a, b)))
     for ua, ub in close:
         a, b = int(np.min(members[ua])), int(np.min(members[ub]))
         pairs.add((min(a, b), max(a, b), int(hamming(uniq[ua], uniq[ub]))))
@@ -213,7 +259,7 @@ def groups_from_pairs(n: int, pairs) -> list[list[int]]:
 
 
 def array_duplicate_groups(images, *, fmt: str = "rgb", channels=("red", "green", "blue"),
-                           threshold: int = DEFAULT_THRESHOLD, skip=()) -> list[list[int]]:
+                           threshold: int = DEFAULT_THRESHOLD, skip=(), rotations: bool = False) -> list[list[int]]:
     """Near-duplicate groups of already decoded images (N, H, W, C) uint8, e.g. a cache memmap.
 
     ``skip``: indices to leave out (unreadable images cached as black).
@@ -231,6 +277,38 @@ def array_duplicate_groups(images, *, fmt: str = "rgb", channels=("red", "green"
     keep = [i for i in range(len(images)) if i not in skip]
     if len(keep) < 2:
         return []
-    h = np.stack([image_hash(np.asarray(images[i]), protein=p, nucleus=n) for i in keep])
-    pairs = near_duplicate_pairs(h, threshold=threshold)
+    fn, search = (image_hashes_d4, near_duplicate_pairs_d4) if rotations else (image_hash, near_duplicate_pairs)
+    h = np.stack([fn(np.asarray(images[i]), protein=p, nucleus=n) for i in keep])
+    pairs = search(h, threshold=threshold)
     return groups_from_pairs(len(images), [(keep[a], keep[b]) for a, b, _ in pairs])
+
+
+def near_duplicate_pairs_d4(hashes8: np.ndarray, *, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Like :func:`near_duplicate_pairs` but also matching rotated/flipped copies.
+
+    ``hashes8``: (N, 8, 2) from :func:`image_hashes_d4`. The search runs over all 8N hashes
+    (several times slower than the plain search). Returns ``(i, j, distance)`` rows, ``i < j``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.integers(0, 255, (3, 64, 64, 3)).astype(np.uint8)
+    >>> a[2] = a[0][:, ::-1]                      # a mirrored copy
+    >>> near_duplicate_pairs_d4(np.stack([image_hashes_d4(x) for x in a]))[:, :2].tolist()
+    [[0, 2]]
+    """
+    hashes8 = np.asarray(hashes8, dtype=np.uint64)
+    n = len(hashes8)
+    identity = np.zeros((n, 8), bool)
+    identity[:, 0] = True  # compare each image as it is with every rotation/flip of the others
+    pairs = near_duplicate_pairs(hashes8.reshape(-1, 2), threshold=threshold, queries=identity.ravel())
+    best: dict[tuple[int, int], int] = {}
+    for a, b, d in pairs.tolist():
+        oa, ob = a // 8, b // 8
+        if oa != ob:
+            key = (min(oa, ob), max(oa, ob))
+            best[key] = min(d, best.get(key, 999))
+    # (identical-hash sets are linked through their first member only: enough for grouping)
+    if not best or not n:
+        return np.zeros((0, 3), int)
+    return np.array(sorted((a, b, d) for (a, b), d in best.items()), dtype=int)

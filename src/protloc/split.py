@@ -103,7 +103,7 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
 
 def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup: bool = True,
                holdout: float | None = None, progress: bool = False, threshold: int | None = None,
-               workers: int | None = None, linked=None, images=None) -> np.ndarray:
+               workers: int | None = None, linked=None, images=None, rotations: bool = False) -> np.ndarray:
     """Fold per image of a DataTable (see the module docstring for the convention).
 
     Parameters
@@ -124,6 +124,8 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
     images : (N, H, W, C) uint8 array, optional
         Already decoded images of the table (e.g. ``load_cached(table, size=128).images``):
         near duplicates are hashed from them instead of decoding the files again (fast).
+    rotations : bool
+        Also treat rotated / mirrored copies as near duplicates (slower search).
 
     Examples
     --------
@@ -141,9 +143,11 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
             if len(images) != len(table):
                 raise InputError(fmt_problem("make_folds images", expected=f"{len(table)} decoded images",
                                              got=str(len(images)), fix="pass the table's own decoded array"))
-            linked = array_duplicate_groups(images, fmt=table.fmt, channels=table.channels, threshold=thr)
+            linked = array_duplicate_groups(images, fmt=table.fmt, channels=table.channels, threshold=thr,
+                                            rotations=rotations)
         else:
-            linked = near_duplicate_groups(table, threshold=thr, progress=progress, workers=workers)
+            linked = near_duplicate_groups(table, threshold=thr, rotations=rotations, progress=progress,
+                                           workers=workers)
     units = unit_ids(len(table), groups=groups, linked=linked)
     y = table.y() if table.labeled else np.zeros((len(table), 0), np.uint8)
     return stratified_folds(y, units, n_folds=n_folds, seed=seed, holdout=holdout)

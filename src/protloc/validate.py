@@ -27,7 +27,7 @@ import numpy as np
 from protloc.errors import InputError
 from protloc.filecheck import inspect_image, inspect_table  # noqa: F401 - inspect_image is API
 from protloc.imageio import HPA_CHANNELS
-from protloc.phash import DEFAULT_THRESHOLD, groups_from_pairs, near_duplicate_pairs
+from protloc.phash import DEFAULT_THRESHOLD, groups_from_pairs, near_duplicate_pairs, near_duplicate_pairs_d4
 from protloc.table import IMAGE_SUFFIXES, DataTable, lenient_table
 
 SEVERITIES = ("error", "warning", "info")
@@ -130,7 +130,8 @@ def _unlisted(table: DataTable, records: list[dict], set_name: str) -> list[Find
 
 
 def validate_dataset(table, images=None, *, test_table=None, test_images=None, near_dup: bool = True,
-                     threshold: int = DEFAULT_THRESHOLD, progress: bool = True, workers: int | None = None,
+                     rotations: bool = False, threshold: int = DEFAULT_THRESHOLD, progress: bool = True,
+                     workers: int | None = None,
                      **table_kw) -> ValidationReport:
     """Check a dataset (and optionally a test set) and return every finding.
 
@@ -145,6 +146,8 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
         A second set checked the same way; duplicates across the sets are reported as leaks.
     near_dup : bool
         Compute perceptual hashes and report near duplicates (Hamming <= ``threshold`` of 128).
+    rotations : bool
+        Also match rotated / mirrored copies (8 hashes per image; slower search).
     table_kw
         ``fmt``, ``channels``, ``schema``, ``id_col``, ``label_col``, ``from_schema``, ``data``.
 
@@ -169,7 +172,7 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
     shapes, dtypes = Counter(), Counter()
     recs_by_set = {}
     for name, t in sets:
-        recs = inspect_table(t, near_dup=near_dup, workers=workers, progress=progress,
+        recs = inspect_table(t, near_dup=near_dup, rotations=rotations, workers=workers, progress=progress,
                              description=f"checking {name} images")
         recs_by_set[name] = recs
         unlisted = _unlisted(t, recs, name)
@@ -216,9 +219,11 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
         else:
             findings.append(Finding("warning", "duplicate_image", where, f"{len(members)} byte-identical images",
                                     "keep one copy (split keeps copies in one fold)", set=members[0][0]))
+    rot = ", any rotation/flip" if rotations else ""
     train_groups: list[list[int]] = [[i for s, i in m if s == "train"] for m in by_sha.values() if len(m) > 1]
     if near_dup and len(all_hash) > 1:
-        pairs = near_duplicate_pairs(np.stack(all_hash), threshold=threshold)
+        search = near_duplicate_pairs_d4 if rotations else near_duplicate_pairs
+        pairs = search(np.stack(all_hash), threshold=threshold)
         by_sha_key = {(s, i): k for k, m in by_sha.items() for s, i in m}
         for g in groups_from_pairs(len(owners), [tuple(p[:2]) for p in pairs]):
             members = [owners[k] for k in g]
@@ -228,11 +233,11 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
             where = ", ".join(f"{tables[s].ids[i]} ({s})" for s, i in members[:10]) + (" ..." if len(g) > 10 else "")
             if len(sets_in) > 1:
                 findings.append(Finding("warning", "leak", where, f"near-duplicate images (perceptual hash within "
-                                        f"{threshold} bits) in both train and test",
+                                        f"{threshold} bits{rot}) in both train and test",
                                         "remove them from one set, or accept an optimistic test score", set="both"))
             else:
                 findings.append(Finding("warning", "near_duplicate", where, f"{len(g)} near-duplicate images "
-                                        f"(perceptual hash within {threshold} bits)",
+                                        f"(perceptual hash within {threshold} bits{rot})",
                                         "check they are not the same field exported twice; split keeps them "
                                         "in one fold", set=members[0][0]))
             tr = [i for s, i in members if s == "train"]
@@ -247,7 +252,8 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
     return ValidationReport(findings, {name: len(t) for name, t in sets}, stats, groups)
 
 
-def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOLD, progress: bool = True,
+def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOLD, rotations: bool = False,
+                          progress: bool = True,
                           workers: int | None = None, problems: list | None = None) -> list[list[int]]:
     """Groups of row indices of ``table`` that are byte-identical or near-duplicate images.
 
@@ -259,7 +265,7 @@ def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOL
     >>> near_duplicate_groups(load_table("train.csv", "train/"))  # doctest: +SKIP
     [[3, 17], [40, 41, 97]]
     """
-    recs = inspect_table(table, near_dup=True, workers=workers, progress=progress,
+    recs = inspect_table(table, near_dup=True, rotations=rotations, workers=workers, progress=progress,
                          description="hashing images")
     ok = [i for i, r in enumerate(recs) if r["hash"] is not None]
     if problems is not None:
@@ -272,6 +278,7 @@ def near_duplicate_groups(table: DataTable, *, threshold: int = DEFAULT_THRESHOL
         if j != i:
             pairs.append((j, i))
     if len(ok) > 1:
-        p = near_duplicate_pairs(np.stack([recs[i]["hash"] for i in ok]), threshold=threshold)
+        search = near_duplicate_pairs_d4 if rotations else near_duplicate_pairs
+        p = search(np.stack([recs[i]["hash"] for i in ok]), threshold=threshold)
         pairs += [(ok[a], ok[b]) for a, b, _ in p]
     return groups_from_pairs(len(table), pairs)

@@ -19,6 +19,8 @@ def register(sub) -> None:
     g.add_argument("--group-col", default=None, help="CSV column whose value keeps images in one fold")
     g.add_argument("--no-near-dup", action="store_true",
                    help="do not hash images to keep near duplicates in one fold (faster)")
+    g.add_argument("--rotations", action="store_true",
+                   help="also keep rotated/mirrored copies together (slower near-duplicate search)")
     g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     g.add_argument("--out", default="splits.csv", help="output CSV (Image,fold)")
     p.set_defaults(func=run)
@@ -59,7 +61,8 @@ def run(args) -> int:
         from protloc.validate import near_duplicate_groups
 
         problems: list = []
-        linked = near_duplicate_groups(table, progress=True, workers=args.workers or None, problems=problems)
+        linked = near_duplicate_groups(table, progress=True, workers=args.workers or None, problems=problems,
+                                       rotations=args.rotations)
         for i, msg in problems[:20]:
             print(f"warning: {table.where(i)}: not hashed ({msg}); it is split on its own. "
                   "Run protloc validate for details", file=sys.stderr)

@@ -21,6 +21,8 @@ def register(sub) -> None:
     g.add_argument("--test-images", default=None, help="test-set image folder (checks train/test leaks)")
     g.add_argument("--json", default=None, help="also write every finding to this JSON file")
     g.add_argument("--no-near-dup", action="store_true", help="skip the perceptual-hash near-duplicate search")
+    g.add_argument("--rotations", action="store_true",
+                   help="also find rotated/mirrored copies (8 hashes per image, slower search)")
     g.add_argument("--hamming", type=int, default=12,
                    help="near-duplicate threshold: differing bits of the 128-bit perceptual hash")
     g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
@@ -69,7 +71,7 @@ def run(args) -> int:
     kw = dict(data=args.data, fmt=args.format, channels=args.channels, schema=args.schema,
               id_col=args.id_col, label_col=args.label_col, from_schema=args.from_schema)
     report = validate_dataset(args.csv, args.images, test_table=args.test_csv, test_images=args.test_images,
-                              near_dup=not args.no_near_dup, progress=True, workers=args.workers or None,
+                              near_dup=not args.no_near_dup, rotations=args.rotations, progress=True, workers=args.workers or None,
                               threshold=args.hamming, **kw)
     render(report)
     if args.json:
