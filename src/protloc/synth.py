@@ -186,7 +186,9 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
             tmp.unlink()
 
 
-def _render_job(job) -> int:
+def _render_job(job) -> float:
+    """Render and write one image; return the CPU seconds it took (for the benchmark)."""
+    t0 = time.process_time()
     index, folder, iid, labels, size, fmt, difficulty, seed = job
     channels = 4 if fmt == "hpa-channels" else 3
     img = synth_image(labels, size=size, rng=image_rng(seed, index), difficulty=difficulty, channels=channels)
@@ -196,7 +198,7 @@ def _render_job(job) -> int:
     else:
         for c, name in enumerate(("red", "green", "blue", "yellow")):
             _write_png(folder / f"{iid}_{name}.png", np.ascontiguousarray(img[..., c]))
-    return index
+    return time.process_time() - t0
 
 
 def _check_args(out, n_train, n_test, size, fmt, label_noise, workers, overwrite):
@@ -291,16 +293,26 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(i, str(out / ("train" if i < n_train else "test")), int(ids[i]), clean[i], int(size), fmt,
              difficulty, int(seed)) for i in range(n)]
-    with progress_bar(total=n, description=f"synth {n} images", enable=progress) as advance:
-        if workers == 1 or n < MIN_PARALLEL:
-            for job in jobs:
-                _render_job(job)
-                advance(1)
-        else:
-            chunk = max(1, min(32, n // (workers * 8)))
-            with ProcessPoolExecutor(max_workers=workers) as ex:
-                for _ in ex.map(_render_job, jobs, chunksize=chunk):
+    cpu = 0.0
+    ex = None
+    if workers > 1 and n >= MIN_PARALLEL:
+        ex = ProcessPoolExecutor(max_workers=workers)
+        list(ex.map(abs, range(workers)))  # start the workers before the progress bar's thread
+    try:
+        with progress_bar(total=n, description=f"synth {n} images", enable=progress) as advance:
+            if ex is None:
+                for job in jobs:
+                    cpu += _render_job(job)
                     advance(1)
+            else:
+                chunk = max(1, min(32, n // (workers * 8)))
+                for job_cpu in ex.map(_render_job, jobs, chunksize=chunk):
+                    cpu += job_cpu
+                    advance(1)
+    finally:
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+
     def table(iids, sets=None):
         cols = {"Image": iids} if sets is None else {"Image": iids, "Label": [" ".join(map(str, s)) for s in sets]}
         return pd.DataFrame(cols)
@@ -319,6 +331,7 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
         "format": fmt, "difficulty": difficulty, "label_noise": float(label_noise),
         "n_noisy_train_labels": int(n_noisy), "workers": workers, "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
+        "render_cpu_seconds": round(cpu, 3),
         "train_class_counts": counts.tolist(),
         "files": ["train.csv", "train_clean_labels.csv", "test.csv", "test_labels.csv", "synth.json",
                   "train/", "test/"],
