@@ -152,6 +152,12 @@ class Field:
     def n(self) -> int:
         return len(self.cy)
 
+    @property
+    def fine(self) -> float:
+        """Scale of sub-micron detail (filaments, dots, blur): linear up to 128 px, then sqrt, so
+        larger images get sharper, not just magnified, detail (like the real 512 px originals)."""
+        return self.s if self.s <= 1 else float(np.sqrt(self.s))
+
 
 def layout(rng, size, ct: CellType, difficulty: float) -> Field:
     s = size / 128.0
@@ -264,7 +270,7 @@ def nucleoli(f: Field, rng, difficulty: float):
 # --------------------------------------------------------------------------- reference stains
 def stain_nuclei(f: Field, rng) -> np.ndarray:
     """Blue: textured nuclei with dark nucleoli; bright condensed chromatin in mitosis."""
-    tex = smooth_noise(rng, f.nucleus.shape, 0.8 * f.s)
+    tex = smooth_noise(rng, f.nucleus.shape, 0.8 * f.fine)
     level = rng.uniform(0.55, 1.0, f.n).astype(F32)
     level = np.where(f.mitotic, 1.5, level).astype(F32)
     rim = np.clip(1.25 - 0.35 * f.dn, 0.85, 1.0)  # slightly darker centre, brighter rim
@@ -275,7 +281,7 @@ def stain_microtubules(f: Field, rng, difficulty: float) -> np.ndarray:
     """Red: filaments radiating from the MTOC to the cell border, plus diffuse tubulin."""
     h = w = f.size
     alive = np.flatnonzero(~f.mitotic)
-    per = np.clip(np.round(2 * np.pi * np.sqrt(f.a * f.b) / (1.6 * f.s)), 10, 70).astype(int)[alive]
+    per = np.clip(np.round(2 * np.pi * np.sqrt(f.a * f.b) / (1.6 * f.fine)), 10, 70).astype(int)[alive]
     ci = np.repeat(alive, per)
     nr = len(ci)
     out = np.zeros((h, w), F32)
@@ -301,8 +307,8 @@ def stain_microtubules(f: Field, rng, difficulty: float) -> np.ndarray:
         # a filament ends at the first point outside its cell
         ok = np.cumprod(ok, axis=1).astype(bool)
         wt = inten[:, None] * np.where(f.nucleus[yi, xi], 0.3, 1.0) * (1.0 - 0.4 * t)
-        out = blobs((h, w), y[ok], x[ok], 0.45 * f.s, wt[ok] * 0.6)
-    fib = ridges(rng, (h, w), 0.7 * max(f.s, 0.5), 0.6)
+        out = blobs((h, w), y[ok], x[ok], 0.45 * f.fine, wt[ok] * 0.6)
+    fib = ridges(rng, (h, w), 0.7 * max(f.fine, 0.5), 0.6)
     diffuse = f.cell * np.clip(1.3 - f.rho, 0.2, 1) ** 0.5 * (0.25 + 0.25 * fib)
     mit = f.mitotic[f.owner] & f.cell
     spindle = mit * (0.5 + 0.5 * np.exp(-(f.dn * 0.7) ** 2))
@@ -311,7 +317,7 @@ def stain_microtubules(f: Field, rng, difficulty: float) -> np.ndarray:
 
 def stain_er(f: Field, rng) -> np.ndarray:
     """Yellow: reticular ER network, densest around the nucleus, with a nuclear-envelope rim."""
-    net = ridges(rng, f.cell.shape, 0.9 * max(f.s, 0.5), 0.5)
+    net = ridges(rng, f.cell.shape, 0.9 * max(f.fine, 0.5), 0.5)
     prof = np.clip(1.35 - f.rho, 0, 1) ** 0.7
     rim = np.exp(-(((f.dn - 1.0) / 0.12) ** 2))
     cyto = f.cell & ~f.nucleus
@@ -342,7 +348,7 @@ def _interphase_points(f: Field, rng, lo, hi, frac):
 
 
 def p_mitochondria(f, rng, d):
-    net = ridges(rng, f.cell.shape, 1.1 * max(f.s, 0.5), 0.45)
+    net = ridges(rng, f.cell.shape, 1.1 * max(f.fine, 0.5), 0.45)
     frag = np.clip(smooth_noise(rng, f.cell.shape, 1.6 * f.s) + 0.6, 0, 1)
     prof = np.clip(1.2 - f.rho, 0, 1) ** 0.5
     return (f.cell & ~f.nucleus) * net * frag * prof * 1.2 + 0.05 * _cytoplasm(f, rng)
@@ -350,7 +356,7 @@ def p_mitochondria(f, rng, d):
 
 def p_nuclear_bodies(f, rng, d):
     y, x, n = _interphase_points(f, rng, 1, int(3 + 4 * d), 0.8)
-    dots = blobs(f.cell.shape, y, x, 0.7 * f.s, rng.uniform(0.6, 1.0, n))
+    dots = blobs(f.cell.shape, y, x, 0.7 * f.fine, rng.uniform(0.6, 1.0, n))
     return np.minimum(dots, 1.0) * f.nucleus + 0.08 * _nucleoplasm(f, rng)
 
 
@@ -368,7 +374,7 @@ def p_golgi(f, rng, d):
     r = 1.0 + np.abs(rng.normal(0.1, 0.25, n))
     y = f.ncy[idx] + np.sin(ang) * f.nb[idx] * r
     x = f.ncx[idx] + np.cos(ang) * f.na[idx] * r
-    g = blobs(f.cell.shape, y, x, 0.75 * f.s, rng.uniform(0.3, 0.8, n))
+    g = blobs(f.cell.shape, y, x, 0.75 * f.fine, rng.uniform(0.3, 0.8, n))
     return np.minimum(g, 1.0) * f.cell * np.where(f.nucleus, 0.6, 1.0) + 0.03 * _cytoplasm(f, rng)
 
 
@@ -382,7 +388,7 @@ def p_fibrillar_center(f, rng, d):
     idx = np.repeat(np.arange(len(ny)), k)
     r = np.sqrt(rng.uniform(0, 1, len(idx))) * rad[idx] * 0.6
     phi = rng.uniform(0, 2 * np.pi, len(idx))
-    dots = blobs(f.cell.shape, ny[idx] + r * np.sin(phi), nx[idx] + r * np.cos(phi), 0.45 * f.s,
+    dots = blobs(f.cell.shape, ny[idx] + r * np.sin(phi), nx[idx] + r * np.cos(phi), 0.45 * f.fine,
                  rng.uniform(0.6, 1.0, len(idx)))
     return np.minimum(dots, 1.0) * f.nucleus + 0.1 * f.nucleoli
 
@@ -400,7 +406,7 @@ def p_plasma_membrane(f, rng, d):
     e[:, :-1] |= lab[:, :-1] != lab[:, 1:]
     e &= f.cell
     tex = np.clip(1 + 0.3 * smooth_noise(rng, lab.shape, 2 * f.s), 0.3, 1.5)
-    mem = ndi.gaussian_filter(e.astype(F32) * tex, 0.5 * f.s) * 1.6
+    mem = ndi.gaussian_filter(e.astype(F32) * tex, 0.5 * f.fine) * 1.6
     return np.minimum(mem, 1.0) + 0.08 * _cytoplasm(f, rng)
 
 
@@ -410,14 +416,14 @@ def p_centrosome(f, rng, d):
     off = rng.uniform(0, 2 * np.pi, len(alive))
     y = np.concatenate([f.mtoc_y[alive], (f.mtoc_y[alive] + 1.4 * f.s * np.sin(off))[two]])
     x = np.concatenate([f.mtoc_x[alive], (f.mtoc_x[alive] + 1.4 * f.s * np.cos(off))[two]])
-    dots = blobs(f.cell.shape, y, x, 0.55 * f.s, rng.uniform(0.7, 1.0, len(y)))
+    dots = blobs(f.cell.shape, y, x, 0.55 * f.fine, rng.uniform(0.7, 1.0, len(y)))
     return np.minimum(dots, 1.0) * f.cell + 0.04 * _cytoplasm(f, rng)
 
 
 def p_speckles(f, rng, d):
     y, x, n = _interphase_points(f, rng, 8, 25, 0.85)
-    sp = blobs(f.cell.shape, y, x, 0.6 * f.s, rng.uniform(0.4, 1.0, n))
-    irregular = np.clip(0.75 + 0.35 * smooth_noise(rng, f.cell.shape, 0.7 * f.s), 0, 1.3)
+    sp = blobs(f.cell.shape, y, x, 0.6 * f.fine, rng.uniform(0.4, 1.0, n))
+    irregular = np.clip(0.75 + 0.35 * smooth_noise(rng, f.cell.shape, 0.7 * f.fine), 0, 1.3)
     return (np.minimum(sp, 1.0) * irregular + 0.15 * _nucleoplasm(f, rng)) * f.nucleus * (1 - 0.5 * f.nucleoli)
 
 
@@ -448,7 +454,7 @@ def stain_protein(f: Field, labels, rng, difficulty: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- microscope
-def microscope(chans, rng, difficulty: float, s: float) -> np.ndarray:
+def microscope(chans, rng, difficulty: float, s: float, fine: float) -> np.ndarray:
     """Bleed-through, uneven illumination, blur, auto-exposure, Poisson-Gaussian noise -> uint8.
 
     ``chans``: list of (H, W) float planes in stain order red, green, blue[, yellow].
@@ -467,7 +473,7 @@ def microscope(chans, rng, difficulty: float, s: float) -> np.ndarray:
     q = (rng.uniform(0.6, 2.5, 4) * (1.3 - d)).astype(F32)  # photons per grey level
     sd = rng.uniform(0.5, 1.5 + 3 * d, 4).astype(F32)  # read noise
     offset = rng.uniform(1, 6, 4).astype(F32)
-    blur = rng.uniform(0.3, 0.5 + 0.9 * d) * s + 0.05
+    blur = rng.uniform(0.3, 0.5 + 0.9 * d) * fine + 0.05
     x *= illum[..., None]
     x += 0.04 * ndi.uniform_filter(x, (int(12 * s) + 1,) * 2 + (1,))  # out-of-focus haze
     x = ndi.gaussian_filter(x, (blur, blur, 0), truncate=3.0)
@@ -512,5 +518,5 @@ def render(labels, *, size, rng, difficulty, cell_type, channels) -> np.ndarray:
     if channels == 4:
         chans.append(stain_er(f, rng_er))
     debris(chans, rng_mic, d, f)
-    img = microscope(chans, rng_mic, d, f.s)
+    img = microscope(chans, rng_mic, d, f.s, f.fine)
     return img
