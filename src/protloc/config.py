@@ -46,9 +46,9 @@ class TrainConfig:
     dropout: float = 0.2
     hidden: int = 0
     drop_path: float = 0.0
-    size: int = 128
+    size: int = 96
     # optimisation
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 2e-3
     backbone_lr_mult: float = 0.5
@@ -57,6 +57,7 @@ class TrainConfig:
     schedule: str = "cosine"        # cosine (warmup + cosine) | onecycle | constant
     warmup_epochs: float = 1.0
     freeze_epochs: int = 0          # head only for N epochs; -1 = backbone frozen throughout
+    freeze_blocks: int = 3          # stem + first N backbone stages frozen throughout (CPU speed)
     accumulate: int = 1
     ema: float = 0.0                # EMA decay (0 = off), e.g. 0.998
     loss: str = "bce"               # bce | focal | asl | softf1 | sums like bce+0.5*softf1
@@ -166,7 +167,7 @@ PRESETS: dict[str, dict] = {
              "frozen backbone is EfficientNet-Lite0 with offline ImageNet weights",
         model="tf_efficientnet_lite0", pretrained="offline", hidden=512, dropout=0.0, pool="avg",
         loss="softf1", optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
-        warmup_epochs=0.0, freeze_epochs=-1, augment="d4", epochs=30, threshold=0.5,
+        warmup_epochs=0.0, freeze_epochs=-1, freeze_blocks=0, augment="d4", epochs=30, threshold=0.5, size=128,
         backbone_lr_mult=1.0),
-    "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5),
+    "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5, freeze_blocks=2),
 }

@@ -20,6 +20,7 @@ FLAGS = {
     "--schedule": ("schedule", str, "cosine (warmup + cosine) | onecycle | constant"),
     "--warmup-epochs": ("warmup_epochs", float, "linear warmup length (cosine schedule)"),
     "--freeze-epochs": ("freeze_epochs", int, "train the head only for N epochs (-1: always)"),
+    "--freeze-blocks": ("freeze_blocks", int, "keep the stem + first N backbone stages frozen (0 = none)"),
     "--accumulate": ("accumulate", int, "gradient accumulation steps"),
     "--ema": ("ema", float, "EMA decay of the weights (0 = off), e.g. 0.998"),
     "--loss": ("loss", str, "bce | focal | asl | softf1 or a weighted sum like bce+0.5*softf1"),
