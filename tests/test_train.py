@@ -136,3 +136,22 @@ def test_config_file_and_flags_override(tmp_path):
     with pytest.raises(InputError, match="training config: expected keys from"):
         TrainConfig.resolve(file=f)
     assert np.isclose(TrainConfig.preset("default").val_fraction, 0.2)
+
+
+def test_recipe_options_and_four_channels(tmp_path):
+    from helpers import make_tiny_dataset
+
+    from protloc.model import load_weights
+
+    csv, images = make_tiny_dataset(tmp_path / "hpa", n=24, size=32, fmt="hpa-channels",
+                                    channels=("red", "green", "blue", "yellow"))
+    out = tmp_path / "r"
+    assert main(["train", "--csv", str(csv), "--images", str(images), "--channels", "all", "--out", str(out), *TINY,
+                 "--epochs", "2", "--ema", "0.9", "--schedule", "onecycle", "--sampler", "balanced",
+                 "--loss", "bce+0.5*softf1", "--freeze-epochs", "1", "--freeze-blocks", "0", "--pool", "catavgmax",
+                 "--hidden", "16", "--pos-weight", "auto", "--accumulate", "2", "--monitor", "val_mAP"]) == 0
+    run = RunFolder(out)
+    net = load_weights(run.model_path(0))
+    assert net.spec.in_chans == 4 and net.spec.pool == "catavgmax" and net.spec.hidden == 16
+    assert run.preprocessing().channels == ("red", "green", "blue", "yellow")
+    assert json.loads(run.summary_json.read_text())["monitor"] == "val_mAP"

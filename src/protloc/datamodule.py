@@ -44,6 +44,19 @@ class ArrayDataset(Dataset):
         i = int(self.indices[j])
         return i, torch.from_numpy(np.array(self.images[i], dtype=np.uint8)), torch.from_numpy(self.y[i])
 
+    def __getitems__(self, js):
+        """A whole batch with one (sorted, memmap-friendly) fancy index instead of B lookups."""
+        ii = self.indices[np.asarray(js, dtype=np.int64)]
+        order = np.argsort(ii, kind="stable")
+        imgs = np.empty((len(ii), *self.images.shape[1:]), np.uint8)
+        imgs[order] = self.images[ii[order]]
+        return torch.from_numpy(ii), torch.from_numpy(imgs), torch.from_numpy(self.y[ii])
+
+
+def _batch_collate(batch):
+    """``__getitems__`` already returns a collated batch."""
+    return batch
+
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
     """Per-image sampling weight: the largest ``1 / class frequency`` among its labels.
@@ -115,7 +128,7 @@ class ProtlocDataModule(pl.LightningDataModule):
         w = balanced_weights(self.y[idx]) if (train and self.sampler == "balanced") else None
         sampler = EpochSampler(len(idx), seed=self.seed, shuffle=train, rank=rank, world=world, weights=w)
         return DataLoader(ArrayDataset(self.images, self.y, idx), batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.workers, persistent_workers=self.workers > 0,
+                          collate_fn=_batch_collate, num_workers=self.workers, persistent_workers=self.workers > 0,
                           pin_memory=torch.cuda.is_available(),
                           drop_last=train and len(idx) > 2 * self.batch_size * world)
 

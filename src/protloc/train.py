@@ -279,6 +279,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
     main = is_main_process()
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
