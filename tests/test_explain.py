@@ -103,7 +103,7 @@ def test_overlay_and_render_sizes():
     assert hot.shape == (32, 32, 3) and hot.dtype == np.uint8 and not np.array_equal(hot, img)
     ex = explain_image(QuadrantNet().eval(), PRE, img)
     arr = render_explanation(img, ex, preprocessing=PRE)
-    assert arr.shape == (300 * len(ex) + 40, 900, 3) and arr.dtype == np.uint8
+    assert arr.shape == (300 * len(ex) + 60, 900, 3) and arr.dtype == np.uint8
     png = render_explanation(img, ex[:1], preprocessing=PRE, as_png=True)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -120,12 +120,12 @@ def test_explain_cli_writes_png(fake_run, tiny_rgb, tmp_path, capsys):
     out = tmp_path / "ex.png"
     rc = main(["explain", str(fake_run), str(images / "1000.png"), "--class", "Nucleoli", "--out", str(out)])
     assert rc == 0
-    assert Image.open(out).size == (900, 340)
+    assert Image.open(out).size == (900, 360)
     assert "Nucleoli: p=" in capsys.readouterr().out
     out2 = tmp_path / "ex2.png"
     rc = main(["explain", str(fake_run), "--images", str(images), "--id", "1001", "--class", "0",
                "--class", "Cytosol", "--out", str(out2)])
-    assert rc == 0 and Image.open(out2).size == (900, 640)
+    assert rc == 0 and Image.open(out2).size == (900, 660)
 
 
 def test_explain_cli_errors(fake_run, tiny_rgb, tmp_path, capsys):

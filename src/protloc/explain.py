@@ -199,7 +199,7 @@ def overlay(image_rgb, heatmap, *, alpha: float = 0.55, cmap: str = "jet") -> np
     if hm.shape != img.shape[:2]:
         hm = np.asarray(Image.fromarray(hm, mode="F").resize(img.shape[1::-1], Image.Resampling.BILINEAR))
         hm = np.clip(hm, 0, 1)
-    color = matplotlib.colormaps[cmap](hm)[..., :3].astype(np.float32) * 255
+    color = matplotlib.colormaps[cmap](hm * 0.85)[..., :3].astype(np.float32) * 255  # top: red, not maroon
     a = (alpha * np.sqrt(hm))[..., None]
     return np.clip(img * (1 - a) + color * a, 0, 255).astype(np.uint8)
 
@@ -214,7 +214,7 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
     """Figure with one row per explanation: image, overlay on composite, overlay on protein.
 
     Each row's title gives the class name and ``p=0.82 >= threshold 0.40`` (or ``<``). The size
-    is fixed: 900 x (300 x rows + 40) pixels at ``dpi=100``. Returns uint8 RGB (H, W, 3), or PNG
+    is fixed: 900 x (300 x rows + 60) pixels at ``dpi=100``. Returns uint8 RGB (H, W, 3), or PNG
     bytes with ``as_png=True``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -225,7 +225,8 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
     green = img[..., protein_channel(preprocessing)]
     green_rgb = np.stack([np.zeros_like(green), green, np.zeros_like(green)], -1)
     rows = max(1, len(explanations))
-    fig = Figure(figsize=(9, 3 * rows + 0.4), dpi=dpi)
+    height = 3 * rows + 0.6
+    fig = Figure(figsize=(9, height), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 3, squeeze=False)
     for r in range(rows):
@@ -248,9 +249,10 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
         empty = not np.asarray(e["heatmap"]).any()
         axes[r, 2].set_title("no positive evidence found" if empty else "Grad-CAM on protein channel",
                              fontsize=9)
-    fig.suptitle("Grad-CAM: where the model looked for each class", fontsize=11)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (3 * rows + 0.4),
-                        wspace=0.05, hspace=0.18)
+    fig.suptitle("Grad-CAM: where the model looked for each class", fontsize=11, y=1 - 0.08 / height,
+                 va="top")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.72 / height,
+                        wspace=0.05, hspace=0.3 / 2.7)
     fig.canvas.draw()
     arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     if not as_png:

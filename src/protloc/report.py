@@ -35,7 +35,7 @@ SECTIONS = ("Summary", "Training curves", "Per-class metrics", "Precision-recall
             "Probability distributions", "Calibration", "Label co-occurrence",
             "Worst false positives and false negatives", "Grad-CAM examples")
 THUMB = 96  # gallery thumbnails are at most this many pixels wide
-GRADCAM_PX = 128  # side of each Grad-CAM panel
+GRADCAM_PX = 120  # side of each Grad-CAM panel
 
 
 @dataclass

@@ -198,14 +198,19 @@ def prob_densities(y, probs, thresholds, classes):
     fig, axes = _grid(len(classes))
     for c, name in enumerate(classes):
         ax = axes[c]
+        peaks = {}
         for mask, color, label in ((~y[:, c], NEG, "negatives"), (y[:, c], POS, "positives")):
             if mask.sum():
                 d = _density(p[mask, c], grid)
+                peaks[label] = float(d.max())
                 ax.fill_between(grid, d, color=color, alpha=0.35, lw=0)
                 ax.plot(grid, d, color=color, lw=1.2, label=label)
         ax.axvline(thresholds[c], color=THR, ls="--", lw=1.2, label="threshold")
         ax.set_xlim(0, 1)
-        ax.set_ylim(bottom=0)
+        if "positives" in peaks and peaks.get("negatives", 0) > 4 * peaks["positives"]:
+            ax.set_ylim(0, 4 * peaks["positives"] * 1.1)  # negatives' spike cut so positives stay visible
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_title(f"{_short(name)}\n{int(y[:, c].sum())} pos / {int((~y[:, c]).sum())} neg, "
                      f"t={thresholds[c]:.2f}", fontsize=9)
         ax.set_xlabel("predicted probability", fontsize=8)
