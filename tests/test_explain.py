@@ -64,8 +64,10 @@ def test_gradcam_peak_lies_in_the_region_the_class_depends_on():
     assert y0 < 16 and x0 < 16, "class 0 must point at the top-left blob (even though it is dimmer)"
     assert y1 >= 16 and x1 >= 16
     assert h0[20:, 20:].max() < 0.2 and h1[:12, :12].max() < 0.2
-    # an ensemble of identical models gives the same map
+    # an ensemble of identical models gives the same map; inference mode (web app) does not matter
     np.testing.assert_allclose(gradcam([net, net], x, 0), h0, atol=1e-6)
+    with torch.inference_mode():
+        np.testing.assert_allclose(gradcam(net, x.clone(), 0), h0, atol=1e-6)
 
 
 def test_gradcam_with_no_positive_evidence_is_all_zero_and_rejects_batches():
@@ -106,6 +108,16 @@ def test_overlay_and_render_sizes():
     assert arr.shape == (300 * len(ex) + 60, 900, 3) and arr.dtype == np.uint8
     png = render_explanation(img, ex[:1], preprocessing=PRE, as_png=True)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_four_channel_image_uses_the_green_channel():
+    pre4 = Preprocessing(fmt="hpa-channels", channels=("red", "green", "blue", "yellow"), size=32,
+                         mean=(0.0,) * 4, std=(1.0,) * 4, schema=PRE.schema)
+    img = np.concatenate([two_blobs(), np.full((32, 32, 1), 40, np.uint8)], axis=-1)
+    assert explain.protein_channel(pre4) == 1
+    ex = explain_image(QuadrantNet().eval(), pre4, img, classes=[0])
+    assert ex[0]["heatmap"][:16, :16].max() == pytest.approx(1.0)
+    assert render_explanation(img, ex, preprocessing=pre4).shape == (360, 900, 3)
 
 
 def test_doctests():

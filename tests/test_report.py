@@ -82,6 +82,10 @@ def test_report_errors(run_copy, tiny_rgb, tmp_path, capsys):
     assert main(["report", str(run_copy), "--images", str(tmp_path / "nope")]) == 2
     assert main(["report", str(run_copy), "--gallery", "-1"]) == 2
     assert "--gallery: expected an integer >= 0, got -1" in capsys.readouterr().err
+    unlabeled = tmp_path / "ids.csv"
+    unlabeled.write_text("Image\n1000\n1001\n")
+    assert main(["report", str(run_copy), "--csv", str(unlabeled), "--images", str(images)]) == 2
+    assert "ids.csv: expected a label column" in capsys.readouterr().err
 
 
 def test_image_source_reads_config_defensively(run_copy, tiny_rgb, tmp_path):
