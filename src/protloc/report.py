@@ -144,6 +144,19 @@ def _reader(folder, fmt, channels, size) -> Callable:
     return read
 
 
+def run_channels(pre) -> tuple[str, tuple | None]:
+    """(format, channels for imageio.read_image) that read images as the run was trained."""
+    fmt = pre.fmt if pre.fmt in ("rgb", "hpa-channels", "tiff") else "auto"
+    if fmt == "hpa-channels":
+        return fmt, tuple(pre.channels)
+    if fmt == "tiff":
+        try:
+            return fmt, tuple(int(str(c).removeprefix("ch")) for c in pre.channels)
+        except ValueError:
+            return fmt, None
+    return fmt, None
+
+
 def from_oof(run: RunFolder) -> ReportData:
     """Report data from the out-of-fold probabilities and the training images of config.yaml."""
     pre = run.preprocessing()
@@ -158,9 +171,7 @@ def from_oof(run: RunFolder) -> ReportData:
         data.notes.append(f"no images found: {msg}; galleries and Grad-CAM are skipped. Pass --csv/--images "
                           "to report on a labeled image set.")
     else:
-        fmt = pre.fmt if pre.fmt in ("rgb", "hpa-channels", "tiff") else "auto"
-        chans = pre.channels if fmt == "hpa-channels" else None
-        data.read = _reader(folder, fmt, chans, pre.size)
+        data.read = _reader(folder, *run_channels(pre), pre.size)
     return data
 
 
@@ -322,8 +333,11 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
         img = d.read(d.ids[i])
         if img is None:
             continue
-        e = explain_image(pred, pre, img, classes=[c], thresholds=d.thresholds)[0]
-        a = pre.check_array(img[..., :pre.in_chans] if img.shape[2] > pre.in_chans else img)
+        try:
+            e = explain_image(pred, pre, img, classes=[c], thresholds=d.thresholds)[0]
+            a = pre.check_array(img)
+        except InputError:  # e.g. an image with other channels than the run's
+            continue
         g = a[..., protein_channel(pre)]
         green = np.stack([np.zeros_like(g), g, np.zeros_like(g)], -1)
         gap = np.full((GRADCAM_PX, 4, 3), 255, np.uint8)

@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--id", dest="image_id", default=None, help="image id in --images")
     p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
                    help="class to explain (name or number; repeatable). Default: the predicted classes")
-    p.add_argument("--out", default=None, help="PNG to write (default: <image id>_explain.png here)")
+    p.add_argument("--out", default=None, help="PNG to write; None means <image id>_explain.png in the current folder")
     p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: all)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.set_defaults(func=run)

@@ -28,7 +28,7 @@ def register(sub) -> None:
     g.add_argument("--id-col", default=None)
     g.add_argument("--label-col", default=None)
     g.add_argument("--tta", default="none", choices=("none", "flip", "d4"), help="test-time augmentation")
-    p.add_argument("--out", default=None, help="HTML file (default: RUN/report.html)")
+    p.add_argument("--out", default=None, help="HTML file to write; None means RUN/report.html")
     p.add_argument("--gallery", type=int, default=3, help="error images per class and kind")
     p.add_argument("--gradcam", type=int, default=8, help="Grad-CAM examples (0 = none)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from protloc.errors import InputError, fmt_problem
-    from protloc.report import _reader, build_report, from_oof, from_table
+    from protloc.report import _reader, build_report, from_oof, from_table, run_channels
     from protloc.runfolder import RunFolder
     from protloc.table import load_table
 
@@ -60,9 +60,10 @@ def run(args) -> int:
             if not Path(args.images).is_dir():
                 raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(args.images),
                                              fix="check the path"))
-            fmt = pre.fmt if args.format == "auto" else args.format
+            fmt, chans = run_channels(pre)
+            fmt = fmt if args.format == "auto" else args.format
             data.notes = [n for n in data.notes if not n.startswith("no images found")]
-            data.read = _reader(Path(args.images), fmt, pre.channels if fmt == "hpa-channels" else None, pre.size)
+            data.read = _reader(Path(args.images), fmt, chans, pre.size)
     page = build_report(rf, data, gallery_k=args.gallery, n_gradcam=args.gradcam, device=args.device)
     out = Path(args.out) if args.out else rf.report_html
     page.save(out)
