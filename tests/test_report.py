@@ -126,3 +126,19 @@ def test_run_thresholds_mismatch_falls_back(run_copy):
 
 def test_doctests():
     assert doctest.testmod(report_plots).failed == 0
+
+
+def test_report_and_explain_on_a_trained_run(trained_run, tmp_path, capsys):
+    """A real `protloc train` run folder: metrics.csv, oof.csv, models; images in ../data/train."""
+    run = shutil.copytree(trained_run, tmp_path / "t" / "run")
+    shutil.copytree(trained_run.parent / "data", tmp_path / "t" / "data")
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out), "--gradcam", "2", "--gallery", "1"]) == 0
+    html = out.read_text()
+    assert all(f"<h2>{t}</h2>" in html for t in SECTIONS)
+    assert "no images found" not in html and "No training curves" not in html
+    assert "test_resnet on 32 px" in html
+    png = tmp_path / "e.png"
+    img = next((tmp_path / "t" / "data" / "train").glob("*.png"))
+    assert main(["explain", str(run), str(img), "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
