@@ -295,10 +295,12 @@ def _galleries(page: Page, d: ReportData, *, k: int) -> None:
                 if img is None:
                     missing += 1
                     continue
-                items.append((_thumb(img), f"{d.ids[i]} · p={d.probs[i, c]:.2f} · true: {_labels(d.y[i], d.classes)}"))
+                cap = f"{d.ids[i]} · p={d.probs[i, c]:.2f} · true: {_labels(d.y[i], d.classes)}"
+                items.append((_thumb(img), cap))
             parts.append(cell.format(Page.gallery(items, width=100) if items else "<small>–</small>"))
     if parts:
-        head = (cell.format("") + cell.format("<b>false positives</b>: predicted, not in the truth (most confident first)")
+        head = (cell.format("")
+                + cell.format("<b>false positives</b>: predicted, not in the truth (most confident first)")
                 + cell.format("<b>false negatives</b>: in the truth, missed (lowest probability first)"))
         parts = ['<div style="display:grid;grid-template-columns:170px 1fr 1fr;gap:10px 18px;'
                  'align-items:start;font-size:13px">' + head + "".join(parts) + "</div>"]
@@ -363,7 +365,8 @@ def build_report(run, data: ReportData | None = None, *, gallery_k: int = 3, n_g
     thr, alo, thr_note = run_thresholds(run, d.classes)
     d.thresholds, d.at_least_one = thr, alo
     y_pred = apply_thresholds(d.probs, thr, at_least_one=alo)
-    page = Page(f"protloc report: {run.root.name}", subtitle=f"{len(d.ids)} images · {d.source}")
+    name = "/".join(run.root.resolve().parts[-2:])
+    page = Page(f"protloc report: {name}", subtitle=f"{len(d.ids)} images · {d.source}")
     s = _summary(page, d, y_pred, thr_note, run)
     _training(page, run, d.metrics)
     _per_class(page, d, s)
