@@ -155,3 +155,18 @@ def test_recipe_options_and_four_channels(tmp_path):
     assert net.spec.in_chans == 4 and net.spec.pool == "catavgmax" and net.spec.hidden == 16
     assert run.preprocessing().channels == ("red", "green", "blue", "yellow")
     assert json.loads(run.summary_json.read_text())["monitor"] == "val_mAP"
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--schedule", "cosin"], r"--schedule: expected cosine, onecycle or constant, got 'cosin'\. Fix:"),
+    (["--monitor", "val_f1"], r"--monitor: expected val_macro_f1, .* got 'val_f1'"),
+    (["--epochs", "0"], r"--epochs: expected a positive integer, got 0"),
+    (["--loss", "mse"], r"--loss: expected terms from bce, focal, asl, softf1"),
+    (["--fold", "3", "--folds", "2"], r"--fold: expected 0 to 1, got 3"),
+])
+def test_bad_options_messages(tiny_rgb, tmp_path, capsys, flags, match):
+    import re
+
+    csv, images = tiny_rgb
+    assert train(csv, images, tmp_path / "r", *flags) == 2
+    assert re.search(match, capsys.readouterr().err)

@@ -145,7 +145,46 @@ class TrainConfig:
         data = cls.load_dict(file) if file else {}
         cfg = cls.preset(preset or data.get("preset") or "default")
         data = {k: v for k, v in data.items() if k != "preset"}
-        return cfg.override(**data).override(**flags)
+        return cfg.override(**data).override(**flags).validate()
+
+    def validate(self) -> "TrainConfig":
+        """Raise InputError for option values outside their choices.
+
+        Examples
+        --------
+        >>> TrainConfig(schedule="cosin").validate()
+        Traceback (most recent call last):
+        ...
+        protloc.errors.InputError: --schedule: expected cosine, onecycle or constant, got 'cosin'. Fix: pick one of those.
+        """
+        for key, choices in CHOICES.items():
+            v = getattr(self, key)
+            if v not in choices:
+                raise InputError(fmt_problem(f"--{key.replace('_', '-')}", expected=", ".join(choices[:-1])
+                                             + f" or {choices[-1]}", got=repr(v), fix="pick one of those"))
+        for key in ("epochs", "batch_size", "size", "accumulate"):
+            if getattr(self, key) < 1:
+                raise InputError(fmt_problem(f"--{key.replace('_', '-')}", expected="a positive integer",
+                                             got=str(getattr(self, key)), fix="pass a value >= 1"))
+        from protloc.augment import BatchAugment
+        from protloc.losses import parse_loss_spec
+
+        parse_loss_spec(self.loss)
+        BatchAugment(self.augment)
+        if not 0 < self.val_fraction < 1:
+            raise InputError(fmt_problem("--val-fraction", expected="a fraction between 0 and 1",
+                                         got=str(self.val_fraction), fix="e.g. --val-fraction 0.2"))
+        return self
+
+
+CHOICES = {
+    "optimizer": ("adamw", "adam", "sgd"),
+    "schedule": ("cosine", "onecycle", "constant"),
+    "pool": ("avg", "max", "avgmax", "catavgmax"),
+    "sampler": ("random", "balanced"),
+    "pos_weight": ("none", "auto"),
+    "monitor": ("val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1", "val_loss"),
+}
 
 
 def _coerce(key, v, typ):
