@@ -44,17 +44,18 @@ def noise_ceiling(data: Path) -> dict:
 
 
 def start_training(data: Path, out: Path, preset: str, minutes: float, extra: list[str]):
+    """Launch ``protloc train`` in the background; stderr goes to RUNS/<name>.stderr."""
     cmd = [sys.executable, "-m", "protloc.cli", "train", "--data", str(data), "--out", str(out), "--preset", preset,
            "--max-minutes", str(minutes), "--overwrite", "--quiet", *extra]
     print("$ protloc", " ".join(cmd[3:]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(out.parent / f"{preset}.stderr", "w"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(out.parent / f"{out.name}.stderr", "w"))
     return proc, time.time(), "protloc " + " ".join(cmd[3:])
 
 
 def finish_training(preset: str, proc, t0: float, command: str, out: Path) -> dict:
     if proc.wait():
-        raise SystemExit(f"training {preset} failed:\n{(out.parent / f'{preset}.stderr').read_text()[-3000:]}")
+        raise SystemExit(f"training {preset} failed:\n{(out.parent / f'{out.name}.stderr').read_text()[-3000:]}")
     return {"train_wall_s": round(time.time() - t0, 1), "command": command}
 
 
@@ -101,6 +102,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", default="none", choices=("none", "flip", "d4"))
     ap.add_argument("--train-args", default="", help="extra flags for every protloc train, e.g. '--threads 2'")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra recipe NAME=PRESET:FLAGS, e.g. 'softf1=default:--loss bce+0.5*softf1'")
     ap.add_argument("--parallel", action="store_true",
                     help="train the recipes at the same time (threads split), e.g. on a shared machine")
     ap.add_argument("--out", default=str(RESULTS / "bench_quality.json"))
@@ -120,16 +123,22 @@ def main(argv=None) -> dict:
            "note": "CPU shared with other processes while measuring", "noise_ceiling": noise_ceiling(data),
            "recipes": {}}
     print(json.dumps(res["noise_ceiling"]), flush=True)
-    presets = args.recipes.split(",")
+    recipes = {p: (p, []) for p in args.recipes.split(",") if p}
+    for v in args.variant:  # NAME=PRESET:FLAGS
+        name, _, rest = v.partition("=")
+        preset, _, flags = rest.partition(":")
+        recipes[name] = (preset, flags.split())
     extra = args.train_args.split()
+    if args.parallel:
+        extra += ["--threads", str(max(1, res["cores"] // len(recipes)))]
     done = {}
     if args.parallel:  # same budget and same (shared) CPU at the same time: a fair race
-        extra += ["--threads", str(max(1, res["cores"] // len(presets)))]
-        procs = {p: start_training(data, work / "runs" / p, p, args.minutes, extra) for p in presets}
-        done = {p: finish_training(p, *procs[p], work / "runs" / p) for p in presets}
-    for preset in presets:
+        procs = {n: start_training(data, work / "runs" / n, p, args.minutes, extra + f) for n, (p, f) in recipes.items()}
+        done = {n: finish_training(n, *procs[n], work / "runs" / n) for n in recipes}
+    for preset, (base, flags) in recipes.items():
         run = work / "runs" / preset
-        r = done.get(preset) or finish_training(preset, *start_training(data, run, preset, args.minutes, extra), run)
+        r = done.get(preset) or finish_training(preset, *start_training(data, run, base, args.minutes,
+                                                                         extra + flags), run)
         r.update(test_scores(run, data, args.tta))
         r["config"] = {k: v for k, v in json.loads(json.dumps(__import__("yaml").safe_load(
             (run / "config.yaml").read_text()))).items() if k in ("model", "size", "epochs", "loss", "lr", "freeze_epochs",

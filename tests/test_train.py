@@ -170,3 +170,24 @@ def test_bad_options_messages(tiny_rgb, tmp_path, capsys, flags, match):
     csv, images = tiny_rgb
     assert train(csv, images, tmp_path / "r", *flags) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_time_budget_shrinks_epochs_and_schedule():
+    import time
+    from types import SimpleNamespace as NS
+
+    from protloc.callbacks import TimeBudget
+    from protloc.lit_module import warmup_cosine
+
+    fn = warmup_cosine(2, 100)
+    trainer = NS(current_epoch=0, max_epochs=10, should_stop=False, fit_loop=NS(max_epochs=10),
+                 strategy=NS(broadcast=lambda v, src=0: v), num_training_batches=10, accumulate_grad_batches=1,
+                 lr_scheduler_configs=[NS(scheduler=NS(lr_lambdas=[fn]))])
+    cb = TimeBudget(time.time() + 25)
+    cb.t0 = time.time() - 10          # epoch 0 took 10 s; 25 s left -> 2 more epochs fit
+    cb.on_train_epoch_end(trainer, None)
+    assert trainer.fit_loop.max_epochs == 3 and fn.total == 30 and not trainer.should_stop and cb.stopped
+    cb2 = TimeBudget(time.time() + 5)
+    cb2.t0 = time.time() - 10         # no further epoch fits -> clean stop
+    cb2.on_train_epoch_end(trainer, None)
+    assert trainer.should_stop

@@ -5,8 +5,8 @@
   ``freeze_blocks=N`` keeps the stem and first N stages frozen throughout (generic low-level
   features; no backward through the high-resolution layers: ~2-3x faster steps on CPU).
   A frozen backbone also keeps its BatchNorm statistics (eval mode), like Keras' frozen models.
-- :class:`TimeBudget`: stops cleanly at an epoch boundary when the next epoch would not fit in
-  the budget (the best checkpoint is kept).
+- :class:`TimeBudget`: fits training into ``--max-minutes``: fewer epochs with a compressed
+  cosine schedule, stopping cleanly at an epoch boundary (the best checkpoint is kept).
 - :class:`EpochRecorder`: one row per epoch -> ``folds/fold{k}/metrics.csv`` (atomic) + log.
 - :class:`AtomicCheckpointIO`: checkpoints written to a temp file and renamed.
 """
@@ -72,13 +72,21 @@ class FreezeBackbone(pl.Callback):
 
 
 class TimeBudget(pl.Callback):
-    """Stop when ``deadline`` (time.time()) would be passed by the next epoch."""
+    """Fit the run into ``deadline`` (a ``time.time()`` value).
+
+    After every epoch the epochs that still fit are estimated from the mean epoch time. When
+    fewer than ``max_epochs`` fit, ``max_epochs`` shrinks and the warmup-cosine schedule is
+    compressed to end with the new last epoch (so a budgeted run still anneals its learning
+    rate); when no further epoch fits, training stops cleanly after this epoch's validation and
+    checkpoints. The decision is taken on rank 0 and broadcast, so all processes agree.
+    """
 
     def __init__(self, deadline: float | None):
         self.deadline = deadline
         self.t0 = None
         self.epochs = 0
         self.stopped = False
+        self.shrunk_to = None
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.t0 is None:
@@ -89,13 +97,27 @@ class TimeBudget(pl.Callback):
         if not self.deadline:
             return
         per_epoch = (time.time() - self.t0) / self.epochs
-        stop = time.time() + per_epoch > self.deadline and trainer.current_epoch + 1 < (trainer.max_epochs or 0)
-        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # same decision on every rank
-        if stop:
+        fit = trainer.current_epoch + 1 + int(max(self.deadline - time.time(), 0) // max(per_epoch, 1e-6))
+        fit = int(trainer.strategy.broadcast(fit, src=0))
+        max_epochs = trainer.max_epochs or 0
+        if fit >= max_epochs:
+            return
+        if fit <= trainer.current_epoch + 1:
             self.stopped = True
             trainer.should_stop = True
             log.info("time budget: stopping after epoch %d (%.0f s per epoch, %.0f s left)",
                      trainer.current_epoch, per_epoch, self.deadline - time.time())
+            return
+        self.stopped = True
+        self.shrunk_to = fit
+        trainer.fit_loop.max_epochs = fit
+        steps = max(trainer.num_training_batches // max(trainer.accumulate_grad_batches, 1), 1)
+        for cfg in trainer.lr_scheduler_configs:
+            for fn in getattr(cfg.scheduler, "lr_lambdas", []):
+                if hasattr(fn, "total"):
+                    fn.total = min(fn.total, fit * steps)
+        log.info("time budget: %d of %d epochs fit (%.0f s per epoch); schedule compressed to %d epochs",
+                 fit, max_epochs, per_epoch, fit)
 
 
 class EpochRecorder(pl.Callback):

@@ -48,7 +48,7 @@ class TrainConfig:
     drop_path: float = 0.0
     size: int = 96
     # optimisation
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 2e-3
     backbone_lr_mult: float = 0.5
