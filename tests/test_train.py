@@ -28,7 +28,7 @@ def test_train_writes_full_run_folder(trained_run):
               run.ckpt_dir(0) / "best.ckpt", run.ckpt_dir(0) / "last.ckpt"):
         assert p.is_file(), p
     cfg = yaml.safe_load(run.config_yaml.read_text())
-    assert cfg["model"] == "test_resnet" and cfg["epochs"] == 2 and cfg["loss"] == "bce" and cfg["size"] == 32
+    assert cfg["model"] == "test_resnet" and cfg["epochs"] == 2 and cfg["loss"] == "bce+0.5*softf1" and cfg["size"] == 32
     splits = pd.read_csv(run.splits_csv, dtype={"Image": str})
     assert list(splits.columns) == ["Image", "fold"] and len(splits) == 40
     assert set(splits["fold"]) == {-1, 0} and 6 <= (splits["fold"] == 0).sum() <= 10  # 80/20 holdout

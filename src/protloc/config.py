@@ -7,8 +7,9 @@ Resolution order (later wins): preset (``--preset`` or the file's ``preset:``) -
 Presets
 -------
 ``default``  the recipe chosen by measurement (docs/training.md): EfficientNet-Lite0 with offline
-             ImageNet weights fine-tuned end to end, BCE, AdamW + warmup-cosine, D4 + rotation +
-             crop + intensity jitter.
+             ImageNet weights at 96 px, fine-tuned except the stem and first 3 stages (CPU speed),
+             BCE + 0.5 soft-F1, AdamW + warmup-cosine for 12 epochs, D4 + rotation + crop +
+             intensity jitter; trains 3,000 images in ~13 min on 2 shared CPU cores.
 ``seed``     the reference notebook's recipe for comparison: frozen ImageNet backbone +
              Dense(512, relu) + Dense(10, sigmoid), soft-F1 loss, Adam 1e-4, flips/rotations,
              threshold 0.5. The notebook used InceptionResNetV2, whose weights are not available
@@ -60,7 +61,7 @@ class TrainConfig:
     freeze_blocks: int = 3          # stem + first N backbone stages frozen throughout (CPU speed)
     accumulate: int = 1
     ema: float = 0.0                # EMA decay (0 = off), e.g. 0.998
-    loss: str = "bce"               # bce | focal | asl | softf1 | sums like bce+0.5*softf1
+    loss: str = "bce+0.5*softf1"    # bce | focal | asl | softf1 | weighted sums (default: measured best)
     pos_weight: str = "none"        # none | auto (neg/pos per class, clipped to [1, 10])
     focal_gamma: float = 2.0
     sampler: str = "random"         # random | balanced
