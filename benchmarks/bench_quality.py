@@ -56,7 +56,8 @@ def start_training(data: Path, out: Path, preset: str, minutes: float, extra: li
 def finish_training(preset: str, proc, t0: float, command: str, out: Path) -> dict:
     if proc.wait():
         raise SystemExit(f"training {preset} failed:\n{(out.parent / f'{out.name}.stderr').read_text()[-3000:]}")
-    return {"train_wall_s": round(time.time() - t0, 1), "command": command}
+    wall = json.loads((out / "summary.json").read_text()).get("wall_seconds") if (out / "summary.json").is_file() else None
+    return {"train_wall_s": wall if wall is not None else round(time.time() - t0, 1), "command": command}
 
 
 def test_scores(run: Path, data: Path, tta: str) -> dict:
