@@ -20,6 +20,7 @@ def test_ddp_two_processes_count_each_val_image_once(tmp_path):
     cmd = [str(exe), "train", "--csv", str(csv), "--images", str(images), "--out", str(out), "--model", "test_resnet",
            "--pretrained", "none", "--size", "32", "--batch-size", "4", "--epochs", "2", "--accelerator", "cpu",
            "--devices", "2", "--strategy", "ddp", "--threads", "1", "--no-near-dup", "--val-fraction", "0.23",
+           "--freeze-epochs", "1",  # head-only first epoch: exercises find_unused_parameters
            "--quiet"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]

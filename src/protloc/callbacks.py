@@ -58,6 +58,15 @@ class FreezeBackbone(pl.Callback):
             for p in m.parameters():
                 p.requires_grad_(False)
 
+    def setup(self, trainer, pl_module, stage):
+        # permanent freezes before DDP wraps the model (DDP then ignores those parameters);
+        # a temporary head-only phase keeps them trainable at wrap time (see train.py)
+        permanent = ([pl_module.net.backbone] if self.freeze_epochs < 0 else []) + \
+            early_modules(pl_module.net.backbone, self.freeze_blocks)
+        for m in permanent:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
     def on_train_epoch_start(self, trainer, pl_module):
         if self.freeze_epochs and trainer.current_epoch == self.freeze_epochs and self.freeze_epochs > 0:
             log.info("epoch %d: unfreezing the backbone", trainer.current_epoch)

@@ -168,8 +168,11 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     bar = progress and sys.stderr.isatty()
     if bar:
         callbacks.append(RichProgressBar())
+    strategy = cfg.strategy
+    if strategy == "ddp" and cfg.freeze_epochs > 0:  # head-only epochs leave backbone grads unused
+        strategy = "ddp_find_unused_parameters_true"
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+        accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy, num_nodes=cfg.num_nodes,
         precision=_precision(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
         callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
