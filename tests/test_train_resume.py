@@ -48,3 +48,34 @@ def test_resume_equals_uninterrupted(tiny_rgb, tmp_path):
     # a finished run resumes as a no-op
     run_training(cfg, table, tmp_path / "resumed", progress=False, echo=False, resume=True)
     assert "already finished" in (tmp_path / "resumed" / "train.log").read_text()
+
+
+def test_ctrl_c_becomes_resume_hint(tiny_rgb, tmp_path, capsys):
+    from protloc.cli import main
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    import protloc.train as T
+
+    orig = T.train_fold
+
+    def with_ctrl_c(*a, **kw):
+        return orig(*a, **{**kw, "extra_callbacks": [CtrlC()]})
+
+    T.train_fold = with_ctrl_c
+    try:
+        csv, images = tiny_rgb
+        rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
+                   "test_resnet", "--pretrained", "none", "--size", "32", "--epochs", "2", "--batch-size", "8",
+                   "--quiet", "--no-near-dup", "--threads", "1"])
+    finally:
+        T.train_fold = orig
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after Ctrl-C
+    assert rc == 130 and "rerun with --resume" in capsys.readouterr().err
+    assert (tmp_path / "r" / "checkpoints" / "fold0" / "last.ckpt").is_file()
+    assert not (tmp_path / "r" / "models").exists()

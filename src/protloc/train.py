@@ -178,7 +178,13 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
+        if trainer.interrupted:
+            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
+            raise KeyboardInterrupt from None
+        raise
     if not trainer.is_global_zero:
         return None
     best = ckdir / "best.ckpt"
