@@ -36,27 +36,10 @@ def _run(argv: list[str], log: list[str]) -> None:
 
     line = "protloc " + " ".join(shlex.quote(a) for a in argv)
     log.append(line)
-    print(f"\n[bold]$ {line}[/bold]" if False else f"\n$ {line}", flush=True)
+    print(f"\n$ {line}", flush=True)
     rc = main(argv)
     if rc != 0:
         raise InputError(f"demo stage failed (exit {rc}): {line}. Fix: see the message above")
-
-
-def score_files(truth_csv: Path, pred_csv: Path, *, schema="ghent10") -> float:
-    """Macro F1 of a submission file against a truth file (both ``Image,Label``)."""
-    import numpy as np
-
-    from protloc.metrics import macro_f1
-    from protloc.schema import get_schema
-    from protloc.table import read_csv_table
-
-    sch = get_schema(schema)
-    t, tid, tlab = read_csv_table(truth_csv)
-    p, pid, plab = read_csv_table(pred_csv)
-    pred = dict(zip(p[pid], p[plab].fillna("")))
-    y_true = sch.to_multihot([sch.parse(s) for s in t[tlab]])
-    y_pred = sch.to_multihot([[int(x) for x in str(pred.get(i, "")).split()] for i in t[tid]])
-    return float(macro_f1(y_true, np.asarray(y_pred)))
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
@@ -81,12 +64,14 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: in
         print(f"using the trained run in {run} (delete it to retrain)")
     else:
         _run(["train", "--data", str(data), "--out", str(run), "--preset", plan.preset,
-              "--max-minutes", str(plan.max_minutes), "--seed", str(seed), "--size", str(plan.size)], log)
+              "--max-minutes", str(plan.max_minutes), "--seed", str(seed)], log)
     _run(["thresholds", str(run), "--method", "f1"], log)
     _run(["predict", str(run), "--images", str(data / "test"), "--csv", str(data / "test.csv"),
           "--out", str(sub), "--probs", str(probs), "--tta", plan.tta], log)
     _run(["score", "--truth", str(data / "test_labels.csv"), "--pred", str(sub)], log)
-    f1 = score_files(data / "test_labels.csv", sub)
+    from protloc.evaluate import score_files
+
+    f1 = score_files(data / "test_labels.csv", sub)["macro_f1"]
     _run(["report", str(run), "--out", str(run / "report.html")], log)
     summary = {
         "test_macro_f1": round(f1, 4),

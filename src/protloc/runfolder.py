@@ -11,10 +11,14 @@ Layout::
       splits.csv             Image,fold (validation fold of each training image)
       checkpoints/fold{k}/   Lightning checkpoints: best.ckpt, last.ckpt (for --resume)
       models/fold{k}.pt      best weights of fold k (what predict loads; ensembled)
+      folds/fold{k}/         per-fold oof.csv, metrics.csv, summary.json (merged into the files
+                             below; folds trained on other machines are merged with --merge)
       metrics.csv            per-epoch metrics of every fold (fold column)
       oof.csv                out-of-fold probabilities: Image, fold, Label (truth), <class names...>
       summary.json           final validation metrics per fold and overall OOF
       thresholds.json        per-class thresholds + diagnostics (protloc thresholds)
+      evaluation.json        last `protloc evaluate` result (optional)
+      model.onnx(.json)      ONNX export + its preprocessing (protloc export, optional)
       train.log              log
       report.html            evaluation report (protloc report)
 """
