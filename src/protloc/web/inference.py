@@ -1,0 +1,209 @@
+"""The loaded run and the prediction pipeline: bounded-concurrency model calls and the
+per-image result payloads (probabilities, labels, previews, Grad-CAM overlays), thread safe.
+
+Inference runs in the thread pool behind a bounded semaphore (``workers`` concurrent model
+calls, others wait up to ``busy_timeout_s`` and then get 503); decoding is bounded too.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+
+from protloc.errors import InputError, fmt_problem
+from protloc.web.model_card import channel_names, hpa_needed, model_card
+from protloc.web.pictures import CHANNEL_ROLES, PREVIEW_MAX, composite, overlay, png_data_uri, tinted
+from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, decode_image,
+                                 group_hpa, image_id, stack_hpa)
+
+
+class Service:
+    """The loaded run (predictor, model card) and the prediction pipeline; thread safe."""
+
+    def __init__(self, run_dir, *, predictor=None, max_upload_mb: float = 20, max_request_mb: float = 100,
+                 max_files: int = 64, max_pixels: int = 6144 * 6144, workers: int = 1,
+                 busy_timeout_s: float = 120.0):
+        from protloc.runfolder import RunFolder
+
+        if predictor is None:
+            from protloc.predict import Predictor
+
+            predictor = Predictor.from_run(run_dir)
+        self.run = RunFolder(run_dir)
+        self.predictor = predictor
+        self.pre = predictor.preprocessing
+        self.classes = list(predictor.classes)
+        self.thresholds = np.asarray(predictor.thresholds, np.float64)
+        self.max_upload = int(max_upload_mb * MB)
+        self.max_request = int(max(max_request_mb, max_upload_mb) * MB)
+        self.max_files = int(max_files)
+        self.max_pixels = int(max_pixels)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self._slots = threading.BoundedSemaphore(max(1, int(workers)))
+        #: decoding runs outside the model slots but is bounded too (memory of decoded images)
+        self._decode_slots = threading.BoundedSemaphore(max(2, 2 * int(workers)))
+        self.started = time.time()
+        self.n_requests = 0
+        self._count_lock = threading.Lock()
+        self.card = model_card(self.run, predictor, max_upload=self.max_upload, max_request=self.max_request,
+                               max_files=self.max_files, max_pixels=self.max_pixels)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return channel_names(self.pre)
+
+    # ------------------------------------------------------------------------------------
+    @contextmanager
+    def slot(self, *, decode: bool = False):
+        """One of ``workers`` model slots (or decode slots); 503 after ``busy_timeout_s``."""
+        sem = self._decode_slots if decode else self._slots
+        if not sem.acquire(timeout=self.busy_timeout_s):
+            raise UploadError(503, "server busy", f"no free {'decoding' if decode else 'model'} slot within "
+                              f"{self.busy_timeout_s:g} s. Fix: retry in a moment, or send fewer images per request")
+        try:
+            yield
+        finally:
+            sem.release()
+
+    def check_upload(self, name: str, size: int) -> None:
+        check_upload(name, size, max_upload=self.max_upload)
+
+    def check_count(self, n: int) -> None:
+        check_count(n, max_files=self.max_files)
+
+    def items_from_uploads(self, uploads) -> list[dict]:
+        """[(name, bytes)] -> items {name, id, files, image (H, W, C) uint8}, HPA sets stacked."""
+        self.check_count(len(uploads))
+        decoded = []
+        for i, (raw_name, data) in enumerate(uploads):
+            name = clean_name(raw_name, index=i)
+            self.check_upload(name, len(data))
+            decoded.append((name, decode_image(data, name, max_pixels=self.max_pixels)))
+        items = []
+        for kind, key, value in group_hpa(decoded):
+            if kind == "one":
+                items.append(self._single(key, value))
+            elif len(value) == 1 and value[0][2].ndim == 3 and value[0][2].shape[2] >= 3:
+                items.append(self._single(value[0][1], value[0][2]))  # an RGB file named *_red.png
+            else:
+                items.append(stack_hpa(key, value, hpa_needed(self.pre)))
+        return items
+
+    def _single(self, name: str, arr: np.ndarray) -> dict:
+        pre = self.pre
+        a = arr if arr.ndim == 3 else arr[..., None]
+        if a.shape[2] == 4 and pre.in_chans == 3:
+            a = a[..., :3]  # RGBA: drop alpha (or an HPA 4-channel stack: drop yellow), as in training
+        elif a.shape[2] > pre.in_chans and pre.fmt == "tiff":
+            idx = [int(str(c).removeprefix("ch")) for c in pre.channels if str(c).removeprefix("ch").isdigit()]
+            if len(idx) == pre.in_chans and max(idx) < a.shape[2]:
+                a = a[..., idx]
+        opaque_alpha = a.shape[2] == 4 and pre.in_chans == 4 and bool((a[..., 3] == 255).all())
+        if a.shape[2] != pre.in_chans or opaque_alpha:
+            got = "a grayscale image (1 channel)" if a.shape[2] == 1 else f"{a.shape[2]} channels"
+            if opaque_alpha:
+                got = "an RGBA image whose 4th channel is a plain alpha (all 255), not a yellow channel"
+            fix = ("upload an RGB image (red microtubules, green protein, blue nucleus)" if pre.in_chans == 3
+                   else f"upload a {pre.in_chans}-channel TIFF or the HPA channel files "
+                        f"<id>_{'/'.join(hpa_needed(pre))}.png together")
+            if a.shape[2] == 1:
+                fix += ", or all HPA channel files <id>_red|green|blue.png of the image together"
+            raise UploadError(422, "wrong number of channels",
+                              fmt_problem(name, expected=f"{pre.in_chans} channels ({', '.join(self.channel_names)})",
+                                          got=got, fix=fix), file=name)
+        return {"name": name, "id": image_id(name), "files": [name], "image": a}
+
+    # ------------------------------------------------------------------------------------
+    def predict(self, uploads, *, explain: bool = False, preview: bool = False, tta: str = "none") -> dict:
+        """The whole pipeline for one request (runs in a worker thread)."""
+        t0 = time.perf_counter()
+        with self._count_lock:
+            self.n_requests += 1
+        if tta not in ("none", "flip", "d4"):
+            raise UploadError(422, "invalid option", fmt_problem("tta", expected="none, flip or d4",
+                                                                 got=repr(tta), fix="use tta=none"))
+        with self.slot(decode=True):
+            items = self.items_from_uploads(uploads)
+        batch = []
+        for it in items:
+            try:
+                batch.append(self.pre.check_array(it["image"], where=it["name"]))
+            except InputError as e:
+                raise UploadError(422, "wrong number of channels", str(e), file=it["name"]) from None
+        batch = np.stack(batch)
+        heat = [None] * len(items)
+        with self.slot(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probs = self.predictor.predict_array(batch, tta=tta)
+            labels, strings = self._labels(probs)
+            if explain:
+                heat = [self._explain(batch[i], labels[i], probs[i]) for i in range(len(items))]
+        results = [self._result(it, probs[i], labels[i], strings[i], heat[i], preview=preview,
+                                model_img=batch[i]) for i, it in enumerate(items)]
+        return {"classes": self.classes, "thresholds": [round(float(t), 4) for t in self.thresholds],
+                "results": results, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+
+    def _labels(self, probs):
+        if hasattr(self.predictor, "labels_from_probs"):
+            return self.predictor.labels_from_probs(probs)
+        hot = probs >= self.thresholds[None]
+        labels = [np.flatnonzero(r).tolist() for r in hot]
+        return labels, [" ".join(map(str, ls)) for ls in labels]
+
+    def _explain(self, img: np.ndarray, label_ids, probs) -> dict:
+        """{class id: heat (H, W) in [0, 1]} for the predicted classes."""
+        if not label_ids:
+            return {}
+        from protloc.explain import explain_image
+
+        rows = explain_image(self.predictor, self.pre, img, classes=list(label_ids), thresholds=self.thresholds)
+        return {int(r["class_idx"]): np.asarray(r["heatmap"], np.float32) for r in rows
+                if int(r["class_idx"]) in set(label_ids)}
+
+    def _result(self, it, p, label_ids, label_str, heat, *, preview: bool, model_img) -> dict:
+        img = it["image"]
+        out = {
+            "name": it["name"], "image": it["id"], "files": it["files"],
+            "width": int(img.shape[1]), "height": int(img.shape[0]),
+            "probabilities": {c: round(float(v), 5) for c, v in zip(self.classes, p)},
+            "labels": [{"id": int(k), "name": self.classes[k], "probability": round(float(p[k]), 5),
+                        "threshold": round(float(self.thresholds[k]), 4)} for k in label_ids],
+            "label": label_str,
+            "thresholds": {c: round(float(t), 4) for c, t in zip(self.classes, self.thresholds)},
+        }
+        if not preview and heat is None:
+            return out
+        side = max(img.shape[:2])
+        disp = img
+        if side > PREVIEW_MAX:  # keep the aspect ratio
+            from protloc.imageio import resize
+
+            s = PREVIEW_MAX / side
+            disp = resize(img, size=(max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))))
+        names = self.channel_names
+        rgb = composite(disp, names)
+        if preview:
+            out["composite"] = png_data_uri(rgb)
+            out["channel_images"] = [{"name": n, "role": CHANNEL_ROLES.get(n, n),
+                                      "src": png_data_uri(tinted(disp[..., c], n))}
+                                     for c, n in enumerate(names[: disp.shape[2]])]
+        if heat is not None:
+            out["overlays"] = [{"id": int(k), "name": self.classes[k], "probability": round(float(p[k]), 5),
+                                "src": png_data_uri(overlay(rgb, heat[k]))} for k in label_ids if k in heat]
+        return out
+
+    def to_csv(self, result: dict) -> str:
+        import csv
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["Image", "Label", *self.classes])
+        for r in result["results"]:
+            image = "'" + r["image"] if r["image"][:1] in ("=", "+", "@") else r["image"]  # no formulas
+            w.writerow([image, r["label"], *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
+        return buf.getvalue()
