@@ -25,96 +25,33 @@ Engines
 memory layout on both; always under ``torch.inference_mode()``. ``onnx``: onnxruntime on ``RUN/model.onnx`` written by
 ``protloc export`` (float NCHW normalised input, sigmoid probabilities out); same numbers as
 torch within 1e-4.
+
+Image coercion and checks live in :mod:`protloc.predict_io`, the TTA views and merging in
+:mod:`protloc.tta`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from protloc.errors import InputError, RunFolderError, fmt_problem
+from protloc.predict_io import (as_items, check_choice, check_table, find_missing, load_chunk,
+                                read_raw, read_run_thresholds)
 from protloc.preprocessing import Preprocessing
 from protloc.runfolder import RunFolder
 from protloc.thresholds import apply_thresholds, check_thresholds
+from protloc.tta import MERGES, TTA_MODES, d4_views, merge_probs, tta_views
 
-TTA_MODES = ("none", "flip", "d4")
-MERGES = ("mean", "max")
 ENGINES = ("torch", "onnx")
 
 __all__ = ["Predictor", "PredictionResult", "d4_views", "tta_views", "merge_probs", "ENGINES",
            "TTA_MODES", "MERGES"]
-
-
-# --------------------------------------------------------------------------------------------
-# pure helpers
-# --------------------------------------------------------------------------------------------
-def d4_views(x):
-    """The 8 dihedral views (4 rotations x optional horizontal flip) of a batch (N, C, H, W).
-
-    Works on torch tensors and numpy arrays; the order is fixed (deterministic): view ``k`` is
-    ``k % 4`` quarter turns then a horizontal flip when ``k >= 4`` (``protloc.augment.d4``, which
-    is reused for tensors), so view 0 is the input itself.
-
-    Examples
-    --------
-    >>> v = d4_views(np.arange(4).reshape(1, 1, 2, 2))
-    >>> len(v), v[0].ravel().tolist(), v[1].ravel().tolist()
-    (8, [0, 1, 2, 3], [1, 3, 0, 2])
-    """
-    if isinstance(x, np.ndarray):
-        rot = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
-        return rot + [np.flip(r, axis=3) for r in rot]
-    try:  # the training engine's helper (same element order: k%4 quarter turns, flip if k>=4)
-        from protloc.augment import d4
-    except ImportError:
-        d4 = None
-    if d4 is not None:
-        return [d4(x, k) for k in range(8)]
-    import torch
-
-    rot = [torch.rot90(x, k, dims=(2, 3)) if k else x for k in range(4)]
-    return rot + [torch.flip(r, dims=(3,)) for r in rot]
-
-
-def tta_views(x, tta: str = "none"):
-    """Views of a (N, C, H, W) batch for ``tta`` in {'none', 'flip', 'd4'}.
-
-    Examples
-    --------
-    >>> [len(tta_views(np.zeros((1, 1, 4, 4)), t)) for t in TTA_MODES]
-    [1, 2, 8]
-    """
-    _check_choice("tta", tta, TTA_MODES)
-    if tta == "none":
-        return [x]
-    if tta == "flip":
-        return [x, np.flip(x, axis=3) if isinstance(x, np.ndarray) else x.flip(3)]
-    return d4_views(x)
-
-
-def merge_probs(stack: np.ndarray, merge: str = "mean") -> np.ndarray:
-    """Merge probabilities (K, N, C) over the first axis (views x folds) -> (N, C) float32.
-
-    Examples
-    --------
-    >>> merge_probs(np.array([[[0.2]], [[0.6]]]), "max").tolist()
-    [[0.6000000238418579]]
-    """
-    _check_choice("merge", merge, MERGES)
-    s = np.asarray(stack, dtype=np.float32)
-    return (s.mean(0) if merge == "mean" else s.max(0)).astype(np.float32)
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise InputError(fmt_problem(name, expected=f"one of {', '.join(choices)}", got=repr(value),
-                                     fix=f"use {name}={choices[0]!r}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +116,7 @@ class Predictor:
     def __init__(self, preprocessing: Preprocessing, models=(), *, thresholds=None,
                  at_least_one: bool = False, device=None, engine: str = "torch", onnx_session=None,
                  folds=None, root: Path | None = None):
-        _check_choice("engine", engine, ENGINES)
+        check_choice("engine", engine, ENGINES)
         self.preprocessing = preprocessing
         self.classes = list(preprocessing.classes)
         c = len(self.classes)
@@ -219,10 +156,10 @@ class Predictor:
         the session's intra-op threads); None keeps the library default (all cores). On a busy
         shared machine fewer threads than cores can be much faster.
         """
-        _check_choice("engine", engine, ENGINES)
+        check_choice("engine", engine, ENGINES)
         run = RunFolder(path).check(need_models=engine == "torch")
         pre = run.preprocessing()
-        thr, alo = _read_thresholds(run, pre)
+        thr, alo = read_run_thresholds(run, pre)
         want = None if folds is None else ([int(folds)] if np.isscalar(folds) else [int(f) for f in folds])
         if engine == "torch":
             from protloc.model import load_weights
@@ -278,34 +215,11 @@ class Predictor:
 
     def read_file(self, path) -> np.ndarray:
         """Read one image file as the run expects it: uint8 (size, size, in_chans)."""
-        from protloc import imageio
-
-        p = Path(path)
-        pre = self.preprocessing
-        if pre.fmt == "hpa-channels" and not p.is_file():
-            a = imageio.read_hpa_channels(p.parent, p.name, channels=pre.channels)
-        else:
-            a = imageio.read_array(p)
-            if a.ndim == 3 and a.shape[2] == 4 and pre.in_chans == 3 and p.suffix.lower() not in imageio.TIFF_EXTS:
-                a = a[..., :3]  # RGBA PNG: drop alpha as in training
-            if a.ndim == 3 and pre.fmt == "tiff" and a.shape[2] > pre.in_chans:
-                idx = [int(str(c).removeprefix("ch")) for c in pre.channels]
-                if max(idx) < a.shape[2]:
-                    a = a[..., idx]
-        return self._prepare(a, str(p))
+        return self._prepare(read_raw(path, self.preprocessing), str(Path(path)))
 
     def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            items = list(images)
-            ids = [str(i) for i in range(len(items))]
-        elif isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-            return self._as_batch([images])
-        else:
-            items = list(images)
-            ids = [Path(x).stem if isinstance(x, (str, Path)) else str(i) for i, x in enumerate(items)]
-        if not items:
-            raise InputError(fmt_problem("images", expected="at least one image", got="none",
-                                         fix="pass file paths or arrays"))
+        """Paths / arrays (see :func:`protloc.predict_io.as_items`) -> (ids, uint8 batch)."""
+        ids, items = as_items(images)
         out = np.empty((len(items), self.preprocessing.size, self.preprocessing.size,
                         self.preprocessing.in_chans), np.uint8)
         for i, x in enumerate(items):
@@ -322,8 +236,8 @@ class Predictor:
 
         Images of another size are resized (one warning); a wrong channel count raises.
         """
-        _check_choice("tta", tta, TTA_MODES)
-        _check_choice("merge", merge, MERGES)
+        check_choice("tta", tta, TTA_MODES)
+        check_choice("merge", merge, MERGES)
         b = np.asarray(batch)
         if b.ndim == 3:
             b = b[None]
@@ -395,15 +309,7 @@ class Predictor:
         """
         from protloc.progress import progress_bar
 
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            seq, ids = images, [str(i) for i in range(len(images))]
-        else:
-            seq = [images] if isinstance(images, (str, Path)) or (
-                isinstance(images, np.ndarray) and images.ndim in (2, 3)) else list(images)
-            ids = [Path(x).stem if isinstance(x, (str, Path)) else str(i) for i, x in enumerate(seq)]
-        if len(seq) == 0:
-            raise InputError(fmt_problem("images", expected="at least one image", got="none",
-                                         fix="pass file paths or arrays"))
+        ids, seq = as_items(images)
         bs = max(1, int(batch_size))
         probs = np.empty((len(seq), len(self.classes)), np.float32)
         with progress_bar(total=len(seq), description="predict", enable=progress) as advance:
@@ -423,58 +329,16 @@ class Predictor:
         leaves unreadable or missing images out and lists them in ``result.skipped``;
         ``'raise'`` (default) stops with an error naming the file.
         """
-        from protloc.imageio import read_image
         from protloc.progress import progress_bar
 
-        _check_choice("tta", tta, TTA_MODES)
-        _check_choice("merge", merge, MERGES)
-        _check_choice("on_error", on_error, ("raise", "skip"))
-        pre = self.preprocessing
-        if table.n_channels != pre.in_chans:
-            raise InputError(fmt_problem(f"{table.images} ({table.fmt}, channels "
-                                         f"{', '.join(map(str, table.channels))})",
-                                         expected=f"{pre.in_chans} channels "
-                                                  f"({', '.join(map(str, pre.channels))}) like the run",
-                                         got=f"{table.n_channels}",
-                                         fix="pass --channels in the run's order"))
-        if table.fmt == pre.fmt == "hpa-channels" and tuple(table.channels) != tuple(pre.channels):
-            raise InputError(fmt_problem("--channels", expected=f"{','.join(pre.channels)} (the run's "
-                                         "channels, in its order)", got=",".join(table.channels),
-                                         fix=f"pass --channels {','.join(pre.channels)}"))
-        if table.labels is not None and tuple(table.schema.classes) != tuple(pre.classes):
-            raise InputError(fmt_problem(f"label schema {table.schema.name!r} of {table.csv_path or table.images}",
-                                         expected=f"the run's schema {pre.schema.name!r} "
-                                                  f"({len(pre.classes)} classes)",
-                                         got=f"{len(table.schema.classes)} classes",
-                                         fix=f"pass --schema {pre.schema.name} (or the run's schema file)"))
+        check_choice("tta", tta, TTA_MODES)
+        check_choice("merge", merge, MERGES)
+        check_choice("on_error", on_error, ("raise", "skip"))
+        check_table(table, self.preprocessing)
         n = len(table)
         bs = max(1, int(batch_size))
-        skipped: list[tuple[str, str]] = []
-        missing = [i for i in range(n) if not all(Path(f).is_file() for f in table.files(i))]
-        if missing and on_error == "raise":
-            i = missing[0]
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise InputError(f"{table.where(i)}: image file missing: {table.files(i)[0]}{more}. "
-                             "Fix: check --images and the ids, or pass --skip-bad")
-        bad = set(missing)
-        for i in missing:
-            skipped.append((table.ids[i], f"{table.where(i)}: image file missing"))
-
-        def load(start: int):
-            imgs, keep, errs = [], [], []
-            for i in range(start, min(start + bs, n)):
-                if i in bad:
-                    continue
-                try:
-                    a = read_image(table.images, table.ids[i], fmt=table.fmt, channels=table.channels)
-                    imgs.append(self._prepare(a, f"{table.where(i)} ({table.files(i)[0]})"))
-                    keep.append(i)
-                except InputError as e:
-                    if on_error == "raise":
-                        raise
-                    errs.append((table.ids[i], f"{table.where(i)}: {e}"))
-            return keep, (np.stack(imgs) if imgs else None), errs
-
+        bad, skipped = find_missing(table, on_error=on_error)
+        load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, prepare=self._prepare)
         probs = np.full((n, len(self.classes)), np.nan, np.float32)
         ok = np.zeros(n, bool)
         with progress_bar(total=n, description="predict", enable=progress) as advance, \
@@ -497,20 +361,3 @@ class Predictor:
         skipped.sort(key=lambda t: pos.get(t[0], 0))
         return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
                             skipped=skipped)
-
-
-def _read_thresholds(run: RunFolder, pre: Preprocessing):
-    """(thresholds or None, at_least_one) from RUN/thresholds.json, checked against the schema."""
-    if not run.thresholds_json.is_file():
-        return None, False
-    try:
-        d = json.loads(run.thresholds_json.read_text())
-    except ValueError as e:
-        raise RunFolderError(f"{run.thresholds_json}: malformed ({e}). Fix: rerun `protloc thresholds "
-                             f"{run.root}`") from None
-    classes = d.get("classes")
-    if classes and list(classes) != list(pre.classes):
-        raise RunFolderError(fmt_problem(f"{run.thresholds_json}", expected=f"classes {list(pre.classes)}",
-                                         got=f"{classes}", fix=f"rerun `protloc thresholds {run.root}`"))
-    thr = check_thresholds(d.get("thresholds", []), len(pre.classes), where=str(run.thresholds_json))
-    return thr, bool(d.get("at_least_one", False))
