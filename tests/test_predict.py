@@ -114,15 +114,17 @@ def test_channel_mismatch_names_the_file(pred, tmp_path):
         pred.predict_array(np.zeros((1, 32, 32, 4), np.uint8))
 
 
-def test_other_size_is_resized_with_one_warning(run2):
+def test_other_size_is_resized_warning_once_only_when_enlarging(run2):
     p = Predictor.from_run(run2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        out = p.predict_array(np.zeros((2, 48, 48, 3), np.uint8))
-        p.predict_array(np.zeros((1, 40, 40, 3), np.uint8))
+        out = p.predict_array(np.zeros((2, 48, 48, 3), np.uint8))  # shrinking: as in training
+        assert not [x for x in w if "resized" in str(x.message)]
+        p.predict_array(np.zeros((1, 24, 24, 3), np.uint8))
+        p.predict_array(np.zeros((1, 20, 20, 3), np.uint8))
     assert out.shape == (2, 10)
     msgs = [str(x.message) for x in w if "resized" in str(x.message)]
-    assert len(msgs) == 1 and "48x48 differs from the run's 32x32" in msgs[0]
+    assert len(msgs) == 1 and "24x24 differs from the run's 32x32" in msgs[0]
 
 
 def test_submission_format_and_probs(run2, data, tmp_path):

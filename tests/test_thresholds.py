@@ -136,7 +136,7 @@ def test_error_messages():
         ThresholdOptimizer("best").fit(p, y)
     with pytest.raises(InputError, match=r"n_bootstrap: expected an integer >= 0, got -1"):
         ThresholdOptimizer(n_bootstrap=-1).fit(p, y)
-    with pytest.raises(InputError, match=r"fallback: expected 'global', 'median' or a number"):
+    with pytest.raises(InputError, match=r"fallback: expected 'auto', 'global', 'median' or a number"):
         ThresholdOptimizer(fallback="mean").fit(p, y)
     with pytest.raises(InputError, match=r"probs: expected finite probabilities, got 1 NaN/inf values"):
         q = p.copy()
@@ -165,7 +165,7 @@ def test_cli_thresholds_writes_json(fake_run, tmp_path, capsys):
     assert main(["thresholds", str(fake_run), "--method", "global", "--n-bootstrap", "5"]) == 0
     assert len(set(RunFolder(fake_run).thresholds()["thresholds"])) == 1
     assert main(["thresholds", str(fake_run), "--fallback", "mean"]) == 2
-    assert "--fallback: expected global, median or a number in [0, 1], got 'mean'" in capsys.readouterr().err
+    assert "--fallback: expected auto, global, median or a number in [0, 1], got 'mean'" in capsys.readouterr().err
 
 
 def test_cli_thresholds_bad_run(tmp_path, capsys):

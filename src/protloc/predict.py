@@ -8,8 +8,9 @@ Inputs and checks
 ``images`` may be file paths (PNG/JPEG/TIFF; for an ``hpa-channels`` run, ``DIR/ID`` meaning
 ``DIR/ID_red.png`` ...), (H, W, C) arrays, or one (N, H, W, C) uint8 array. Each image is checked
 against the run: a different channel count is an :class:`~protloc.errors.InputError` naming the
-file; a different image size is **resized** to the run's size (area averaging when shrinking,
-bilinear when enlarging) with a one-time warning, because the model only saw that size.
+file; a different image size is **resized** to the run's size (area averaging when shrinking, as
+training did; bilinear when enlarging). Enlarging, or a non-square image, gives a one-time
+warning: the model never saw such detail or aspect ratio.
 16-bit or float data is converted to uint8 as in training (:func:`protloc.imageio.to_uint8`).
 
 Ensembling and TTA
@@ -203,9 +204,10 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------
     def _prepare(self, img, where: str) -> np.ndarray:
-        """Check one (H, W, C) image's channels; resize (warn once) to the run's size."""
+        """Check one (H, W, C) image's channels; resize to the run's size (warn once if enlarging)."""
         a = np.asarray(img)
-        if a.ndim == 3 and a.shape[:2] != (self.preprocessing.size, self.preprocessing.size) \
+        size = self.preprocessing.size
+        if a.ndim == 3 and (min(a.shape[:2]) < size or a.shape[0] != a.shape[1]) \
                 and a.shape[2] == self.preprocessing.in_chans and not self._warned_resize:
             self._warned_resize = True
             warnings.warn(f"{where}: image size {a.shape[1]}x{a.shape[0]} differs from the run's "

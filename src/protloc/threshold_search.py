@@ -18,7 +18,7 @@ import numpy as np
 from protloc.errors import InputError, fmt_problem
 
 METHODS = ("f1", "ratio", "global")
-FALLBACKS = ("global", "median")
+FALLBACKS = ("auto", "global", "median")
 
 __all__ = ["apply_thresholds", "best_f1_thresholds", "ratio_thresholds", "global_threshold",
            "bootstrap_stability", "check_probs", "check_targets", "check_method", "check_thresholds",
@@ -127,7 +127,7 @@ def _check_params(n_bootstrap, min_positives, fallback, max_threshold_std):
         raise InputError(fmt_problem("min_positives", expected="an integer >= 0", got=repr(min_positives),
                                      fix="e.g. min_positives=5"))
     if not (fallback in FALLBACKS or (isinstance(fallback, (int, float)) and 0 <= fallback <= 1)):
-        raise InputError(fmt_problem("fallback", expected="'global', 'median' or a number in [0, 1]",
+        raise InputError(fmt_problem("fallback", expected="'auto', 'global', 'median' or a number in [0, 1]",
                                      got=repr(fallback), fix="e.g. fallback='global'"))
     if not (isinstance(max_threshold_std, (int, float)) and max_threshold_std > 0):
         raise InputError(fmt_problem("max_threshold_std", expected="a positive number",

@@ -16,8 +16,11 @@ per class from out-of-fold probabilities:
 Stability: ``n_bootstrap`` resamples of the images refit every threshold; the standard
 deviation of the threshold (and of the F1 at the chosen threshold) is reported per class.
 Classes with too few positives or a large bootstrap spread *fall back* to a robust rule
-(``fallback='global'``: the global threshold; ``'median'``: the median bootstrap threshold; or a
-fixed number) and the diagnostics say which and why.
+(``fallback='auto'``, the default: classes with no or too few positives take the global
+threshold, classes whose threshold is unstable take the median bootstrap threshold, which
+measured better on held-out data because unstable classes usually have a flat F1 curve;
+``'global'``/``'median'``: that rule for all; or a fixed number) and the diagnostics say which
+and why.
 
 A label is predicted when ``prob >= threshold``. With ``at_least_one=True`` an image where no
 class passes gets its most probable class.
@@ -65,7 +68,7 @@ class ThresholdOptimizer:
         Classes with fewer positive examples fall back (their threshold would be noise).
     max_threshold_std : float
         Classes whose bootstrap threshold standard deviation exceeds this fall back.
-    fallback : {'global', 'median'} or float
+    fallback : {'auto', 'global', 'median'} or float
         The robust rule for falling-back classes: the global (macro-F1) threshold, the median
         bootstrap threshold (classes without positives then use the global one), or a number.
     at_least_one : bool
@@ -86,7 +89,7 @@ class ThresholdOptimizer:
     """
 
     def __init__(self, method: str = "f1", *, n_bootstrap: int = 200, min_positives: int = 5,
-                 max_threshold_std: float = 0.1, fallback="global", at_least_one: bool = False,
+                 max_threshold_std: float = 0.1, fallback="auto", at_least_one: bool = False,
                  random_state: int = 0):
         self.method = method
         self.n_bootstrap = n_bootstrap
@@ -144,6 +147,8 @@ class ThresholdOptimizer:
                 else:
                     continue
                 rule = self.fallback
+                if rule == "auto":
+                    rule = "median" if reason.startswith("unstable") else "global"
                 if rule == "median" and (npos == 0 or not self.n_bootstrap):
                     rule = "global"
                 if rule == "global":

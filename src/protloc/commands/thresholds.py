@@ -22,8 +22,10 @@ def register(sub) -> None:
                    help="classes with fewer positives fall back to the robust rule")
     p.add_argument("--max-threshold-std", type=float, default=0.1,
                    help="classes whose bootstrap threshold std exceeds this fall back")
-    p.add_argument("--fallback", default="global",
-                   help="robust rule for unstable classes: global, median, or a number in [0, 1]")
+    p.add_argument("--fallback", default="auto",
+                   help="robust rule for unstable classes: auto (median bootstrap threshold for unstable "
+                        "classes, global threshold for classes with too few positives), global, median, "
+                        "or a number in [0, 1]")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     p.set_defaults(func=run)
 
@@ -31,12 +33,12 @@ def register(sub) -> None:
 def _fallback(text: str):
     from protloc.errors import InputError, fmt_problem
 
-    if text in ("global", "median"):
+    if text in ("auto", "global", "median"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise InputError(fmt_problem("--fallback", expected="global, median or a number in [0, 1]",
+        raise InputError(fmt_problem("--fallback", expected="auto, global, median or a number in [0, 1]",
                                      got=repr(text), fix="e.g. --fallback global")) from None
 
 
