@@ -53,3 +53,14 @@ def trained_run(tmp_path_factory):
             os.environ["PROTLOC_CACHE_DIR"] = old
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one torch thread avoids OpenMP oversubscription."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

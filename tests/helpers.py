@@ -91,3 +91,27 @@ def make_fake_run(root: Path, *, n=40, size=32, seed=0, backbone="test_resnet", 
     write_json(run.summary_json, {"val_macro_f1": 0.3, "folds": folds})
     run.config_yaml.write_text(f"model: {backbone}\nsize: {size}\n")
     return root
+
+
+def start_server(app, **config):
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a daemon thread.
+
+    Returns ``(server, thread, url)``; stop with ``server.should_exit = True``.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and t.is_alive(), "server did not start"
+        time.sleep(0.05)
+    return server, t, f"http://127.0.0.1:{port}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -255,26 +254,12 @@ def test_model_card_of_trained_run(trained_run):
 # ------------------------------------------------------------------------------------------
 # load: 8 concurrent clients x 50 requests over real loopback HTTP
 # ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(fake_run, predictor):
-    import uvicorn
+    from helpers import start_server
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(fake_run, predictor=predictor), host="127.0.0.1",
-                                           port=port, log_level="warning", timeout_keep_alive=5))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    server, t, url = start_server(create_app(fake_run, predictor=predictor), timeout_keep_alive=5)
+    yield url
     server.should_exit = True
     t.join(timeout=10)
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +19,9 @@ pytestmark = pytest.mark.browser
 
 
 def _start_server(app):
-    import uvicorn
+    from helpers import start_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.05)
-    return server, t, f"http://127.0.0.1:{port}"
+    return start_server(app)
 
 
 @pytest.fixture
