@@ -25,10 +25,11 @@ class DemoPlan:
     preset: str
     max_minutes: float
     tta: str
+    epochs: int | None = None  # None: the preset's
 
 
 FULL = DemoPlan(n_train=2000, n_test=500, size=128, preset="default", max_minutes=6.0, tta="d4")
-QUICK = DemoPlan(n_train=240, n_test=80, size=64, preset="fast", max_minutes=0.6, tta="flip")
+QUICK = DemoPlan(n_train=800, n_test=200, size=64, preset="fast", max_minutes=1.0, tta="flip", epochs=10)
 
 
 def _run(argv: list[str], log: list[str]) -> None:
@@ -64,7 +65,8 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: in
         print(f"using the trained run in {run} (delete it to retrain)")
     else:
         _run(["train", "--data", str(data), "--out", str(run), "--preset", plan.preset,
-              "--max-minutes", str(plan.max_minutes), "--seed", str(seed)], log)
+              "--max-minutes", str(plan.max_minutes), "--seed", str(seed)]
+             + (["--epochs", str(plan.epochs)] if plan.epochs else []), log)
     _run(["thresholds", str(run), "--method", "f1"], log)
     _run(["predict", str(run), "--images", str(data / "test"), "--csv", str(data / "test.csv"),
           "--out", str(sub), "--probs", str(probs), "--tta", plan.tta], log)
