@@ -172,3 +172,14 @@ def test_bad_options(tmp_path, capsys):
                       (["cache", *data, "--channels", "0,1"], "--channels: expected no channel choice for RGB")]:
         rc, out, err = _run(capsys, *argv)
         assert rc == 2 and msg in err, (argv, err)
+
+
+def test_unknown_model_and_missing_truth_are_clear(tmp_path, capsys):
+    csv, images = make_tiny_dataset(tmp_path / "d", n=6)
+    rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"),
+               "--model", "efficientnet_lit0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--model: expected a timm model name, got 'efficientnet_lit0'" in err
+    assert "similar: efficientnet_lite0" in err and not (tmp_path / "r" / "models").exists()
+    rc = main(["score", "--truth", str(tmp_path / "nope.csv"), "--pred", str(csv)])
+    assert rc == 2 and "CSV file not found. Fix: check the --truth path" in capsys.readouterr().err

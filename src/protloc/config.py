@@ -172,6 +172,14 @@ class TrainConfig:
 
         parse_loss_spec(self.loss)
         BatchAugment(self.augment)
+        import timm
+
+        if not timm.is_model(self.model):
+            import difflib
+
+            close = ", ".join(difflib.get_close_matches(self.model, timm.list_models(), n=4)) or "see timm.list_models()"
+            raise InputError(fmt_problem("--model", expected="a timm model name", got=repr(self.model),
+                                         fix=f"pick a timm model (similar: {close})"))
         if not 0 < self.val_fraction < 1:
             raise InputError(fmt_problem("--val-fraction", expected="a fraction between 0 and 1",
                                          got=str(self.val_fraction), fix="e.g. --val-fraction 0.2"))

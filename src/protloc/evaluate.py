@@ -108,7 +108,7 @@ def score_files(truth_csv, pred_csv, *, schema="ghent10", id_col=None, pred_col=
     from protloc.schema import get_schema
     from protloc.table import ID_COLUMNS, LABEL_COLUMNS, read_csv_table
 
-    t, t_id, t_lab = read_csv_table(truth_csv, id_col=id_col)
+    t, t_id, t_lab = read_csv_table(truth_csv, id_col=id_col, flag="--truth")
     if t_lab is None:
         raise InputError(fmt_problem(str(truth_csv), expected="a label column (Label/Target)",
                                      got=f"columns {[c for c in t.columns if c != '_line']}", fix="pass the truth CSV"))

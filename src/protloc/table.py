@@ -125,6 +125,7 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
 
 
 def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: str | None = None,
+                   flag: str = "--csv",
                    ) -> tuple[pd.DataFrame, str, str | None]:
     """Read a label/id CSV robustly. Returns ``(df, id_col, label_col_or_None)``.
 
@@ -133,7 +134,7 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: CSV file not found. Fix: check the --csv path")
+        raise InputError(f"{path}: CSV file not found. Fix: check the {flag} path")
     try:
         raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
