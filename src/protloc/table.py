@@ -285,14 +285,19 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
                              "Fix: check the --images folder")
     if not ids:
         raise InputError(f"{csv_path}: no rows. Fix: add at least one image row")
+    fmt, channels = _resolve_format(images, ids, fmt, channels)
+    return DataTable(ids=ids, images=images, fmt=fmt, channels=channels, schema=schema, labels=lab,
+                     csv_path=csv_path, csv_rows=rows, notes=notes)
+
+
+def _resolve_format(images: Path, ids: list[str], fmt: str, channels) -> tuple[str, tuple]:
+    """Detect ``fmt`` when 'auto', check it, and normalise ``channels`` for it."""
     if fmt == "auto":
         fmt = _detect_common_format(images, ids)
     if fmt not in FORMATS:
         raise InputError(fmt_problem("--format", expected="auto, rgb, hpa-channels or tiff",
                                      got=repr(fmt), fix="pick a supported format"))
-    channels = normalize_channels(fmt, channels)
-    return DataTable(ids=ids, images=images, fmt=fmt, channels=channels, schema=schema, labels=lab,
-                     csv_path=csv_path, csv_rows=rows, notes=notes)
+    return fmt, normalize_channels(fmt, channels)
 
 
 def _detect_common_format(images: Path, ids: list[str]) -> str:
@@ -399,12 +404,8 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
     if not ids:
         what = "no rows" if df.empty else "no rows with an id"
         raise InputError(f"{csv_path}: {what}. Fix: add at least one image row")
-    if fmt == "auto":
-        fmt = _detect_common_format(images, ids)
-    if fmt not in FORMATS:
-        raise InputError(fmt_problem("--format", expected="auto, rgb, hpa-channels or tiff",
-                                     got=repr(fmt), fix="pick a supported format"))
+    fmt, channels = _resolve_format(images, ids, fmt, channels)
     labels = labs if lab_name and all(lab is not None for lab in labs) else None
-    table = DataTable(ids=ids, images=images, fmt=fmt, channels=normalize_channels(fmt, channels),
+    table = DataTable(ids=ids, images=images, fmt=fmt, channels=channels,
                       schema=schema, labels=labels, csv_path=csv_path, csv_rows=rows)
     return table, problems
