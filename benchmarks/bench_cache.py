@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from protloc.atomic import write_json  # noqa: E402
-from protloc.imageio import read_image  # noqa: E402
-from protloc.table import load_table  # noqa: E402
+from protloc.core.atomic import write_json  # noqa: E402
+from protloc.io.images import read_image  # noqa: E402
+from protloc.data.table import load_table  # noqa: E402
 
 
 def _rss_mb(field: str = "VmHWM") -> float:
@@ -44,12 +44,12 @@ def _reset_peak_rss() -> None:
 
 
 def make_data(out: Path, n: int, seed: int = 0) -> tuple[Path, Path, str]:
-    """``protloc.synth`` if it exists, else noise + blob PNGs (similar size on disk)."""
+    """``protloc.synth.dataset`` if it exists, else noise + blob PNGs (similar size on disk)."""
     try:
-        from protloc.synth import make_dataset
+        from protloc.synth.dataset import make_dataset
 
         make_dataset(out, n_train=n, n_test=0, size=128, seed=seed, progress=False)
-        return out / "train.csv", out / "train", "protloc.synth"
+        return out / "train.csv", out / "train", "protloc.synth.dataset"
     except ImportError:
         from PIL import Image
 
@@ -92,7 +92,7 @@ def epoch_cache(images: np.ndarray, order, batch: int, per_item: bool) -> float:
 def rss_check(table, tmp: Path, n_big: int, size: int, workers: int) -> dict:
     """Build a cache of ``n_big`` images (symlinks cycling over the table's files) and measure
     the main process's peak RSS growth: it must stay far below the array size."""
-    from protloc.cache import load_cached
+    from protloc.data.cache import load_cached
 
     d = tmp / "big"
     d.mkdir()
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="protloc_bench_cache_"))
     os.environ["PROTLOC_CACHE_DIR"] = str(tmp / "cache")
-    from protloc.cache import load_cached
+    from protloc.data.cache import load_cached
 
     t0 = time.perf_counter()
     if args.data:

@@ -2,7 +2,7 @@
 
 Synthesizing 20,000 realistic images takes minutes of CPU (``protloc synth`` runs at roughly
 50 images/s per core), so the benchmark synthesizes a few hundred with
-``protloc.synth.make_dataset`` and builds the rest as mosaics: each new image is four 64x64
+``protloc.synth.dataset.make_dataset`` and builds the rest as mosaics: each new image is four 64x64
 quadrants taken from random synthetic images, each flipped/rotated at random and with a little
 noise, so images are distinct (no pile of near duplicates) but look like the real thing. Labels
 are drawn from the synthetic label sets, so the label statistics keep their shape.
@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from protloc.atomic import write_json  # noqa: E402
+from protloc.core.atomic import write_json  # noqa: E402
 
 
 def _mosaics(base_imgs, base_labels, out_dir: Path, n: int, *, seed: int, prefix: str) -> list[tuple[str, str]]:
@@ -58,8 +58,8 @@ def make_data(work: Path, *, n: int, n_test: int, base: int, seed: int = 0) -> P
     """Write ``work/data/{train,test}.csv`` + folders (reused when already complete)."""
     import pandas as pd
 
-    from protloc.imageio import read_image
-    from protloc.synth import make_dataset
+    from protloc.io.images import read_image
+    from protloc.synth.dataset import make_dataset
 
     data = work / "data"
     if (data / "train.csv").is_file() and len(pd.read_csv(data / "train.csv")) == n:
@@ -87,8 +87,8 @@ def main() -> int:
     ap.add_argument("--skip-no-validate", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from protloc.explore import explore
-    from protloc.table import load_table
+    from protloc.reports.explore import explore
+    from protloc.data.table import load_table
 
     work = Path(args.workdir)
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def main() -> int:
                          "load_average_1min_after": round(os.getloadavg()[0], 1)}
         print(f"explore ({name.replace('_', ' ')}): {dt:.1f} s, {results[name]['html_mb']} MB -> {out}")
     res = {"n_train": args.n, "n_test": args.test, "sample": args.sample, "goal_seconds": 120,
-           "data": f"{args.base} protloc.synth images + mosaics of their quadrants (see docstring)",
+           "data": f"{args.base} protloc.synth.dataset images + mosaics of their quadrants (see docstring)",
            "results": results, "cpus": os.cpu_count(), "python": platform.python_version(),
            "machine": platform.machine(), "note": "shared 2-core machine; other jobs were running"}
     res["meets_goal"] = all(r["seconds"] < 120 for r in results.values())

@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_run(root: Path, *, backbone: str, size: int, folds: int = 1) -> Path:
-    """An untrained run folder with the layout of protloc.runfolder (like tests' make_fake_run)."""
+    """An untrained run folder with the layout of protloc.core.runfolder (like tests' make_fake_run)."""
     import torch
 
-    from protloc.atomic import write_json
-    from protloc.model import ModelSpec, build_model, save_weights
-    from protloc.preprocessing import Preprocessing
-    from protloc.runfolder import RunFolder
-    from protloc.schema import get_schema
+    from protloc.core.atomic import write_json
+    from protloc.models.network import ModelSpec, build_model, save_weights
+    from protloc.core.preprocessing import Preprocessing
+    from protloc.core.runfolder import RunFolder
+    from protloc.core.schema import get_schema
 
     run = RunFolder(root)
     schema = get_schema("ghent10")
@@ -69,8 +69,8 @@ def throughput(pred, images: np.ndarray, *, batch: int, min_seconds: float) -> f
 def bench_speed(tmp: Path, *, size: int, backbone: str, min_seconds: float, threads: list[int]) -> list[dict]:
     import torch
 
-    from protloc.onnx_export import export_onnx
-    from protloc.predict import Predictor
+    from protloc.inference.onnx import export_onnx
+    from protloc.inference.predictor import Predictor
 
     default_threads = torch.get_num_threads()
     run = make_run(tmp / "speed_run", backbone=backbone, size=size)
@@ -94,7 +94,7 @@ def bench_speed(tmp: Path, *, size: int, backbone: str, min_seconds: float, thre
 def bench_stream(tmp: Path, n_images: list[int], *, size: int = 32, batch: int = 64) -> list[dict]:
     from PIL import Image
 
-    from protloc.onnx_export import export_onnx
+    from protloc.inference.onnx import export_onnx
 
     run = make_run(tmp / "stream_run", backbone="test_resnet", size=size)
     export_onnx(run)
@@ -112,7 +112,7 @@ def bench_stream(tmp: Path, n_images: list[int], *, size: int = 32, batch: int =
             out = tmp / f"sub_{n}_{engine}.csv"
             t0 = time.perf_counter()
             # VmHWM (peak RSS of this process image; ru_maxrss would include the forking parent)
-            code = ("import sys\nfrom protloc.cli import main\nrc = main(sys.argv[1:])\n"
+            code = ("import sys\nfrom protloc.cli.main import main\nrc = main(sys.argv[1:])\n"
                     "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
                     "print('HWM_KB', hwm.split()[1], 'torch' in sys.modules, file=sys.stderr)\nsys.exit(rc)")
             proc = subprocess.run([sys.executable, "-c", code, "predict", str(run), "--images", str(img_dir),
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from protloc.atomic import write_json
+    from protloc.core.atomic import write_json
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:

@@ -4,7 +4,7 @@ One command reruns the whole comparison:
 
     python benchmarks/bench_quality.py                 # 3000 train / 1000 test, 128 px, 15 min each
 
-It (1) synthesizes the benchmark with ``protloc.synth.make_dataset`` (once; reused), (2) measures
+It (1) synthesizes the benchmark with ``protloc.synth.dataset.make_dataset`` (once; reused), (2) measures
 the label-noise ceiling (macro F1 of the noisy training labels against the clean ones), (3) runs
 ``protloc train --preset P --max-minutes M`` for each recipe (same budget, same data, same
 holdout), (4) predicts the 1000 test images and scores them with the competition's macro F1 at
@@ -31,8 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def noise_ceiling(data: Path) -> dict:
     """Macro F1 of the noisy training labels scored against the clean labels."""
-    from protloc.evaluate import score_frames
-    from protloc.schema import get_schema
+    from protloc.reports.evaluate import score_frames
+    from protloc.core.schema import get_schema
 
     clean = pd.read_csv(data / "train_clean_labels.csv", dtype=str)
     noisy = pd.read_csv(data / "train.csv", dtype=str).rename(columns={"Label": "Predicted"})
@@ -44,7 +44,7 @@ def noise_ceiling(data: Path) -> dict:
 
 def start_training(data: Path, out: Path, preset: str, minutes: float, extra: list[str]):
     """Launch ``protloc train`` in the background; stderr goes to RUNS/<name>.stderr."""
-    cmd = [sys.executable, "-m", "protloc.cli", "train", "--data", str(data), "--out", str(out), "--preset", preset,
+    cmd = [sys.executable, "-m", "protloc.cli.main", "train", "--data", str(data), "--out", str(out), "--preset", preset,
            "--max-minutes", str(minutes), "--overwrite", "--quiet", *extra]
     print("$ protloc", " ".join(cmd[3:]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,12 +60,12 @@ def finish_training(preset: str, proc, t0: float, command: str, out: Path) -> di
 
 
 def test_scores(run: Path, data: Path, tta: str) -> dict:
-    from protloc.evaluate import evaluate_probs
-    from protloc.lit_module import best_threshold_macro_f1
-    from protloc.metrics import macro_f1
-    from protloc.predict import Predictor
-    from protloc.runfolder import RunFolder
-    from protloc.table import load_table
+    from protloc.reports.evaluate import evaluate_probs
+    from protloc.training.module import best_threshold_macro_f1
+    from protloc.core.metrics import macro_f1
+    from protloc.inference.predictor import Predictor
+    from protloc.core.runfolder import RunFolder
+    from protloc.data.table import load_table
 
     rf = RunFolder(run)
     pred = Predictor.from_run(run)
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     data = work / f"synth_{args.n_train}_{args.n_test}_{args.size}_s{args.seed}"
     if not (data / "synth.json").is_file():
-        from protloc.synth import make_dataset
+        from protloc.synth.dataset import make_dataset
 
         print(f"synthesizing {args.n_train}+{args.n_test} images into {data}", flush=True)
         make_dataset(data, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, overwrite=True)
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
         res["recipes"][preset] = r
         print(preset, json.dumps({k: v for k, v in r.items() if k != "per_class_f1_at_0.5"}), flush=True)
     res["load_avg_at_end"] = round(os.getloadavg()[0], 2)
-    from protloc.atomic import write_json
+    from protloc.core.atomic import write_json
 
     write_json(args.out, res)
     print(f"wrote {args.out}")

@@ -1,7 +1,7 @@
 """``protloc report`` on 500 out-of-fold images: goal under 30 s on CPU (issue #6), HTML < 10 MB.
 
 Builds a fake run (untrained ``test_resnet``, plausible OOF probabilities, 2 folds of training
-curves) over ``--n`` synthetic 128 px images next to it, then times :func:`protloc.report.build_report`
+curves) over ``--n`` synthetic 128 px images next to it, then times :func:`protloc.reports.report.build_report`
 (figures, error galleries, Grad-CAM examples; no prediction, as for ``protloc report RUN``) and
 the file size.
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from protloc.atomic import write_json  # noqa: E402
+from protloc.core.atomic import write_json  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     import pandas as pd
     from helpers import make_fake_run, make_tiny_dataset
 
-    from protloc.report import build_report
+    from protloc.reports.report import build_report
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_report_"))
     make_tiny_dataset(work / "data", n=args.n, size=args.size)  # OUT/data/train next to OUT/run

@@ -28,7 +28,7 @@ GOAL_IMAGES_PER_S = 50.0
 
 
 def bench_render(n: int, size: int, difficulty: float) -> dict:
-    from protloc.synth import image_rng, sample_label_sets, synth_image
+    from protloc.synth.dataset import image_rng, sample_label_sets, synth_image
 
     sets = sample_label_sets(n, np.random.default_rng(0))
     synth_image(sets[0], size=size, rng=image_rng(0, 0))  # warm-up (imports)
@@ -40,7 +40,7 @@ def bench_render(n: int, size: int, difficulty: float) -> dict:
 
 
 def bench_dataset(n: int, size: int, fmt: str, workers: int, difficulty: float) -> dict:
-    from protloc.synth import MIN_PARALLEL, make_dataset
+    from protloc.synth.dataset import MIN_PARALLEL, make_dataset
 
     n_test = n // 5
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.config import TrainConfig
-from protloc.lit_module import LitProtloc, infer_probs
-from protloc.losses import make_loss
-from protloc.model import ModelSpec, build_model
+from protloc.core.config import TrainConfig
+from protloc.training.module import LitProtloc, infer_probs
+from protloc.training.losses import make_loss
+from protloc.models.network import ModelSpec, build_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,7 +35,7 @@ def bench_recipe(cfg: TrainConfig, *, steps: int, warmup: int = 3, infer_images:
     net = build_model(spec, pretrained=cfg.pretrained)
     y = (np.random.default_rng(0).random((cfg.batch_size, 10)) < 0.2).astype(np.float32)
     module = LitProtloc(net, cfg, mean=(0.1, 0.1, 0.1), std=(0.2, 0.2, 0.2), loss=make_loss(cfg.loss))
-    from protloc.callbacks import early_modules
+    from protloc.training.callbacks import early_modules
 
     frozen = [net.backbone] if cfg.freeze_epochs < 0 else early_modules(net.backbone, cfg.freeze_blocks)
     for m in frozen:
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
            "note": "CPU shared with other processes while measuring: figures are lower bounds",
            "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    from protloc.atomic import write_json
+    from protloc.core.atomic import write_json
 
     write_json(args.out, res)
     print(f"wrote {args.out}")

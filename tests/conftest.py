@@ -36,7 +36,7 @@ def trained_run(tmp_path_factory):
     """
     from helpers import make_tiny_dataset
 
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     root = tmp_path_factory.mktemp("trained_run")
     old = os.environ.get("PROTLOC_CACHE_DIR")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from protloc.schema import get_schema
+from protloc.core.schema import get_schema
 
 
 def tiny_image(labels, *, size=32, rng, channels=3) -> np.ndarray:
@@ -58,10 +58,10 @@ def make_fake_run(root: Path, *, n=40, size=32, seed=0, backbone="test_resnet", 
     """
     import torch
 
-    from protloc.atomic import write_csv, write_json
-    from protloc.model import ModelSpec, build_model, save_weights
-    from protloc.preprocessing import Preprocessing
-    from protloc.runfolder import RunFolder
+    from protloc.core.atomic import write_csv, write_json
+    from protloc.models.network import ModelSpec, build_model, save_weights
+    from protloc.core.preprocessing import Preprocessing
+    from protloc.core.runfolder import RunFolder
 
     root = Path(root)
     schema = get_schema("ghent10")

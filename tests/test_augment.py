@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from protloc.augment import BatchAugment, d4, d4_inverse, random_affine, random_jitter
-from protloc.errors import InputError
+from protloc.training.augment import BatchAugment, d4, d4_inverse, random_affine, random_jitter
+from protloc.core.errors import InputError
 
 
 def _x(seed=0, n=3, c=3, s=8):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.cli import main
+from protloc.cli.main import main
 
 from helpers import make_tiny_dataset
 

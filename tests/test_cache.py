@@ -3,11 +3,11 @@ import os
 import numpy as np
 import pytest
 
-from protloc import cache
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.imageio import read_image
-from protloc.table import load_table
+from protloc.data import cache
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.io.images import read_image
+from protloc.data.table import load_table
 
 
 def test_build_hit_invalidate(tiny_rgb, monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protloc import demo
+from protloc.cli import demo
 
 
 def test_demo_pipeline_end_to_end(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Grad-CAM (protloc.explain) and `protloc explain`."""
+"""Grad-CAM (protloc.reports.explain) and `protloc explain`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from protloc import explain
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.explain import explain_image, gradcam, overlay, render_explanation, resolve_classes
-from protloc.preprocessing import Preprocessing
-from protloc.schema import LabelSchema
+from protloc.reports import explain
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.reports.explain import explain_image, gradcam, overlay, render_explanation, resolve_classes
+from protloc.core.preprocessing import Preprocessing
+from protloc.core.schema import LabelSchema
 
 PRE = Preprocessing(fmt="rgb", channels=("red", "green", "blue"), size=32, mean=(0.0,) * 3, std=(1.0,) * 3,
                     schema=LabelSchema("quadrants", ("top-left", "bottom-right")))

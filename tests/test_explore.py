@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from helpers import make_tiny_dataset
 
-from protloc import explore as ex
-from protloc.cli import main
-from protloc.table import load_table
+from protloc.reports import explore as ex
+from protloc.cli.main import main
+from protloc.data.table import load_table
 
 SECTIONS = ("Overview", "Class frequency", "Labels per image", "Label co-occurrence", "Label combinations",
             "Sample images per class", "Channel intensities", "Image files", "Duplicates and leaks")
@@ -77,12 +77,12 @@ def test_report_unlabeled_4_channels_and_validate_failure(tmp_path, monkeypatch)
     table = load_table(None, images, fmt="hpa-channels", channels="all")
     assert not table.labeled and table.n_channels == 4
 
-    import protloc.validate
+    import protloc.data.validate
 
     def boom(*a, **k):
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(protloc.validate, "validate_dataset", boom)
+    monkeypatch.setattr(protloc.data.validate, "validate_dataset", boom)
     html = ex.explore(table, out=tmp_path / "u.html", sample=4, progress=False).read_text()
     assert "Class frequency" not in html and "no label column" in html
     assert "Sample images" in html and ">ER<" in html  # the 4th channel's thumbnail caption

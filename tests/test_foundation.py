@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.imageio import read_image, read_rgb, to_uint8
-from protloc.schema import check_label_string, get_schema, remap_hpa28_to_ghent10
-from protloc.table import load_table
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.io.images import read_image, read_rgb, to_uint8
+from protloc.core.schema import check_label_string, get_schema, remap_hpa28_to_ghent10
+from protloc.data.table import load_table
 
 from helpers import make_tiny_dataset
 
@@ -97,7 +97,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 
 def _commands():
-    from protloc.cli import build_parser
+    from protloc.cli.main import build_parser
 
     return build_parser()._subparsers._group_actions[0].choices
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.errors import InputError
-from protloc.losses import (auto_pos_weight, bce_loss, focal_loss, make_loss, parse_loss_spec,
+from protloc.core.errors import InputError
+from protloc.training.losses import (auto_pos_weight, bce_loss, focal_loss, make_loss, parse_loss_spec,
                             soft_f1_loss)
 
 

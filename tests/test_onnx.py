@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from protloc.cli import main
-from protloc.errors import InputError, RunFolderError
-from protloc.predict import Predictor
+from protloc.cli.main import main
+from protloc.core.errors import InputError, RunFolderError
+from protloc.inference.predictor import Predictor
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,7 +46,7 @@ def test_onnx_usable_alone_and_single_fold(run2, tmp_path):
     assert main(["export", str(run2), "--onnx", str(out), "--fold", "1"]) == 0
     meta = json.loads((tmp_path / "f1.onnx.json").read_text())
     assert meta["folds"] == [1]
-    from protloc.preprocessing import Preprocessing
+    from protloc.core.preprocessing import Preprocessing
 
     pre = Preprocessing.from_dict(meta["preprocessing"])
     b = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import protloc
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.predict import Predictor, d4_views, tta_views
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.inference.predictor import Predictor, d4_views, tta_views
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -210,7 +210,7 @@ def test_missing_ids_and_bad_run(run2, data, tmp_path, capsys):
 def test_table_channel_mismatch(run2, tmp_path):
     from helpers import make_tiny_dataset
 
-    from protloc.table import load_table
+    from protloc.data.table import load_table
 
     csv, images = make_tiny_dataset(tmp_path / "hpa", n=2, fmt="hpa-channels",
                                     channels=("red", "green", "blue", "yellow"))
@@ -241,7 +241,7 @@ def test_bad_options(pred):
 
 
 def test_labeled_table_schema_must_match_run(run2, data):
-    from protloc.table import load_table
+    from protloc.data.table import load_table
 
     csv, images = data
     t = load_table(csv, images, schema="hpa28")
@@ -255,10 +255,10 @@ def test_labeled_table_schema_must_match_run(run2, data):
 def test_hpa_channel_order_and_paths(tmp_path):
     from helpers import make_tiny_dataset
 
-    from protloc.model import ModelSpec, build_model
-    from protloc.preprocessing import Preprocessing
-    from protloc.schema import get_schema
-    from protloc.table import load_table
+    from protloc.models.network import ModelSpec, build_model
+    from protloc.core.preprocessing import Preprocessing
+    from protloc.core.schema import get_schema
+    from protloc.data.table import load_table
 
     chans = ("red", "green", "blue", "yellow")
     pre = Preprocessing(fmt="hpa-channels", channels=chans, size=32, mean=(0.1,) * 4, std=(0.2,) * 4,

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from protloc import report_plots
-from protloc.cli import main
-from protloc.report import SECTIONS, build_report, from_oof, image_source, run_thresholds
-from protloc.runfolder import RunFolder
+from protloc.reports import report_plots
+from protloc.cli.main import main
+from protloc.reports.report import SECTIONS, build_report, from_oof, image_source, run_thresholds
+from protloc.core.runfolder import RunFolder
 
 DATA_URI = "data:image/png;base64,"
 

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.split import fold_class_counts, make_folds, stratified_folds, unit_ids
-from protloc.table import load_table
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.data.split import fold_class_counts, make_folds, stratified_folds, unit_ids
+from protloc.data.table import load_table
 
 from helpers import make_tiny_dataset
 
@@ -52,7 +52,7 @@ def test_make_folds_keeps_duplicates_together(tmp_path):
     f = make_folds(t, 5, seed=0, workers=1)
     assert f[2] == f[17] and f.shape == (30,)
     assert np.array_equal(f, make_folds(t, 5, seed=0, workers=1))
-    from protloc.cache import load_cached
+    from protloc.data.cache import load_cached
 
     imgs128 = load_cached(t, size=32, progress=False, workers=1).images
     assert np.array_equal(f, make_folds(t, 5, seed=0, images=imgs128))   # hashed from the cache

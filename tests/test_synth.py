@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protloc.errors import InputError
-from protloc.synth import (REFERENCE_CLASS_COUNTS, REFERENCE_LABELS_PER_IMAGE, REFERENCE_N_IMAGES,
+from protloc.core.errors import InputError
+from protloc.synth.dataset import (REFERENCE_CLASS_COUNTS, REFERENCE_LABELS_PER_IMAGE, REFERENCE_N_IMAGES,
                            add_label_noise, image_rng, make_dataset, parse_difficulty,
                            sample_label_sets, synth_image)
 
@@ -53,14 +53,14 @@ def test_layout_and_csv_formats(tiny):
 
     with Image.open(out / "test" / f"{test_lines[1]}.png") as im:
         assert im.mode == "RGB" and im.size == (32, 32)
-    from protloc.table import load_table
+    from protloc.data.table import load_table
 
     t = load_table(data=out, split="train")
     assert len(t) == 12 and t.fmt == "rgb" and t.y().shape == (12, 10)
 
 
 def test_same_seed_same_bytes_any_workers(tmp_path, monkeypatch):
-    import protloc.synth as synth
+    import protloc.synth.dataset as synth
 
     monkeypatch.setattr(synth, "MIN_PARALLEL", 1)  # force the process pool on tiny data
     a = make_dataset(tmp_path / "a", n_train=6, n_test=2, seed=7, size=32, workers=1, progress=False)
@@ -119,8 +119,8 @@ def test_hpa_channels_four_files_per_image(tmp_path):
     files = sorted(p.name for p in (out / "train").iterdir())
     assert len(files) == 12 and all(f.rsplit("_", 1)[1] in
                                     ("red.png", "green.png", "blue.png", "yellow.png") for f in files)
-    from protloc.imageio import read_image
-    from protloc.table import load_table
+    from protloc.io.images import read_image
+    from protloc.data.table import load_table
 
     t = load_table(data=out, split="train", channels="all")
     assert t.fmt == "hpa-channels" and t.channels == ("red", "green", "blue", "yellow")
@@ -137,7 +137,7 @@ def test_difficulty_parsing():
 
 
 def test_cli_ok_and_bad_args(tmp_path, capsys):
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     out = tmp_path / "cli"
     assert main(["synth", str(out), "--n-train", "4", "--n-test", "2", "--size", "32", "--seed", "1",
@@ -159,7 +159,7 @@ def test_cli_ok_and_bad_args(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_no_csv(tmp_path, monkeypatch):
-    import protloc.synth as synth
+    import protloc.synth.dataset as synth
 
     calls = []
     real = synth._render_job
@@ -180,7 +180,7 @@ def test_interrupted_run_leaves_no_csv(tmp_path, monkeypatch):
 def test_gallery_png(tmp_path):
     from PIL import Image
 
-    from protloc.synth import save_gallery
+    from protloc.synth.dataset import save_gallery
 
     p = save_gallery(tmp_path / "g.png", size=32, n_per_class=1)
     with Image.open(p) as im:

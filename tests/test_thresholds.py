@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from protloc.errors import InputError
-from protloc.metrics import macro_f1, per_class_f1
-from protloc.thresholds import (ThresholdOptimizer, apply_thresholds, best_f1_thresholds,
+from protloc.core.errors import InputError
+from protloc.core.metrics import macro_f1, per_class_f1
+from protloc.core.thresholds import (ThresholdOptimizer, apply_thresholds, best_f1_thresholds,
                                 global_threshold, ratio_thresholds)
 
 
@@ -152,8 +152,8 @@ def test_error_messages():
 def test_cli_thresholds_writes_json(fake_run, tmp_path, capsys):
     import shutil
 
-    from protloc.cli import main
-    from protloc.runfolder import RunFolder
+    from protloc.cli.main import main
+    from protloc.core.runfolder import RunFolder
 
     fake_run = shutil.copytree(fake_run, tmp_path / "run")  # the session fixture is shared
     rc = main(["thresholds", str(fake_run), "--method", "f1", "--n-bootstrap", "20", "--at-least-one"])
@@ -169,7 +169,7 @@ def test_cli_thresholds_writes_json(fake_run, tmp_path, capsys):
 
 
 def test_cli_thresholds_bad_run(tmp_path, capsys):
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     assert main(["thresholds", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
@@ -177,7 +177,7 @@ def test_cli_thresholds_bad_run(tmp_path, capsys):
 
 def test_bootstrap_weights_equal_resampling():
     """Bootstrap resamples are computed as weights on one sort: same thresholds as a re-sort."""
-    from protloc.thresholds import _Sorted
+    from protloc.core.thresholds import _Sorted
 
     p, y = _data(n=150, c=3, seed=12, quant=40)
     srt = _Sorted(p, y)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from protloc.cli import main
-from protloc.runfolder import RunFolder
-from protloc.schema import GHENT10
+from protloc.cli.main import main
+from protloc.core.runfolder import RunFolder
+from protloc.core.schema import GHENT10
 
 TINY = ["--model", "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet",
         "--threads", "1", "--no-near-dup"]
@@ -46,7 +46,7 @@ def test_train_writes_full_run_folder(trained_run):
     ids, probs, y, folds = run.oof()  # the loader other modules use
     assert probs.shape == (len(oof), 10) and y.shape == probs.shape
     assert "epoch 1" in run.log.read_text()
-    from protloc.model import load_weights
+    from protloc.models.network import load_weights
 
     assert load_weights(run.model_path(0)).spec.backbone == "test_resnet"
 
@@ -113,8 +113,8 @@ def test_existing_run_needs_resume_or_overwrite(trained_run, tiny_rgb, capsys):
 
 
 def test_pretrained_offline_unknown_model_message():
-    from protloc.errors import InputError
-    from protloc.model import ModelSpec, build_model
+    from protloc.core.errors import InputError
+    from protloc.models.network import ModelSpec, build_model
 
     with pytest.raises(InputError, match=r"--pretrained offline: expected one of tf_efficientnet_lite0.*got "
                                          r"test_resnet\. Fix: pick one of those models"):
@@ -122,8 +122,8 @@ def test_pretrained_offline_unknown_model_message():
 
 
 def test_config_file_and_flags_override(tmp_path):
-    from protloc.config import TrainConfig
-    from protloc.errors import InputError
+    from protloc.core.config import TrainConfig
+    from protloc.core.errors import InputError
 
     f = tmp_path / "c.yaml"
     f.write_text("preset: seed\nepochs: 7\nlr: 0.01\n")
@@ -141,7 +141,7 @@ def test_config_file_and_flags_override(tmp_path):
 def test_recipe_options_and_four_channels(tmp_path):
     from helpers import make_tiny_dataset
 
-    from protloc.model import load_weights
+    from protloc.models.network import load_weights
 
     csv, images = make_tiny_dataset(tmp_path / "hpa", n=24, size=32, fmt="hpa-channels",
                                     channels=("red", "green", "blue", "yellow"))
@@ -176,8 +176,8 @@ def test_time_budget_shrinks_epochs_and_schedule():
     import time
     from types import SimpleNamespace as NS
 
-    from protloc.callbacks import TimeBudget
-    from protloc.lit_module import warmup_cosine
+    from protloc.training.callbacks import TimeBudget
+    from protloc.training.module import warmup_cosine
 
     fn = warmup_cosine(2, 100)
     trainer = NS(current_epoch=0, max_epochs=10, should_stop=False, fit_loop=NS(max_epochs=10),

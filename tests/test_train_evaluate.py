@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from protloc.cli import main
-from protloc.errors import InputError
-from protloc.evaluate import score_frames
-from protloc.schema import get_schema
+from protloc.cli.main import main
+from protloc.core.errors import InputError
+from protloc.reports.evaluate import score_frames
+from protloc.core.schema import get_schema
 
 
 def test_evaluate_prints_table_and_saves_json(trained_run, tiny_rgb, tmp_path, capsys):
@@ -62,7 +62,7 @@ def test_score_errors(tmp_path, capsys, pred, match):
     err = capsys.readouterr().err
     assert "Fix:" in err
     with pytest.raises(InputError, match=match):
-        from protloc.evaluate import score_files
+        from protloc.reports.evaluate import score_files
 
         score_files(t, p)
 

@@ -8,9 +8,9 @@ import torch
 
 import lightning.pytorch as pl
 
-from protloc.config import TrainConfig
-from protloc.table import load_table
-from protloc.train import run_training
+from protloc.core.config import TrainConfig
+from protloc.data.table import load_table
+from protloc.training.train import run_training
 
 
 class Crash(pl.Callback):
@@ -51,14 +51,14 @@ def test_resume_equals_uninterrupted(tiny_rgb, tmp_path):
 
 
 def test_ctrl_c_becomes_resume_hint(tiny_rgb, tmp_path, capsys):
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     class CtrlC(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.current_epoch == 1:
                 raise KeyboardInterrupt
 
-    import protloc.train as T
+    import protloc.training.train as T
 
     orig = T.train_fold
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.cli import main
-from protloc.phash import groups_from_pairs, image_hash, near_duplicate_pairs
-from protloc.table import load_table
-from protloc.validate import validate_dataset, near_duplicate_groups
+from protloc.cli.main import main
+from protloc.data.phash import groups_from_pairs, image_hash, near_duplicate_pairs
+from protloc.data.table import load_table
+from protloc.data.validate import validate_dataset, near_duplicate_groups
 
 from helpers import make_tiny_dataset
 
@@ -221,7 +221,7 @@ def test_rotated_copies_only_with_rotations(tmp_path, capsys):
     assert "any rotation/flip" in rep.findings[0].message
     t = load_table(csv, imgs)
     assert near_duplicate_groups(t, rotations=True, progress=False, workers=1) == [[4, 11]]
-    from protloc.split import make_folds
+    from protloc.data.split import make_folds
 
     f = make_folds(t, 3, rotations=True, workers=1)
     assert f[4] == f[11]

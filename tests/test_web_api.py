@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from protloc.predict import Predictor  # noqa: E402
+from protloc.inference.predictor import Predictor  # noqa: E402
 from protloc.web.app import clean_name, create_app  # noqa: E402
 
 
@@ -222,7 +222,7 @@ def test_size_limits_413(fake_run, predictor):
 
 
 def test_serve_cli_errors(tmp_path, capsys):
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_serve_cli_errors(tmp_path, capsys):
 
 
 def test_serve_cli_port_in_use(fake_run, capsys):
-    from protloc.cli import main
+    from protloc.cli.main import main
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -304,11 +304,11 @@ def test_explain_as_form_field(client):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hpa4_client(tmp_path_factory):
-    from protloc.atomic import write_json
-    from protloc.model import ModelSpec, build_model, save_weights
-    from protloc.preprocessing import Preprocessing
-    from protloc.runfolder import RunFolder
-    from protloc.schema import get_schema
+    from protloc.core.atomic import write_json
+    from protloc.models.network import ModelSpec, build_model, save_weights
+    from protloc.core.preprocessing import Preprocessing
+    from protloc.core.runfolder import RunFolder
+    from protloc.core.schema import get_schema
 
     run = RunFolder(tmp_path_factory.mktemp("hpa4_run"))
     Preprocessing(fmt="hpa-channels", channels=("red", "green", "blue", "yellow"), size=32, mean=(0.1,) * 4,

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def load_run(path, **kwargs):
-    """Load a trained run folder and return a :class:`protloc.predict.Predictor`.
+    """Load a trained run folder and return a :class:`protloc.inference.predictor.Predictor`.
 
     Examples
     --------
@@ -16,7 +16,7 @@ def load_run(path, **kwargs):
     >>> pred = protloc.load_run("runs/demo")  # doctest: +SKIP
     >>> out = pred.predict(["cell.png"])  # doctest: +SKIP
     """
-    from protloc.predict import Predictor
+    from protloc.inference.predictor import Predictor
 
     return Predictor.from_run(path, **kwargs)
 

@@ -47,7 +47,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protloc.errors import fmt_problem
+from protloc.core.errors import fmt_problem
 from protloc.web.guard import CSP, Guard
 from protloc.web.inference import Service
 from protloc.web.model_card import model_card
@@ -73,7 +73,7 @@ def create_app(run_dir, *, max_upload_mb: float = 20, max_request_mb: float = 10
     max_upload_mb, max_request_mb : size limits per file and per request (413 above).
     max_files : files per request; max_pixels : pixels per image.
     workers : concurrent model calls (a bounded semaphore); ``busy_timeout_s``: wait before 503.
-    predictor : an already loaded :class:`protloc.predict.Predictor` (tests, embedding).
+    predictor : an already loaded :class:`protloc.inference.predictor.Predictor` (tests, embedding).
     """
     from protloc import __version__
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from protloc.errors import fmt_problem
+from protloc.core.errors import fmt_problem
 from protloc.web.uploads import MB
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "

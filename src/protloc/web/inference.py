@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from protloc.errors import InputError, fmt_problem
+from protloc.core.errors import InputError, fmt_problem
 from protloc.web.model_card import channel_names, hpa_needed, model_card
 from protloc.web.pictures import CHANNEL_ROLES, PREVIEW_MAX, composite, overlay, png_data_uri, tinted
 from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, decode_image,
@@ -28,10 +28,10 @@ class Service:
     def __init__(self, run_dir, *, predictor=None, max_upload_mb: float = 20, max_request_mb: float = 100,
                  max_files: int = 64, max_pixels: int = 6144 * 6144, workers: int = 1,
                  busy_timeout_s: float = 120.0):
-        from protloc.runfolder import RunFolder
+        from protloc.core.runfolder import RunFolder
 
         if predictor is None:
-            from protloc.predict import Predictor
+            from protloc.inference.predictor import Predictor
 
             predictor = Predictor.from_run(run_dir)
         self.run = RunFolder(run_dir)
@@ -159,7 +159,7 @@ class Service:
         """{class id: heat (H, W) in [0, 1]} for the predicted classes."""
         if not label_ids:
             return {}
-        from protloc.explain import explain_image
+        from protloc.reports.explain import explain_image
 
         rows = explain_image(self.predictor, self.pre, img, classes=list(label_ids), thresholds=self.thresholds)
         return {int(r["class_idx"]): np.asarray(r["heatmap"], np.float32) for r in rows
@@ -181,7 +181,7 @@ class Service:
         side = max(img.shape[:2])
         disp = img
         if side > PREVIEW_MAX:  # keep the aspect ratio
-            from protloc.imageio import resize
+            from protloc.io.images import resize
 
             s = PREVIEW_MAX / side
             disp = resize(img, size=(max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))))

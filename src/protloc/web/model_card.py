@@ -13,7 +13,7 @@ from protloc.web.uploads import HPA_ORDER, MB
 
 
 def channel_names(pre) -> list[str]:
-    """The channel names of a run's :class:`~protloc.preprocessing.Preprocessing` (HPA colours
+    """The channel names of a run's :class:`~protloc.core.preprocessing.Preprocessing` (HPA colours
     for an RGB or unnamed layout of up to 4 channels)."""
     if pre.fmt == "rgb" or not set(map(str, pre.channels)) & set(HPA_ORDER):
         if pre.in_chans <= 4 and pre.fmt != "tiff":

@@ -80,6 +80,6 @@ def _resize_heat(heat: np.ndarray, hw) -> np.ndarray:
 
 def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """A Grad-CAM heat map (any size, [0, 1]) blended onto the RGB picture ``rgb``."""
-    from protloc.explain import overlay as _overlay
+    from protloc.reports.explain import overlay as _overlay
 
     return np.asarray(_overlay(rgb, _resize_heat(heat, rgb.shape[:2])), np.uint8)

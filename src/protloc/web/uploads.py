@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.errors import InputError, fmt_problem
+from protloc.core.errors import InputError, fmt_problem
 
 MB = 1024 * 1024
 
@@ -114,7 +114,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     >>> decode_image(buf.getvalue(), "a.png", max_pixels=100).shape
     (4, 5, 3)
     """
-    from protloc.imageio import to_uint8
+    from protloc.io.images import to_uint8
 
     if not data:
         raise UploadError(400, "empty file", fmt_problem(name, expected="an image file", got="0 bytes",
@@ -187,7 +187,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
 
 
 def _resize_plane(p: np.ndarray, hw) -> np.ndarray:
-    from protloc.imageio import resize
+    from protloc.io.images import resize
 
     return resize(p[..., None], size=tuple(hw))[..., 0]
 

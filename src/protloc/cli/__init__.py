@@ -1,0 +1,3 @@
+from protloc.cli.main import main
+
+__all__ = ["main"]

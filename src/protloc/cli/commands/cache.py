@@ -1,0 +1,77 @@
+"""``protloc cache``: decode a dataset once into the memory-mapped cache, inspect or clear it."""
+
+from __future__ import annotations
+
+import sys
+
+from protloc.cli.main import add_data_args, new_command, table_from_args
+
+
+def register(sub) -> None:
+    p = new_command(sub, "cache", help="decode images once into the memory-mapped cache (or --info/--clear)",
+                    example="protloc cache --csv train.csv --images train/ --size 128")
+    add_data_args(p)  # label options accepted (ignored) so every data command takes the same flags
+    g = p.add_argument_group("cache")
+    g.add_argument("--size", type=int, default=128, help="image side length in pixels after resizing")
+    g.add_argument("--info", action="store_true", help="list cache entries (of this dataset if given)")
+    g.add_argument("--clear", action="store_true", help="delete cache entries (of this dataset if given, else all)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="cache unreadable images as black and list them instead of stopping")
+    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    p.set_defaults(func=run)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _print_info(entries, console) -> None:
+    from rich.table import Table
+
+    from protloc.data.cache import cache_dir
+
+    if not entries:
+        console.print(f"no cache entries in {cache_dir()}")
+        return
+    t = Table(title=f"decode cache: {cache_dir()}")
+    for col in ("key", "images", "n", "size", "channels", "bad", "MB", "up to date"):
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        cur = "" if e["current"] is None else ("yes" if e["current"] else "no (files changed)")
+        t.add_row(e["key"], str(e["images"]), str(e["n"]), str(e["size"]), ",".join(e["channels"] or []),
+                  str(len(e["bad"] or [])), f"{e['bytes'] / 2**20:,.1f}", cur)
+    console.print(t)
+
+
+def run(args) -> int:
+    import time
+
+    from rich.console import Console
+
+    from protloc.data.cache import cache_dir, cache_info, clear_cache, load_cached
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.size < 8 or args.size > 4096:
+        from protloc.core.errors import InputError, fmt_problem
+
+        raise InputError(fmt_problem("--size", expected="8 to 4096 pixels", got=str(args.size),
+                                     fix="e.g. --size 128"))
+    has_data = bool(args.csv or args.images or args.data)
+    table = table_from_args(args, labels=False) if has_data else None
+    for note in (table.notes if table is not None else []):  # never drop rows silently
+        print(f"note: {note}", file=sys.stderr)
+    if args.clear:
+        n, freed = clear_cache(table)
+        console.print(f"removed {n} cache entries ({_mb(freed)}) from {cache_dir()}")
+        return 0
+    if args.info or table is None:
+        _print_info(cache_info(table, size=args.size if table is not None else None), console)
+        return 0
+    t0 = time.perf_counter()
+    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True)
+    dt = time.perf_counter() - t0
+    console.print(f"cached {ds.images.shape[0]} images as {tuple(ds.images.shape)} uint8 "
+                  f"({_mb(ds.images.nbytes)}) in {dt:.1f} s -> {ds.path}")
+    for i, msg in zip(ds.bad, ds.bad_messages):
+        print(f"warning: {table.where(i)}: {msg} (cached as a black image)", file=sys.stderr)
+    return 0

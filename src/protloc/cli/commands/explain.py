@@ -1,0 +1,80 @@
+"""``protloc explain RUN IMAGE [--class NAME] [--out PNG]``: Grad-CAM heatmaps for one image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protloc.cli.main import new_command
+
+
+def register(sub) -> None:
+    p = new_command(sub, "explain", help="Grad-CAM: show which pixels made the model predict each class",
+                    example="protloc explain runs/r1 cell.png --out cell_explain.png",
+                    description="Run the run's fold ensemble on one image and draw a Grad-CAM heatmap per "
+                                "class (every predicted class by default, else the most probable one): "
+                                "the image, the heatmap over the composite, and over the protein (green) "
+                                "channel, titled with probability vs threshold. For HPA channel files "
+                                "give --images DIR --id ID instead of IMAGE.")
+    p.add_argument("run", help="run folder (made by `protloc train`)")
+    p.add_argument("image", nargs="?", default=None, help="image file (PNG/JPEG/TIFF)")
+    p.add_argument("--images", default=None, help="image folder (with --id; e.g. HPA <id>_green.png files)")
+    p.add_argument("--id", dest="image_id", default=None, help="image id in --images")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
+                   help="class to explain (name or number; repeatable). Default: the predicted classes")
+    p.add_argument("--out", default=None, help="PNG to write; None means <image id>_explain.png in the current folder")
+    p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: all)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.set_defaults(func=run)
+
+
+def read_input(pred, image=None, images=None, image_id=None):
+    """(uint8 image, display id) from IMAGE or --images/--id, with pinned error messages."""
+    from protloc.io import images as imageio
+    from protloc.core.errors import InputError, fmt_problem
+
+    pre = pred.preprocessing
+    if image is not None and (images or image_id):
+        raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
+                                     got="both", fix="pass only one of them"))
+    if image is not None:
+        path = Path(image)
+        if not path.is_file() and not (pre.fmt == "hpa-channels" and imageio.hpa_channel_path(
+                path.parent, path.name, "green")):
+            raise InputError(fmt_problem("IMAGE", expected="an existing image file", got=f"{str(path)!r} "
+                                         "(not found)", fix="check the path, or use --images DIR --id ID"))
+        if hasattr(pred, "read_file"):
+            return pred.read_file(path), path.stem if path.is_file() else path.name
+        return imageio.read_array(path), path.stem
+    if not (images and image_id):
+        raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
+                                     got="neither" if not (images or image_id) else "only one of --images/--id",
+                                     fix="e.g. `protloc explain RUN cell.png`"))
+    if not Path(images).is_dir():
+        raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(str(images)),
+                                     fix="check the path"))
+    fmt = pre.fmt if pre.fmt in imageio.FORMATS else "auto"
+    chans = pre.channels if fmt == "hpa-channels" else None
+    if fmt == "tiff":
+        chans = tuple(int(str(c).removeprefix("ch")) for c in pre.channels)
+    return imageio.read_image(images, image_id, fmt=fmt, channels=chans), str(image_id)
+
+
+def run(args) -> int:
+    from protloc.core.atomic import write_bytes
+    from protloc.reports.explain import explain_image, load_run, render_explanation, resolve_classes
+    from protloc.core.runfolder import RunFolder
+
+    RunFolder(args.run).check()
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    pred = load_run(args.run, folds=folds, device=args.device)
+    if args.classes:  # check names before reading the image
+        resolve_classes(args.classes, list(pred.preprocessing.classes))
+    img, iid = read_input(pred, args.image, args.images, args.image_id)
+    ex = explain_image(pred, pred.preprocessing, img, classes=args.classes)
+    out = Path(args.out) if args.out else Path(f"{iid}_explain.png")
+    write_bytes(out, render_explanation(img, ex, preprocessing=pred.preprocessing, as_png=True))
+    for e in ex:
+        mark = ">=" if e["prob"] >= e["threshold"] else "<"
+        print(f"{e['name']}: p={e['prob']:.3f} {mark} threshold {e['threshold']:.3f}")
+    print(f"wrote {out}")
+    return 0

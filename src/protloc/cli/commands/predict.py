@@ -1,0 +1,83 @@
+"""``protloc predict RUN --images DIR --out submission.csv``: labels for new images."""
+
+from __future__ import annotations
+
+import sys
+
+from protloc.cli.main import add_data_args, new_command
+
+
+def register(sub) -> None:
+    p = new_command(sub, "predict", help="predict labels for images (submission CSV + probabilities)",
+                    example="protloc predict runs/r1 --images test/ --csv test.csv --out submission.csv "
+                            "--probs probs.csv --tta d4",
+                    description="Predict every image with the run's fold ensemble and thresholds; write "
+                                "the competition file (Image,Label with sorted space-separated class "
+                                "ids, in CSV order or sorted folder order) and optionally the "
+                                "probabilities. Both files are written atomically: a failure leaves "
+                                "no partial file. Images of another size are resized (one warning).")
+    p.add_argument("run", help="run folder (made by `protloc train`)")
+    add_data_args(p, labels=False, split="test")
+    p.add_argument("--out", required=True, help="submission CSV to write (Image,Label)")
+    p.add_argument("--probs", default=None, help="also write probabilities (Image + one column per class)")
+    p.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+                   help="test-time augmentation: d4 = 8 flips/rotations")
+    p.add_argument("--merge", default="mean", choices=("mean", "max"),
+                   help="how probabilities are merged over TTA views and fold models")
+    p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
+                   help="onnx uses RUN/model.onnx (see `protloc export`)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--folds", default=None, help="comma-separated fold numbers to ensemble; all folds when not given")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; cuda when available if not given")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")
+    p.add_argument("--at-least-one", action="store_true",
+                   help="give an image with no class above threshold its most probable class")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="report unreadable/missing images and leave them out instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from protloc.core.atomic import write_csv
+    from protloc.cli.main import table_from_args
+    from protloc.core.errors import InputError, fmt_problem
+    from protloc.inference.predictor import Predictor
+    from protloc.core.runfolder import RunFolder
+
+    if args.batch_size < 1:
+        raise InputError(fmt_problem("--batch-size", expected="an integer >= 1", got=str(args.batch_size),
+                                     fix="e.g. --batch-size 64"))
+    rf = RunFolder(args.run).check(need_models=args.engine == "torch")
+    pre = rf.preprocessing()
+    if args.channels is None and args.format in ("auto", pre.fmt):  # default: the run's channels
+        if pre.fmt == "hpa-channels":
+            args.channels = ",".join(pre.channels)
+        elif pre.fmt == "tiff" and all(str(c).removeprefix("ch").isdigit() for c in pre.channels):
+            args.channels = ",".join(str(c).removeprefix("ch") for c in pre.channels)
+    folds = None
+    if args.folds:
+        try:
+            folds = [int(f) for f in str(args.folds).split(",") if f.strip()]
+        except ValueError:
+            raise InputError(fmt_problem("--folds", expected="comma-separated fold numbers",
+                                         got=repr(args.folds), fix="e.g. --folds 0,1")) from None
+    table = table_from_args(args, split="test", labels=False)
+    pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
+                              threads=args.threads)
+    res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
+                             progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
+                             at_least_one=True if args.at_least_one else None)
+    for _, msg in res.skipped:
+        print(f"skipped: {msg}", file=sys.stderr)
+    sub = res.submission_frame()
+    probs = res.probs_frame() if args.probs else None
+    if probs is not None:  # probabilities first: the submission appears last, when all is done
+        write_csv(args.probs, probs, float_format="%.6f")
+    write_csv(args.out, sub)
+    n_empty = sum(1 for s in res.label_strings if not s)
+    print(f"wrote {args.out} ({len(sub)} images, {n_empty} without a label"
+          f"{', ' + str(len(res.skipped)) + ' skipped' if res.skipped else ''})"
+          + (f" and {args.probs}" if args.probs else ""))
+    return 0

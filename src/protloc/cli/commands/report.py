@@ -1,0 +1,72 @@
+"""``protloc report RUN [--csv ... --images ...] [--out RUN/report.html]``: evaluation report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from protloc.cli.main import new_command
+
+
+def register(sub) -> None:
+    p = new_command(sub, "report", help="write the evaluation report of a run (one offline HTML file)",
+                    example="protloc report runs/r1            # out-of-fold predictions -> runs/r1/report.html",
+                    description="One self-contained HTML file (opens offline): headline numbers, training "
+                                "curves, per-class precision/recall/F1 at the chosen thresholds, "
+                                "precision-recall curves, probability densities, calibration, label "
+                                "co-occurrence, the worst false positives/negatives per class and Grad-CAM "
+                                "examples. By default it reports on the run's out-of-fold predictions; "
+                                "with --csv/--images (a labeled set) it predicts that set first.")
+    p.add_argument("run", help="run folder (made by `protloc train`)")
+    g = p.add_argument_group("labeled set to predict and report on (optional)")
+    g.add_argument("--csv", help="CSV with ids and labels (Image,Label)")
+    g.add_argument("--images", help="folder of image files (also used alone for the OOF galleries)")
+    g.add_argument("--data", help="dataset folder holding <split>.csv and <split>/")
+    g.add_argument("--split", default="train", help="which split of --data")
+    g.add_argument("--format", default="auto", choices=("auto", "rgb", "hpa-channels", "tiff"))
+    g.add_argument("--channels", default=None, help="hpa-channels names / tiff indices (default: the run's)")
+    g.add_argument("--id-col", default=None)
+    g.add_argument("--label-col", default=None)
+    g.add_argument("--tta", default="none", choices=("none", "flip", "d4"), help="test-time augmentation")
+    p.add_argument("--out", default=None, help="HTML file to write; None means RUN/report.html")
+    p.add_argument("--gallery", type=int, default=3, help="error images per class and kind")
+    p.add_argument("--gradcam", type=int, default=8, help="Grad-CAM examples (0 = none)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from protloc.core.errors import InputError, fmt_problem
+    from protloc.reports.report import _reader, build_report, from_oof, from_table, run_channels
+    from protloc.core.runfolder import RunFolder
+    from protloc.data.table import load_table
+
+    t0 = time.time()
+    rf = RunFolder(args.run).check(need_models=False)
+    pre = rf.preprocessing()
+    for name in ("gallery", "gradcam"):
+        if getattr(args, name) < 0:
+            raise InputError(fmt_problem(f"--{name}", expected="an integer >= 0", got=str(getattr(args, name)),
+                                         fix=f"e.g. --{name} 3"))
+    if args.csv or args.data:
+        chans = args.channels or (",".join(pre.channels) if pre.fmt == "hpa-channels" else None)
+        table = load_table(args.csv, args.images, data=args.data, split=args.split, fmt=args.format,
+                           channels=chans, schema=pre.schema, id_col=args.id_col, label_col=args.label_col,
+                           labels=True)
+        data = from_table(rf, table, tta=args.tta, progress=True, device=args.device)
+    else:
+        data = from_oof(rf)
+        if args.images:
+            if not Path(args.images).is_dir():
+                raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(args.images),
+                                             fix="check the path"))
+            fmt, chans = run_channels(pre)
+            fmt = fmt if args.format == "auto" else args.format
+            data.notes = [n for n in data.notes if not n.startswith("no images found")]
+            data.read = _reader(Path(args.images), fmt, chans, pre.size)
+    page = build_report(rf, data, gallery_k=args.gallery, n_gradcam=args.gradcam, device=args.device)
+    out = Path(args.out) if args.out else rf.report_html
+    page.save(out)
+    size = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size:.1f} MB, {len(data.ids)} images, {time.time() - t0:.1f} s)")
+    return 0

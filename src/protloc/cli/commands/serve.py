@@ -1,0 +1,92 @@
+"""``protloc serve RUN``: the web app (page + JSON API) for one trained run folder."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+
+from protloc.cli.main import new_command
+from protloc.core.errors import InputError, fmt_problem
+
+
+def register(sub) -> None:
+    p = new_command(sub, "serve", help="web app: upload images, see localizations, Grad-CAM, model card",
+                    example="protloc serve runs/r1 --port 8000   # then open http://127.0.0.1:8000",
+                    description="Start a local web app for a trained run folder: drop microscopy images "
+                                "(PNG/TIFF/JPEG or HPA channel files) to see the predicted localizations, "
+                                "probabilities against the thresholds, Grad-CAM overlays and the model card; "
+                                "download a batch as CSV. JSON API: POST /predict, GET /model, GET /health; "
+                                "API docs at /docs.")
+    p.add_argument("run", help="trained run folder (the --out of `protloc train`)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 127.0.0.1 keeps it on this computer (0.0.0.0 exposes it "
+                        "to the network: only do that behind a firewall)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted file")
+    p.add_argument("--max-request-mb", type=float, default=100, help="largest accepted request (all files)")
+    p.add_argument("--max-files", type=int, default=64, help="most files in one request")
+    p.add_argument("--workers", type=int, default=1, help="model calls running at the same time")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=run)
+
+
+def _check(args) -> None:
+    if not 0 < args.port < 65536:
+        raise InputError(fmt_problem("--port", expected="a port 1-65535", got=str(args.port), fix="use e.g. 8000"))
+    for opt in ("max_upload_mb", "max_request_mb", "max_files", "workers"):
+        if getattr(args, opt) <= 0:
+            raise InputError(fmt_problem(f"--{opt.replace('_', '-')}", expected="a positive number",
+                                         got=str(getattr(args, opt)), fix="drop the option to use the default"))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail early (exit 2, one line) when the address is taken or not on this computer."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(fmt_problem(f"--host {host} --port {port}", expected="a free local address",
+                                         got=e.strerror or str(e),
+                                         fix="pick another --port, or stop the other server")) from None
+
+
+def run(args) -> int:
+    _check(args)
+    from protloc.core.runfolder import RunFolder
+
+    RunFolder(args.run).check()
+    _check_address(args.host, args.port)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import uvicorn
+
+    from protloc.web.app import create_app
+
+    app = create_app(args.run, max_upload_mb=args.max_upload_mb, max_request_mb=args.max_request_mb,
+                     max_files=args.max_files, workers=args.workers)
+    card = app.state.service.card
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"protloc: serving run '{card['run']}' ({len(card['classes'])} classes, "
+          f"{len(card['channels'])} channels, {card['image_size']} px)")
+    print(f"  open http://{shown}:{args.port}/   API docs: http://{shown}:{args.port}/docs   (Ctrl-C stops)")
+    if not _is_loopback(args.host):
+        print(f"warning: listening on {args.host}: other computers can reach this server; there is no "
+              "login. Use --host 127.0.0.1 unless it is behind a firewall.", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
+                limit_concurrency=64, server_header=False)
+    return 0

@@ -1,0 +1,84 @@
+"""``protloc thresholds RUN``: fit per-class thresholds on the run's out-of-fold probabilities."""
+
+from __future__ import annotations
+
+from protloc.cli.main import new_command
+
+
+def register(sub) -> None:
+    p = new_command(sub, "thresholds", help="fit per-class decision thresholds on out-of-fold probabilities",
+                    example="protloc thresholds runs/r1 --method f1 --at-least-one",
+                    description="Fit one threshold per class on RUN/oof.csv (exact F1 search, positive-"
+                                "rate matching, or one global threshold), check their stability by "
+                                "bootstrap, and save RUN/thresholds.json (used by predict).")
+    p.add_argument("run", help="run folder (made by `protloc train`)")
+    p.add_argument("--method", default="f1", choices=("f1", "ratio", "global"),
+                   help="f1: per-class F1-optimal; ratio: match each class's positive rate; "
+                        "global: one threshold maximising macro F1")
+    p.add_argument("--at-least-one", action="store_true",
+                   help="predict the most probable class for an image where no class passes")
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples for stability (0: off)")
+    p.add_argument("--min-positives", type=int, default=5,
+                   help="classes with fewer positives fall back to the robust rule")
+    p.add_argument("--max-threshold-std", type=float, default=0.1,
+                   help="classes whose bootstrap threshold std exceeds this fall back")
+    p.add_argument("--fallback", default="auto",
+                   help="robust rule for unstable classes: auto (median bootstrap threshold for unstable "
+                        "classes, global threshold for classes with too few positives), global, median, "
+                        "or a number in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    p.set_defaults(func=run)
+
+
+def _fallback(text: str):
+    from protloc.core.errors import InputError, fmt_problem
+
+    if text in ("auto", "global", "median"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(fmt_problem("--fallback", expected="auto, global, median or a number in [0, 1]",
+                                     got=repr(text), fix="e.g. --fallback global")) from None
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from protloc.core.atomic import write_json
+    from protloc.core.runfolder import RunFolder
+    from protloc.core.thresholds import ThresholdOptimizer
+
+    rf = RunFolder(args.run).check(need_models=False)
+    pre = rf.preprocessing()
+    ids, probs, y, _ = rf.oof()
+    opt = ThresholdOptimizer(args.method, n_bootstrap=args.n_bootstrap, min_positives=args.min_positives,
+                             max_threshold_std=args.max_threshold_std, fallback=_fallback(args.fallback),
+                             at_least_one=args.at_least_one, random_state=args.seed)
+    opt.fit(probs, y, classes=list(pre.classes))
+    d = opt.to_dict()
+    d["source"] = {"oof": str(rf.oof_csv.name), "n_images": len(ids)}
+    write_json(rf.thresholds_json, d)
+
+    def f(v, nd=3):
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    table = Table(title=f"thresholds ({args.method}) on {len(ids)} out-of-fold images")
+    for col, just in (("id", "right"), ("class", "left"), ("pos", "right"), ("thr", "right"),
+                      ("F1@0.5", "right"), ("F1 after", "right"), ("thr std", "right"),
+                      ("F1 std", "right"), ("fallback", "left")):
+        table.add_column(col, justify=just)
+    for r in d["per_class"]:
+        fb = r["fallback"] or ""
+        table.add_row(str(r["id"]), r["class"], str(r["n_positives"]), f(r["threshold"]),
+                      f(r["f1_before"]), f(r["f1_after"]), f(r["threshold_std"]), f(r["f1_std"]), fb)
+    con = Console()
+    con.print(table)
+    con.print(f"macro F1: {d['macro_f1_before']:.4f} at 0.5 -> {d['macro_f1_after']:.4f} with these "
+              f"thresholds{' (at least one label)' if args.at_least_one else ''}; "
+              f"global threshold {d['global_threshold']:.3f}")
+    for k, fb in sorted(opt.fallback_classes_.items()):
+        con.print(f"fallback for class {k} ({pre.classes[k]}): {fb['rule']} threshold, because {fb['reason']}")
+    con.print(f"saved {rf.thresholds_json}")
+    return 0

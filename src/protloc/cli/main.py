@@ -1,0 +1,109 @@
+"""The ``protloc`` command. Each subcommand lives in ``protloc/cli/commands/<name>.py`` and exposes
+``register(subparsers)`` (which sets ``func``) so this file stays small.
+
+Every user error (bad file, bad option) becomes one clear message on stderr and exit code 2;
+Ctrl-C exits 130 without a traceback. ``PROTLOC_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from protloc import __version__
+from protloc.core.errors import InputError
+
+#: subcommands in the order ``--help`` lists them.
+COMMANDS = ("demo", "synth", "validate", "split", "explore", "cache", "train", "evaluate", "score",
+            "thresholds", "predict", "export", "report", "explain", "serve")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def add_data_args(p: argparse.ArgumentParser, *, labels: bool = True, split: str = "train") -> None:
+    """The data options every data-taking command shares."""
+    g = p.add_argument_group("data")
+    g.add_argument("--csv", help="CSV with an id column (Image/Id) and optionally labels (Label/Target)")
+    g.add_argument("--images", help="folder of image files")
+    g.add_argument("--data", help=f"dataset folder holding {split}.csv and {split}/ (shortcut)")
+    g.add_argument("--format", default="auto", choices=("auto", "rgb", "hpa-channels", "tiff"),
+                   help="image file layout")
+    g.add_argument("--channels", default=None,
+                   help="hpa-channels: names, e.g. red,green,blue,yellow or 'all'; tiff: indices 0,1,2")
+    g.add_argument("--id-col", default=None, help="id column name (default: Image or Id)")
+    if labels:
+        g.add_argument("--label-col", default=None, help="label column name (default: Label or Target)")
+        g.add_argument("--schema", default="ghent10", help="label schema: ghent10, hpa28 or a YAML/JSON file")
+        g.add_argument("--from-schema", default=None, choices=(None, "hpa28"),
+                       help="labels in the CSV use this schema; map them into --schema")
+
+
+def table_from_args(args, *, split: str = "train", labels=None, strict: bool = True):
+    """Build a DataTable from the shared data options."""
+    from protloc.data.table import load_table
+
+    return load_table(args.csv, args.images, data=args.data, split=split, fmt=args.format,
+                      channels=args.channels, schema=getattr(args, "schema", "ghent10"),
+                      id_col=args.id_col, label_col=getattr(args, "label_col", None), labels=labels,
+                      from_schema=getattr(args, "from_schema", None), strict=strict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protloc", formatter_class=_Formatter,
+        description="Predict where a protein lives in the cell from fluorescence microscopy images.",
+        epilog="example:\n  protloc demo --quick            # synthesize data, train, predict, report\n"
+               "  protloc train --data data/ --out runs/r1\n\n"
+               "`protloc COMMAND --help` shows each command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"protloc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"protloc.cli.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"protloc.cli.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def new_command(sub, name: str, *, help: str, example: str, description: str | None = None):
+    """Add a subparser with the house style: description, defaults shown, an example."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter,
+                          epilog=f"example:\n  {example}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    debug = os.environ.get("PROTLOC_DEBUG") == "1"
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished outputs are kept; partial files were not written. "
+              "For training, rerun with --resume.", file=sys.stderr)
+        return 130
+    except (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        msg = str(e) if isinstance(e, InputError) else f"{e.strerror or e}: {e.filename or ''}".strip()
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        print("error: out of memory. Fix: lower --batch-size or --workers", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Inspect image files, one pass per image: bytes (SHA-1), header facts, one decode, hash.
+
+Used by :mod:`protloc.data.validate` (all findings) and :mod:`protloc.data.split` (near duplicates).
+Each record is a plain dict so it travels cheaply back from the worker processes:
+``files`` (names), ``problems`` ((severity, code, message, fix) tuples), ``shape`` of the
+decoded image (or None), ``dtypes`` per file, ``sha1`` of the bytes and the perceptual ``hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from protloc.data.cache import worker_map
+from protloc.core.errors import InputError
+from protloc.io.images import TIFF_EXTS, hpa_channel_path, image_path, read_image, sniff_format
+from protloc.data.phash import hash_channels, image_hash, image_hashes_d4
+
+_PIL_FORMAT_EXTS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "TIFF": (".tif", ".tiff")}
+
+
+def _header(path: Path, real: str | None) -> dict:
+    """Cheap facts from a file header: format, mode/dtype, size, channels; or a problem."""
+    if real == "TIFF" or (real is None and path.suffix.lower() in TIFF_EXTS):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                s = tf.series[0]
+                shape = tuple(d for d in s.shape if d != 1)
+                return {"format": "TIFF", "dtype": str(s.dtype), "shape": shape}
+        except Exception as e:  # noqa: BLE001 - reported below when decoding
+            return {"format": "?", "error": str(e)}
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return {"format": im.format, "mode": im.mode, "size": im.size}
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return {"format": "?", "too_large": str(e)}
+    except Exception as e:  # noqa: BLE001
+        return {"format": "?", "error": str(e)}
+
+
+def _classify(msg: str) -> str:
+    if "too large" in msg:
+        return "too_large"
+    if "missing" in msg or "not found" in msg:
+        return "missing_file"
+    if "expected an RGB image" in msg or "channels" in msg:
+        return "wrong_channels"
+    return "unreadable"
+
+
+def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rotations: bool = False) -> dict:
+    """Inspect one image: its files (name, bytes, SHA-1, header), problems, size, hash."""
+    folder = Path(folder)
+    rec = {"files": [], "problems": [], "shape": None, "hash": None, "dtypes": []}
+    if fmt == "hpa-channels":
+        paths = [(c, hpa_channel_path(folder, iid, c)) for c in channels]
+    else:
+        paths = [(None, image_path(folder, iid, fmt))]
+    missing = [c or iid for c, p in paths if p is None]
+    if missing:
+        what, also = {"hpa-channels": (", ".join(f"{iid}_{c}.png" for c in missing), ".tif"),
+                      "rgb": (f"{iid}.png", ".tif/.jpg"), "tiff": (f"{iid}.tif", ".tiff")}[fmt]
+        rec["problems"].append(("error", "missing_file", f"image file missing: {what} (also looked for {also})",
+                                "add the file or delete the row"))
+    sha = hashlib.sha1()
+    sizes: set = set()
+    for _, p in paths:
+        if p is None:
+            continue
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            rec["problems"].append(("error", "unreadable", f"{p.name}: cannot read the file ({e.strerror})",
+                                    "check the file's permissions, or delete the row"))
+            continue
+        sha.update(hashlib.sha1(data).digest())
+        rec["files"].append(p.name)
+        if not data:
+            rec["problems"].append(("error", "empty_file", f"{p.name} is empty (0 bytes)",
+                                    "re-export or re-download the file, or delete the row"))
+            continue
+        real = sniff_format(p)
+        ext = p.suffix.lower()
+        if real in _PIL_FORMAT_EXTS and ext not in _PIL_FORMAT_EXTS[real]:
+            rec["problems"].append(("warning", "misnamed", f"{p.name} holds {real} data but is named "
+                                    f"{ext}", f"rename it to {p.stem}{_PIL_FORMAT_EXTS[real][0]}"))
+        h = _header(p, real)
+        if "too_large" in h:
+            rec["problems"].append(("error", "too_large", f"{p.name} is too large to decode safely "
+                                    f"({h['too_large']})", "downscale the image (protloc works at 128-512 px)"))
+            continue
+        mode = h.get("mode", "")
+        dtype = h.get("dtype") or ("uint16" if mode.startswith("I;16") else "int32" if mode == "I"
+                                   else "float32" if mode == "F" else "uint8")
+        rec["dtypes"].append(dtype)
+        sizes.add(tuple(h["size"][::-1]) if "size" in h else tuple(h.get("shape", ())[-2:]))
+        if dtype not in ("uint8", "uint16"):
+            rec["problems"].append(("warning", "bit_depth", f"{p.name} has {dtype} pixels (expected 8 or 16 "
+                                    "bit); they are clipped/scaled to 8 bit", "save 8- or 16-bit images"))
+        shape = h.get("shape", ())
+        if fmt == "rgb" and (mode in ("RGBA", "LA", "PA") or (len(shape) == 3 and 4 in (shape[0], shape[-1]))):
+            mode = mode or "4 channels"
+            rec["problems"].append(("warning", "alpha_dropped", f"{p.name} has an alpha channel ({mode}); "
+                                    "it is ignored", "save RGB without transparency"))
+        if fmt == "hpa-channels" and mode in ("RGB", "RGBA"):
+            rec["problems"].append(("warning", "wrong_channels", f"{p.name} is {mode} but HPA channel files "
+                                    "are single-channel; the matching plane is used", "save one gray plane per file"))
+    rec["sha1"] = sha.hexdigest()
+    if len(sizes) > 1:
+        rec["problems"].append(("warning", "inconsistent_size", "channel files differ in size ("
+                                + ", ".join(f"{a}x{b}" for a, b in sorted(sizes)) + "); they are resized to the first",
+                                "export all channels of an image at the same size"))
+    if any(s == "error" for s, *_ in rec["problems"]):
+        return rec
+    try:
+        img = read_image(folder, iid, fmt=fmt, channels=channels)
+    except InputError as e:
+        msg, _, fix = str(e).partition(". Fix: ")
+        rec["problems"].append(("error", _classify(msg), msg.replace(str(folder) + os.sep, ""),
+                                fix.rstrip(".") or "re-export the file, or delete the row"))
+        return rec
+    rec["shape"] = tuple(img.shape)
+    if int(img.max()) == int(img.min()):
+        rec["problems"].append(("warning", "blank_image", f"every pixel is {int(img.max())} (an empty image)",
+                                "check the export, or delete the row"))
+    elif "uint16" in rec["dtypes"] and int(img.max()) < 32:  # e.g. 12-bit camera data in 16 bits
+        rec["problems"].append(("warning", "dark_16bit", "16-bit data uses only the low bits (8-bit max "
+                                f"{int(img.max())} after the 1/257 scaling); the image is almost black",
+                                "rescale the TIFFs to the full 16-bit range, or export 8-bit PNGs"))
+    if hash_idx is not None:
+        fn = image_hashes_d4 if rotations else image_hash  # (8, 2) or (2,) uint64
+        rec["hash"] = fn(img, protein=min(hash_idx[0], img.shape[2] - 1), nucleus=min(hash_idx[1], img.shape[2] - 1))
+    return rec
+
+
+def _inspect_chunk(args):
+    folder, ids, fmt, channels, hash_idx, rotations = args
+    return [inspect_image(folder, iid, fmt, channels, hash_idx=hash_idx, rotations=rotations) for iid in ids]
+
+
+def inspect_table(table, *, near_dup: bool = True, rotations: bool = False, workers: int | None = None,
+                  progress: bool = True, description: str = "checking images") -> list[dict]:
+    """:func:`inspect_image` for every row of ``table``, in parallel, in row order."""
+    from protloc.core.progress import progress_bar
+
+    n = len(table)
+    hidx = hash_channels(table.fmt, table.channels) if near_dup else None
+    chunk = 32
+    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, hidx, rotations)
+            for s in range(0, n, chunk)]
+    workers = workers or min(4, os.cpu_count() or 1)
+    out: list[dict] = []
+    with progress_bar(total=n, description=description, enable=progress) as advance:
+        for r in worker_map(_inspect_chunk, jobs, workers):
+            out.extend(r)
+            advance(len(r))
+    return out

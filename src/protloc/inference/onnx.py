@@ -1,0 +1,171 @@
+"""Export a run's fold ensemble (or one fold) to ONNX, and load it back with onnxruntime.
+
+The ONNX graph
+--------------
+input ``input``
+    float32 (batch, C, H, W), **already normalised**: ``(uint8 / 255 - mean) / std`` per channel,
+    channels in the run's order, H = W = the run's size. Batch is dynamic.
+    (:meth:`protloc.core.preprocessing.Preprocessing.normalize` does exactly this.)
+output ``probs``
+    float32 (batch, n_classes): sigmoid probabilities averaged over the exported folds.
+output ``fold_probs``
+    float32 (batch, n_folds, n_classes): each fold's probabilities (for ``merge='max'``).
+
+Next to ``model.onnx`` the export writes ``model.onnx.json`` (preprocessing: channels, size,
+mean/std, label schema; the folds; the thresholds at export time; the input/output contract),
+so the ONNX file is usable without protloc. The default location is ``RUN/model.onnx``, where
+``Predictor.from_run(RUN, engine='onnx')`` and ``protloc predict --engine onnx`` look; exporting
+the whole ensemble elsewhere also refreshes that copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.runfolder import RunFolder
+
+__all__ = ["export_onnx", "load_onnx", "meta_path"]
+
+OPSET = 17
+
+
+def meta_path(onnx_path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    p = Path(onnx_path)
+    return p.with_name(p.name + ".json")
+
+
+def _ensemble_module(models):
+    import torch
+    from torch import nn
+
+    class Ensemble(nn.Module):
+        def __init__(self, nets):
+            super().__init__()
+            self.nets = nn.ModuleList(nets)
+
+        def forward(self, x):
+            fold = torch.stack([torch.sigmoid(n(x)) for n in self.nets], dim=1)
+            return fold.mean(dim=1), fold
+
+    return Ensemble(models).eval()
+
+
+def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: bool = True) -> dict:
+    """Export ``run``'s models to ONNX (atomic) and write the ``.json`` sidecar.
+
+    Parameters
+    ----------
+    run : path             the run folder
+    onnx_path : path       output file (default ``RUN/model.onnx``)
+    folds : 'all', int or list of int
+    check : bool           run onnxruntime once and compare with torch (max abs difference)
+
+    Returns the metadata dict (with ``path`` and, if checked, ``max_abs_diff``).
+
+    Examples
+    --------
+    >>> info = export_onnx("runs/r1")  # doctest: +SKIP
+    >>> info["folds"], info["max_abs_diff"] < 1e-4  # doctest: +SKIP
+    ([0, 1, 2, 3, 4], True)
+    """
+    import torch
+
+    from protloc.core.atomic import atomic_path, write_json
+    from protloc.models.network import load_weights
+
+    rf = RunFolder(run).check()
+    pre = rf.preprocessing()
+    paths = {int(p.stem[4:]): p for p in rf.model_paths() if p.stem[4:].isdigit()}
+    if folds in (None, "all"):
+        use = sorted(paths)
+    else:
+        try:
+            use = [int(folds)] if np.isscalar(folds) else [int(f) for f in folds]
+        except (TypeError, ValueError):
+            raise InputError(fmt_problem("--fold", expected="a fold number or 'all'", got=repr(folds),
+                                         fix=f"pick from {sorted(paths)}")) from None
+        bad = [f for f in use if f not in paths]
+        if bad:
+            raise InputError(fmt_problem("--fold", expected=f"one of {sorted(paths)} or 'all'", got=str(bad[0]),
+                                         fix="pick a fold that has models/fold{k}.pt"))
+    models = [load_weights(paths[f]) for f in use]
+    net = _ensemble_module(models)
+    out = Path(onnx_path) if onnx_path else rf.root / "model.onnx"
+    x = torch.zeros(2, pre.in_chans, pre.size, pre.size)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["probs", "fold_probs"],
+                          dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}, "fold_probs": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    thr = rf.thresholds()
+    meta = {
+        "format": "protloc-onnx-1",
+        "input": {"name": "input", "dtype": "float32", "layout": "NCHW",
+                  "shape": ["batch", pre.in_chans, pre.size, pre.size],
+                  "normalization": "(uint8 / 255 - mean) / std per channel"},
+        "outputs": {"probs": "sigmoid probabilities (batch, n_classes), mean over folds",
+                    "fold_probs": "per-fold probabilities (batch, n_folds, n_classes)"},
+        "folds": use,
+        "preprocessing": pre.to_dict(),
+        "classes": list(pre.classes),
+        "thresholds": thr.get("thresholds") if thr else [0.5] * len(pre.classes),
+        "at_least_one": bool(thr.get("at_least_one")) if thr else False,
+        "opset": opset,
+        "run": str(rf.root.resolve()),
+    }
+    if check:
+        session, _ = load_onnx(out, meta=meta)
+        xr = torch.from_numpy(np.random.default_rng(0).normal(size=(3, pre.in_chans, pre.size, pre.size))
+                              .astype(np.float32))
+        with torch.inference_mode():
+            ref = net(xr)[0].numpy()
+        got = session.run(["probs"], {"input": xr.numpy()})[0]
+        meta["max_abs_diff"] = float(np.abs(ref - got).max())
+    write_json(meta_path(out), meta)
+    default = rf.root / "model.onnx"
+    if folds in (None, "all") and out.resolve() != default.resolve():
+        with atomic_path(default) as tmp:
+            shutil.copyfile(out, tmp)
+        write_json(meta_path(default), meta)
+    meta["path"] = str(out)
+    return meta
+
+
+def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | None = None):
+    """Open an exported model: ``(onnxruntime.InferenceSession, metadata dict)``."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: no ONNX model. Fix: run `protloc export {path.parent}` first "
+                             "(or use --engine torch)")
+    if meta is None:
+        mp = meta_path(path)
+        try:
+            meta = json.loads(mp.read_text())
+        except FileNotFoundError:
+            raise RunFolderError(f"{mp}: missing (it holds the preprocessing of {path.name}). Fix: "
+                                 "re-export with `protloc export`") from None
+        except ValueError as e:
+            raise RunFolderError(f"{mp}: malformed ({e}). Fix: re-export with `protloc export`") from None
+    providers = ["CPUExecutionProvider"]
+    if device is not None and str(device).startswith("cuda") and \
+            "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+        raise RunFolderError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e}). Fix: "
+                             "re-export with `protloc export`") from None
+    return session, meta

@@ -1,0 +1,365 @@
+"""Prediction from a run folder: fold ensembles, test-time augmentation, labels.
+
+:class:`Predictor` rebuilds everything from the run folder (preprocessing, fold models,
+thresholds) and turns images into probabilities and label sets.
+
+Inputs and checks
+-----------------
+``images`` may be file paths (PNG/JPEG/TIFF; for an ``hpa-channels`` run, ``DIR/ID`` meaning
+``DIR/ID_red.png`` ...), (H, W, C) arrays, or one (N, H, W, C) uint8 array. Each image is checked
+against the run: a different channel count is an :class:`~protloc.core.errors.InputError` naming the
+file; a different image size is **resized** to the run's size (area averaging when shrinking, as
+training did; bilinear when enlarging). Enlarging, or a non-square image, gives a one-time
+warning: the model never saw such detail or aspect ratio.
+16-bit or float data is converted to uint8 as in training (:func:`protloc.io.images.to_uint8`).
+
+Ensembling and TTA
+------------------
+Every ``RUN/models/fold*.pt`` is loaded (``folds=`` picks a subset). ``tta='d4'`` runs the 8
+flips/rotations of the square image (deterministic), ``'flip'`` the identity and the horizontal
+flip, ``'none'`` the image alone. Probabilities (after the sigmoid) are merged over views and
+folds with ``merge='mean'`` (default) or ``'max'``.
+
+Engines
+-------
+``torch`` (default): CUDA with AMP (float16) when available, else CPU float32; channels_last
+memory layout on both; always under ``torch.inference_mode()``. ``onnx``: onnxruntime on ``RUN/model.onnx`` written by
+``protloc export`` (float NCHW normalised input, sigmoid probabilities out); same numbers as
+torch within 1e-4.
+
+Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views and merging in
+:mod:`protloc.core.tta`; their public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.inference.inputs import (as_items, check_choice, check_table, find_missing, load_chunk,
+                                read_raw, read_run_thresholds)
+from protloc.core.preprocessing import Preprocessing
+from protloc.core.runfolder import RunFolder
+from protloc.core.thresholds import apply_thresholds, check_thresholds
+from protloc.core.tta import MERGES, TTA_MODES, d4_views, merge_probs, tta_views
+
+ENGINES = ("torch", "onnx")
+
+__all__ = ["Predictor", "PredictionResult", "d4_views", "tta_views", "merge_probs", "ENGINES",
+           "TTA_MODES", "MERGES"]
+
+
+# --------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PredictionResult:
+    """What :meth:`Predictor.predict` returns.
+
+    Attributes
+    ----------
+    ids : list of str       image ids (file stems, table ids, or ``"0"``, ``"1"``... for arrays)
+    probs : ndarray (N, C) float32
+    labels : list of list of int   sorted class ids at or above threshold
+    label_strings : list of str    the competition's ``"1 4"`` strings ('' when none)
+    classes : list of str
+    skipped : list of (id, message)  unreadable images left out (only with ``on_error='skip'``)
+    """
+
+    ids: list
+    probs: np.ndarray
+    labels: list
+    label_strings: list
+    classes: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def submission_frame(self):
+        """``Image,Label`` DataFrame in the competition format."""
+        import pandas as pd
+
+        return pd.DataFrame({"Image": list(self.ids), "Label": list(self.label_strings)})
+
+    def probs_frame(self):
+        """``Image`` + one column per class name."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.probs, columns=list(self.classes))
+        df.insert(0, "Image", list(self.ids))
+        return df
+
+
+# --------------------------------------------------------------------------------------------
+# predictor
+# --------------------------------------------------------------------------------------------
+class Predictor:
+    """Probabilities and labels from a trained run (see the module docstring).
+
+    Attributes
+    ----------
+    preprocessing : Preprocessing
+    classes : list of str
+    thresholds : ndarray (C,)   from ``thresholds.json`` (0.5 everywhere if the file is absent)
+    at_least_one : bool         from ``thresholds.json``
+    models : list of nn.Module  (torch engine; empty for onnx)
+    folds : list of int         fold numbers in the ensemble
+    engine, device : str
+    """
+
+    def __init__(self, preprocessing: Preprocessing, models=(), *, thresholds=None,
+                 at_least_one: bool = False, device=None, engine: str = "torch", onnx_session=None,
+                 folds=None, root: Path | None = None):
+        check_choice("engine", engine, ENGINES)
+        self.preprocessing = preprocessing
+        self.classes = list(preprocessing.classes)
+        c = len(self.classes)
+        self.thresholds = (np.full(c, 0.5) if thresholds is None
+                           else check_thresholds(thresholds, c, where="thresholds.json"))
+        self.at_least_one = bool(at_least_one)
+        self.engine = engine
+        self.models = list(models)
+        self.folds = list(folds) if folds is not None else list(range(len(self.models)))
+        self.root = root
+        self._session = onnx_session
+        self._warned_resize = False
+        if engine == "torch":
+            import torch
+
+            if not self.models:
+                raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
+            self.device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            self._cuda = self.device.startswith("cuda")
+            for m in self.models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
+                m.eval().to(self.device).to(memory_format=torch.channels_last)
+        else:
+            self.device = "cpu" if device is None else str(device)
+            self._cuda = False
+            if onnx_session is None:
+                raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, path, *, device=None, engine: str = "torch", folds=None,
+                 onnx_path=None, threads: int | None = None) -> "Predictor":
+        """Load ``RUN``: preprocessing, fold models (all by default) and thresholds.
+
+        ``folds``: None (all), an int or a list of fold numbers. ``engine='onnx'`` loads
+        ``RUN/model.onnx`` (or ``onnx_path``) written by ``protloc export`` and never imports
+        torch. ``threads``: CPU threads (torch: ``torch.set_num_threads``, process-wide; onnx:
+        the session's intra-op threads); None keeps the library default (all cores). On a busy
+        shared machine fewer threads than cores can be much faster.
+        """
+        check_choice("engine", engine, ENGINES)
+        run = RunFolder(path).check(need_models=engine == "torch")
+        pre = run.preprocessing()
+        thr, alo = read_run_thresholds(run, pre)
+        want = None if folds is None else ([int(folds)] if np.isscalar(folds) else [int(f) for f in folds])
+        if engine == "torch":
+            from protloc.models.network import load_weights
+
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
+
+            paths = {int(p.stem[4:]): p for p in run.model_paths() if p.stem[4:].isdigit()}
+            use = sorted(paths) if want is None else want
+            missing = [f for f in use if f not in paths]
+            if missing:
+                raise RunFolderError(fmt_problem(f"{run.root}", expected=f"models/fold{missing[0]}.pt",
+                                                 got=f"folds {sorted(paths)}", fix="pick existing --folds"))
+            models = [load_weights(paths[f]) for f in use]
+            for f, m in zip(use, models):
+                if m.spec.in_chans != pre.in_chans or m.spec.num_classes != len(pre.classes):
+                    raise RunFolderError(fmt_problem(f"{paths[f]}", expected=f"{pre.in_chans} input "
+                                                     f"channels and {len(pre.classes)} classes "
+                                                     "(preprocessing.json)",
+                                                     got=f"{m.spec.in_chans} and {m.spec.num_classes}",
+                                                     fix="keep the run folder's files together"))
+            return cls(pre, models, thresholds=thr, at_least_one=alo, device=device, engine="torch",
+                       folds=use, root=run.root)
+        from protloc.inference.onnx import load_onnx
+
+        onnx_file = Path(onnx_path) if onnx_path else run.root / "model.onnx"
+        session, meta = load_onnx(onnx_file, device=device, threads=threads)
+        have = list(meta.get("folds", []))
+        if want is not None and sorted(want) != sorted(have):
+            raise InputError(fmt_problem(f"{onnx_file}", expected=f"an export of folds {want}",
+                                         got=f"folds {have}",
+                                         fix=f"run `protloc export {run.root} --fold {want[0]}`"))
+        if meta.get("preprocessing") and Preprocessing.from_dict(meta["preprocessing"]) != pre:
+            raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
+                                             got="a different one (exported from another run?)",
+                                             fix=f"re-export with `protloc export {run.root}`"))
+        return cls(pre, (), thresholds=thr, at_least_one=alo, device=device, engine="onnx",
+                   onnx_session=session, folds=have, root=run.root)
+
+    # ------------------------------------------------------------------------------------
+    def _prepare(self, img, where: str) -> np.ndarray:
+        """Check one (H, W, C) image's channels; resize to the run's size (warn once if enlarging)."""
+        a = np.asarray(img)
+        size = self.preprocessing.size
+        if a.ndim == 3 and (min(a.shape[:2]) < size or a.shape[0] != a.shape[1]) \
+                and a.shape[2] == self.preprocessing.in_chans and not self._warned_resize:
+            self._warned_resize = True
+            warnings.warn(f"{where}: image size {a.shape[1]}x{a.shape[0]} differs from the run's "
+                          f"{self.preprocessing.size}x{self.preprocessing.size}; images are resized "
+                          "(shown once)", UserWarning, stacklevel=4)
+        return self.preprocessing.check_array(a, where=where)
+
+    def read_file(self, path) -> np.ndarray:
+        """Read one image file as the run expects it: uint8 (size, size, in_chans)."""
+        return self._prepare(read_raw(path, self.preprocessing), str(Path(path)))
+
+    def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
+        """Paths / arrays (see :func:`protloc.inference.inputs.as_items`) -> (ids, uint8 batch)."""
+        ids, items = as_items(images)
+        out = np.empty((len(items), self.preprocessing.size, self.preprocessing.size,
+                        self.preprocessing.in_chans), np.uint8)
+        for i, x in enumerate(items):
+            if isinstance(x, (str, Path)):
+                out[i] = self.read_file(x)
+            else:
+                out[i] = self._prepare(x, f"image {i}")
+        return ids, out
+
+    # ------------------------------------------------------------------------------------
+    def predict_array(self, batch, *, tta: str = "none", merge: str = "mean",
+                      batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, H, W, C) -> probabilities (N, C) float32 (the core; web/explain use it).
+
+        Images of another size are resized (one warning); a wrong channel count raises.
+        """
+        check_choice("tta", tta, TTA_MODES)
+        check_choice("merge", merge, MERGES)
+        b = np.asarray(batch)
+        if b.ndim == 3:
+            b = b[None]
+        if b.ndim != 4:
+            raise InputError(fmt_problem("batch", expected="a uint8 array (N, H, W, C)", got=f"shape {b.shape}",
+                                         fix="stack images along a first axis"))
+        pre = self.preprocessing
+        if b.shape[1:] != (pre.size, pre.size, pre.in_chans) or b.dtype != np.uint8:
+            b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
+        out = np.empty((len(b), len(self.classes)), np.float32)
+        bs = max(1, int(batch_size))
+        for s in range(0, len(b), bs):
+            out[s:s + bs] = self._forward(b[s:s + bs], tta=tta, merge=merge)
+        return out
+
+    def _forward(self, b: np.ndarray, *, tta: str, merge: str) -> np.ndarray:
+        x = self.preprocessing.normalize(b)
+        if self.engine == "onnx":
+            stack = []
+            for v in tta_views(x, tta):
+                fold_probs = self._session.run(["fold_probs"], {"input": np.ascontiguousarray(v)})[0]
+                stack.extend(np.moveaxis(fold_probs, 1, 0))
+            return merge_probs(np.stack(stack), merge)
+        import torch
+
+        with torch.inference_mode():
+            xt = torch.from_numpy(x).to(self.device, non_blocking=True)
+            acc = None
+            n = 0
+            for v in tta_views(xt, tta):
+                v = v.contiguous(memory_format=torch.channels_last)
+                for m in self.models:
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
+                        p = torch.sigmoid(m(v).float())
+                    if acc is None:
+                        acc = p.clone()
+                    elif merge == "mean":
+                        acc += p
+                    else:
+                        acc = torch.maximum(acc, p)
+                    n += 1
+            if merge == "mean":
+                acc /= n
+            return acc.cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------------------------
+    def labels_from_probs(self, probs, *, at_least_one: bool | None = None):
+        """Apply the run's thresholds: (label id lists, label strings)."""
+        alo = self.at_least_one if at_least_one is None else bool(at_least_one)
+        hot = apply_thresholds(probs, self.thresholds, at_least_one=alo)
+        labels = [np.flatnonzero(r).tolist() for r in hot]
+        return labels, [" ".join(map(str, ls)) for ls in labels]
+
+    def _result(self, ids, probs, *, at_least_one, skipped=()) -> PredictionResult:
+        labels, strings = self.labels_from_probs(probs, at_least_one=at_least_one)
+        return PredictionResult(ids=list(ids), probs=probs, labels=labels, label_strings=strings,
+                                classes=list(self.classes), skipped=list(skipped))
+
+    def predict(self, images, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
+                progress: bool = False, at_least_one: bool | None = None) -> PredictionResult:
+        """Predict file paths, (H, W, C) arrays or one (N, H, W, C) array.
+
+        Examples
+        --------
+        >>> pred = Predictor.from_run("runs/r1")  # doctest: +SKIP
+        >>> res = pred.predict(["cell1.png", "cell2.png"], tta="d4")  # doctest: +SKIP
+        >>> res.label_strings  # doctest: +SKIP
+        ['4', '1 6']
+        """
+        from protloc.core.progress import progress_bar
+
+        ids, seq = as_items(images)
+        bs = max(1, int(batch_size))
+        probs = np.empty((len(seq), len(self.classes)), np.float32)
+        with progress_bar(total=len(seq), description="predict", enable=progress) as advance:
+            for s in range(0, len(seq), bs):
+                _, b = self._as_batch(seq[s:s + bs])
+                probs[s:s + bs] = self._forward(b, tta=tta, merge=merge)
+                advance(len(b))
+        return self._result(ids, probs, at_least_one=at_least_one)
+
+    def predict_table(self, table, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
+                      progress: bool = False, on_error: str = "raise", at_least_one: bool | None = None,
+                      ) -> PredictionResult:
+        """Predict every image of a :class:`~protloc.data.table.DataTable`, streaming in chunks.
+
+        Only two chunks of images are in memory at a time (the next one is decoded in a thread
+        while the model runs), so memory does not grow with the table. ``on_error='skip'``
+        leaves unreadable or missing images out and lists them in ``result.skipped``;
+        ``'raise'`` (default) stops with an error naming the file.
+        """
+        from protloc.core.progress import progress_bar
+
+        check_choice("tta", tta, TTA_MODES)
+        check_choice("merge", merge, MERGES)
+        check_choice("on_error", on_error, ("raise", "skip"))
+        check_table(table, self.preprocessing)
+        n = len(table)
+        bs = max(1, int(batch_size))
+        bad, skipped = find_missing(table, on_error=on_error)
+        load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, prepare=self._prepare)
+        probs = np.full((n, len(self.classes)), np.nan, np.float32)
+        ok = np.zeros(n, bool)
+        with progress_bar(total=n, description="predict", enable=progress) as advance, \
+                cf.ThreadPoolExecutor(1) as pool:
+            starts = list(range(0, n, bs))
+            fut = pool.submit(load, starts[0]) if starts else None
+            for j, s in enumerate(starts):
+                keep, b, errs = fut.result()
+                fut = pool.submit(load, starts[j + 1]) if j + 1 < len(starts) else None
+                skipped.extend(errs)
+                if b is not None:
+                    probs[keep] = self._forward(b, tta=tta, merge=merge)
+                    ok[keep] = True
+                advance(min(bs, n - s))
+        if not ok.any():
+            raise InputError(f"{table.images}: none of the {n} images could be read. Fix: check "
+                             "--images, --format and the files")
+        idx = np.flatnonzero(ok)
+        pos = {iid: k for k, iid in enumerate(table.ids)}
+        skipped.sort(key=lambda t: pos.get(t[0], 0))
+        return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
+                            skipped=skipped)

@@ -1,0 +1,226 @@
+"""The LightningModule: uint8 batches -> device augment/normalise -> timm net -> loss; epoch-level
+validation metrics computed once over every validation image (gathered across processes and
+de-duplicated by dataset index, since distributed samplers pad with duplicates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+import lightning.pytorch as pl
+
+from protloc.core import metrics as M
+from protloc.training.augment import BatchAugment, d4
+from protloc.training.datamodule import epoch_seed
+
+
+def best_threshold_macro_f1(y: np.ndarray, probs: np.ndarray, *, grid=None) -> tuple[float, np.ndarray]:
+    """Macro F1 with each class at its own best threshold (optimistic: tuned on the same data).
+
+    Examples
+    --------
+    >>> f1, t = best_threshold_macro_f1(np.array([[1, 0], [0, 1]]), np.array([[0.3, 0.1], [0.1, 0.9]]))
+    >>> f1
+    1.0
+    """
+    y = np.asarray(y).astype(bool)
+    grid = np.arange(0.05, 0.96, 0.05) if grid is None else np.asarray(grid)
+    pred = probs[None, :, :] >= grid[:, None, None]                       # (T, N, C)
+    tp = (pred & y[None]).sum(1)
+    fp = (pred & ~y[None]).sum(1)
+    fn = (~pred & y[None]).sum(1)
+    f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)  # (T, C)
+    best = f1.argmax(0)
+    has = y.any(0)
+    per = f1[best, np.arange(y.shape[1])]
+    return (float(per[has].mean()) if has.any() else 0.0), grid[best]
+
+
+def epoch_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -> dict:
+    """The validation numbers of one epoch, from all probabilities at once."""
+    pred = probs >= threshold
+    s = M.classification_summary(y, pred, probs)
+    best, _ = best_threshold_macro_f1(y, probs)
+    out = {"val_macro_f1": s["macro_f1"], "val_macro_f1_best": best, "val_micro_f1": s["micro_f1"],
+           "val_mAP": s["mAP"] if s["mAP"] is not None else 0.0}
+    for pc in s["per_class"]:
+        out[f"val_f1_{pc['id']}"] = pc["f1"] if pc["f1"] is not None else float("nan")
+    out["val_empty_classes"] = M.empty_classes(y)
+    return out
+
+
+class LitProtloc(pl.LightningModule):
+    """Training/validation logic around a :class:`protloc.models.network.ProtlocNet`."""
+
+    def __init__(self, net, cfg, *, mean, std, loss):
+        super().__init__()
+        self.net, self.cfg, self.loss_fn = net, cfg, loss
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.augment = BatchAugment(cfg.augment)
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(net, decay=cfg.ema)
+        self.__dict__["_fwd"] = torch.compile(net) if cfg.compile else net
+        self._val: list = []
+        self._train_sum = self._train_n = 0.0
+        self.epoch_metrics: dict = {}
+
+    # helpers ----------------------------------------------------------------------------
+    def to_input(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] (channels_last on CUDA)."""
+        x = x_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.cfg.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def _eval_net(self):
+        return self.ema.module if self.ema is not None else self.net
+
+    # training ----------------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._train_sum = self._train_n = 0.0
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # dropout etc. depend only on (seed, epoch, batch, rank): resumed epochs replay exactly
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank, 2))
+
+    def training_step(self, batch, batch_idx):
+        _, x, y = batch
+        x = self.to_input(x)
+        if self.augment.ops:
+            g = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, batch_idx,
+                                                         self.global_rank, 1))
+            x = self.augment(x, g)
+        loss = self.loss_fn(self._fwd(self.normalize(x)), y)
+        self._train_sum += float(loss.detach()) * len(y)
+        self._train_n += len(y)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.global_step)
+
+    def reduce_train_loss(self):
+        """Mean training loss of the epoch over all processes (called by EpochRecorder)."""
+        t = torch.tensor([self._train_sum, self._train_n], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        self.epoch_metrics["train_loss"] = float(t[0] / max(float(t[1]), 1.0))
+
+    # validation --------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        idx, x, y = batch
+        logits = self._eval_net()(self.normalize(self.to_input(x))).float()
+        self._val.append((idx, logits, y.float()))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        idx = torch.cat([v[0] for v in self._val]).to(self.device)
+        logits = torch.cat([v[1] for v in self._val])
+        y = torch.cat([v[2] for v in self._val]).to(self.device)
+        self._val = []
+        n_seen_local = len(idx)
+        if self.trainer.world_size > 1:
+            idx, logits, y = (self.all_gather(t).reshape(-1, *t.shape[1:]) for t in (idx, logits, y))
+        _, first = np.unique(idx.cpu().numpy(), return_index=True)   # drop sampler padding duplicates
+        keep = torch.as_tensor(first, device=logits.device)
+        idx, logits, y = idx[keep], logits[keep], y[keep]
+        val_loss = float(self.loss_fn(logits, y))
+        y_np = y.cpu().numpy().astype(np.uint8)
+        probs = torch.sigmoid(logits).cpu().numpy()
+        m = epoch_metrics(y_np, probs, threshold=self.cfg.threshold)
+        m.update(val_loss=val_loss, val_n_images=int(len(idx)), val_n_seen=int(n_seen_local * self.trainer.world_size))
+        self.epoch_metrics.update(m)
+        for k in ("val_loss", "val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1"):
+            v = m[k]
+            self.log(k, v if math.isfinite(v) else 0.0, prog_bar=k in ("val_loss", "val_macro_f1"),
+                     sync_dist=False, rank_zero_only=False)
+
+    # optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.cfg
+        groups = []
+        for params, lr in ((self.net.backbone_parameters(), cfg.lr * cfg.backbone_lr_mult),
+                           (self.net.head_parameters(), cfg.lr)):
+            params = list(params)
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]
+            groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
+                       {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=cfg.lr)
+        else:
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if cfg.schedule == "constant":
+            return opt
+        if cfg.schedule == "onecycle":
+            sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                      pct_start=0.25)
+        else:
+            warm = int(round(cfg.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1)))
+            sch = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step"}}
+
+
+class warmup_cosine:
+    """LR multiplier: linear warmup over ``warm`` steps, then cosine to 1% at ``total`` (picklable).
+
+    Examples
+    --------
+    >>> f = warmup_cosine(10, 110)
+    >>> round(f(0), 2), round(f(10), 2), round(f(110), 2)
+    (0.1, 1.0, 0.01)
+    """
+
+    def __init__(self, warm: int, total: int):
+        self.warm, self.total = warm, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = min((step - self.warm) / max(self.total - self.warm, 1), 1.0)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def infer_probs(net, images: np.ndarray, *, mean, std, indices=None, batch_size: int = 64,
+                tta: str = "none", device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (N, C) for uint8 (N, H, W, C) ``images[indices]``.
+
+    ``tta``: ``none``, ``flip`` (identity + horizontal flip) or ``d4`` (mean over the 8 D4 views).
+    """
+    from protloc.core.progress import progress_bar
+
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    ks = {"none": [0], "flip": [0, 4], "d4": list(range(8))}[tta]
+    net = net.to(device).eval()
+    c = images.shape[-1]
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    out = []
+    with progress_bar(total=len(idx), description="predicting", enable=progress) as advance:
+        for s in range(0, len(idx), batch_size):
+            b = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx[s:s + batch_size]])).to(device)
+            x = (b.permute(0, 3, 1, 2).float() / 255.0 - mean_t) / std_t
+            p = sum(torch.sigmoid(net(d4(x, k)).float()) for k in ks) / len(ks)
+            out.append(p.cpu().numpy())
+            advance(len(b))
+    return np.concatenate(out) if out else np.zeros((0, net.spec.num_classes), np.float32)

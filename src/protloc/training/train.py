@@ -1,0 +1,362 @@
+"""``protloc train``: decode once, split, train fold models with Lightning, write the run folder.
+
+Per fold ``k`` the trainer writes ``checkpoints/fold{k}/{best,last}.ckpt``, ``models/fold{k}.pt``
+and ``folds/fold{k}/{oof.csv,metrics.csv,summary.json}``; :func:`merge_folds` then combines
+every finished fold into ``oof.csv``, ``metrics.csv`` and ``summary.json``. Folds trained on
+different machines (``--fold k``) are merged by copying their run folders together and running
+``protloc train --out RUN --merge`` (or automatically when a later fold finishes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from protloc.core.atomic import write_csv, write_json
+from protloc.core.config import TrainConfig
+from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.runfolder import RunFolder
+
+log = logging.getLogger("protloc.training.train")
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files (rank 0), also before Lightning launches ranks."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    if not is_main_process():
+        log.addHandler(logging.NullHandler())
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(run.log, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    if echo:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    log.propagate = False
+
+
+def fold_dir(run: RunFolder, k: int) -> Path:
+    return run.root / "folds" / f"fold{k}"
+
+
+def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool = False) -> np.ndarray:
+    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified.
+
+    Uses ``protloc.data.split.make_folds`` (near-duplicates kept together) when available.
+    """
+    sub = table.subset(usable)
+    holdout = cfg.val_fraction if cfg.folds == 1 else None
+    try:
+        from protloc.data.split import make_folds
+    except ImportError:  # pragma: no cover - split.py is part of the package
+        make_folds = None
+    if make_folds is not None:
+        f = make_folds(sub, cfg.folds, seed=cfg.seed, holdout=holdout, near_dup=cfg.near_dup, progress=progress)
+    else:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+
+        y, X = sub.y(), np.zeros((len(sub), 1))
+        f = np.full(len(sub), -1)
+        sp = (MultilabelStratifiedShuffleSplit(1, test_size=holdout, random_state=cfg.seed) if holdout
+              else MultilabelStratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed))
+        for k, (_, val) in enumerate(sp.split(X, y)):
+            f[val] = k
+    out = np.full(len(table), -2, dtype=int)
+    out[usable] = f
+    return out
+
+
+def load_data(table, cfg: TrainConfig, *, progress: bool):
+    """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad."""
+    from protloc.data.cache import load_cached
+
+    try:
+        ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
+                         skip_bad=cfg.skip_bad)
+    except InputError as e:
+        raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
+    usable = np.setdiff1d(np.arange(len(table)), np.asarray(ds.bad, dtype=int))
+    for i, msg in zip(ds.bad, ds.bad_messages):
+        log.warning("skipping unreadable image %s: %s", table.where(i), msg)
+    if len(usable) < 4:
+        raise InputError(fmt_problem("training data", expected="at least 4 readable labeled images",
+                                     got=str(len(usable)), fix="add images or fix the unreadable ones"))
+    return ds, usable
+
+
+def _devices(spec: str):
+    s = str(spec).strip()
+    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
+        return int(s)
+    if "," in s:
+        return [int(v) for v in s.split(",") if v.strip()]
+    return s
+
+
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def set_threads(cfg: TrainConfig) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cores = os.cpu_count() or 1
+    d = _devices(cfg.devices)
+    procs = d if isinstance(d, int) and d > 0 and not torch.cuda.is_available() else 1
+    n = cfg.threads or max(1, cores // procs)
+    torch.set_num_threads(n)
+    return n
+
+
+def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, folds, pre, spec,
+               deadline: float | None, resume: bool, progress: bool, extra_callbacks=()) -> dict | None:
+    """Fit fold ``k``; on rank 0 export weights, OOF probabilities and the fold summary."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    from protloc.training.callbacks import AtomicCheckpointIO, EpochRecorder, FreezeBackbone, TimeBudget
+    from protloc.training.datamodule import ProtlocDataModule
+    from protloc.training.module import LitProtloc
+    from protloc.training.losses import make_loss
+    from protloc.models.network import build_model
+
+    train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
+    ckdir, fdir = run.ckpt_dir(k), fold_dir(run, k)
+    last = ckdir / "last.ckpt"
+    ckpt_path = str(last) if (resume and last.is_file()) else None
+    if ckpt_path:
+        log.info("fold %d: resuming from %s", k, last)
+    torch.manual_seed(cfg.seed + k)
+    net = build_model(spec, pretrained=cfg.pretrained, verbose=is_main_process())
+    loss = make_loss(cfg.loss, y_train=y[train_idx], pos_weight=cfg.pos_weight, gamma=cfg.focal_gamma)
+    module = LitProtloc(net, cfg, mean=pre.mean, std=pre.std, loss=loss)
+    dm = ProtlocDataModule(images, y, train_idx, val_idx, batch_size=cfg.batch_size, seed=cfg.seed + 1000 * k,
+                           workers=cfg.workers, sampler=cfg.sampler)
+    mode = "min" if cfg.monitor.endswith("loss") else "max"
+    rows = pd.read_csv(fdir / "metrics.csv").to_dict("records") if (ckpt_path and (fdir / "metrics.csv").is_file()) else []
+    budget = TimeBudget(deadline)
+    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
+                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget, EpochRecorder(k, fdir / "metrics.csv", rows=rows),
+                 *extra_callbacks]
+    if cfg.patience > 0:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
+    bar = progress and sys.stderr.isatty()
+    if bar:
+        callbacks.append(RichProgressBar())
+    strategy = cfg.strategy
+    if strategy == "ddp" and cfg.freeze_epochs > 0:  # head-only epochs leave backbone grads unused
+        strategy = "ddp_find_unused_parameters_true"
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy, num_nodes=cfg.num_nodes,
+        precision=_precision(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
+        callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
+    t0 = time.time()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
+        if trainer.interrupted:
+            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
+            raise KeyboardInterrupt from None
+        raise
+    if not trainer.is_global_zero:
+        return None
+    best = ckdir / "best.ckpt"
+    src = best if best.is_file() else last
+    state = torch.load(src, map_location="cpu", weights_only=False)["state_dict"]
+    prefix = "ema.module." if cfg.ema else "net."
+    net.load_state_dict({k2[len(prefix):]: v for k2, v in state.items() if k2.startswith(prefix)})
+    from protloc.training.module import epoch_metrics, infer_probs
+    from protloc.core.metrics import classification_summary
+    from protloc.models.network import save_weights
+
+    save_weights(net.cpu().eval(), run.model_path(k))
+    device = module.device if module.device.type != "meta" else "cpu"
+    probs = infer_probs(net, images, mean=pre.mean, std=pre.std, indices=val_idx, batch_size=cfg.batch_size * 2,
+                        device=device)
+    classes = list(pre.classes)
+    oof = pd.DataFrame(probs, columns=classes)
+    oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
+    oof.insert(0, "fold", k)
+    oof.insert(0, "Image", [ids[i] for i in val_idx])
+    hist = pd.read_csv(fdir / "metrics.csv")
+    ep = hist.loc[hist[cfg.monitor].idxmin() if mode == "min" else hist[cfg.monitor].idxmax()]
+    m = epoch_metrics(y[val_idx], probs, threshold=cfg.threshold)
+    summary = {"fold": k, "best_epoch": int(ep["epoch"]), "monitor": cfg.monitor,
+               "best_score": float(ep[cfg.monitor]), "epochs_run": int(len(hist)),
+               "stopped_by_time_budget": budget.stopped, "fit_seconds": round(time.time() - t0, 1),
+               "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+               "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"], "val_mAP": m["val_mAP"],
+               "empty_classes": [classes[c] for c in m["val_empty_classes"]],
+               "val": classification_summary(y[val_idx], probs >= cfg.threshold, probs, classes=classes)}
+    return {"oof": oof, "summary": summary}
+
+
+def merge_folds(run: RunFolder) -> dict:
+    """Combine ``folds/fold*/`` into ``oof.csv``, ``metrics.csv`` and ``summary.json``."""
+    import json
+
+    from protloc.training.module import epoch_metrics
+
+    dirs = sorted((run.root / "folds").glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+    done = [d for d in dirs if (d / "summary.json").is_file() and (d / "oof.csv").is_file()]
+    if not done:
+        raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json). Fix: train "
+                             "first, or copy the fold folders of other machines into this run folder")
+    pre = run.preprocessing()
+    classes = list(pre.classes)
+    oof = pd.concat([pd.read_csv(d / "oof.csv", dtype={"Image": str}) for d in done], ignore_index=True)
+    if run.splits_csv.is_file():
+        order = {iid: i for i, iid in enumerate(pd.read_csv(run.splits_csv, dtype={"Image": str})["Image"])}
+        oof = oof.iloc[np.argsort([order.get(i, len(order)) for i in oof["Image"]], kind="stable")]
+    write_csv(run.oof_csv, oof)
+    mets = [pd.read_csv(d / "metrics.csv") for d in dirs if (d / "metrics.csv").is_file()]
+    if mets:
+        write_csv(run.metrics_csv, pd.concat(mets, ignore_index=True))
+    fold_sums = [json.loads((d / "summary.json").read_text()) for d in done]
+    y = pre.schema.to_multihot([pre.schema.parse(t) for t in oof["Label"].fillna("").astype(str)])
+    cfg = run.config()
+    m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=float(cfg.get("threshold", 0.5)))
+    summary = {"folds_done": [s["fold"] for s in fold_sums], "n_folds": int(cfg.get("folds", 1)),
+               "monitor": cfg.get("monitor"), "oof_images": int(len(oof)), "threshold": cfg.get("threshold", 0.5),
+               "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"],
+               "val_mAP": m["val_mAP"], "val_micro_f1": m["val_micro_f1"],
+               "empty_classes": [classes[c] for c in m["val_empty_classes"]],
+               "fit_seconds": round(sum(s.get("fit_seconds", 0) for s in fold_sums), 1),
+               "fold_summaries": fold_sums}
+    write_json(run.summary_json, summary)
+    return summary
+
+
+def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool) -> None:
+    if resume or overwrite:
+        return
+    busy = [k for k in todo if run.ckpt_dir(k).is_dir() and any(run.ckpt_dir(k).glob("*.ckpt"))]
+    if busy:
+        raise RunFolderError(f"{run.root}: fold {busy[0]} already has checkpoints. Fix: pass --resume to "
+                             "continue it, --overwrite to start again, or a new --out folder")
+
+
+def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, echo: bool = True, extra_callbacks=()) -> dict:
+    """Train every requested fold of ``cfg`` on ``table`` into the run folder ``out``.
+
+    Returns the merged summary (``summary.json``). See the module docstring for the files.
+
+    Examples
+    --------
+    >>> run_training(TrainConfig.preset("fast"), load_table(data="data/"), "runs/r1")  # doctest: +SKIP
+    """
+    from protloc.models.network import ModelSpec
+    from protloc.core.preprocessing import Preprocessing, channel_stats
+
+    import warnings
+
+    import lightning.pytorch  # noqa: F401 - configures its loggers on import; quiet them after
+
+    run = RunFolder(out)
+    setup_logging(run, echo=echo)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
+    main = is_main_process()
+    if not table.labeled:
+        raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
+                                     got="no labels", fix="pass --csv with Image,Label columns"))
+    if cfg.folds < 1:
+        raise InputError(fmt_problem("--folds", expected="1 (holdout) or K >= 2", got=str(cfg.folds),
+                                     fix="e.g. --folds 5"))
+    n_val_folds = 1 if cfg.folds == 1 else cfg.folds
+    if cfg.fold is not None and not 0 <= cfg.fold < n_val_folds:
+        raise InputError(fmt_problem("--fold", expected=f"0 to {n_val_folds - 1}", got=str(cfg.fold),
+                                     fix=f"pick a fold of --folds {cfg.folds}"))
+    todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
+    _check_out(run, todo, resume=resume, overwrite=overwrite)
+    threads = set_threads(cfg)
+    t_start = time.time()
+    log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
+             cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
+    ds, usable = load_data(table, cfg, progress=progress and main)
+    y = table.y()
+    if run.splits_csv.is_file() and (resume or cfg.fold is not None):
+        sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
+        pos = {iid: i for i, iid in enumerate(table.ids)}
+        folds = np.full(len(table), -2, dtype=int)
+        for iid, f in zip(sp["Image"], sp["fold"]):
+            if iid in pos:
+                folds[pos[iid]] = int(f)
+    else:
+        folds = assign_folds(table, cfg, usable, progress=progress and main)
+    if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
+        pre = run.preprocessing()
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
+        mean, std = channel_stats(np.asarray(ds.images[sample]))
+        pre = Preprocessing(fmt=table.fmt, channels=tuple(map(str, table.channels)), size=cfg.size,
+                            mean=mean, std=std, schema=table.schema)
+    spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
+                     pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
+    if main:
+        cfg.save(run.config_yaml)
+        write_json(run.schema_json, table.schema.to_dict())
+        pre.save(run.preprocessing_json)
+        write_json(run.model_json, spec.to_dict())
+        keep = folds != -2
+        write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
+    for j, k in enumerate(todo):
+        if resume and (fold_dir(run, k) / "summary.json").is_file() and run.model_path(k).is_file():
+            log.info("fold %d: already finished, skipping", k)
+            continue
+        deadline = None
+        if cfg.max_minutes:
+            left = t_start + cfg.max_minutes * 60 - time.time()
+            deadline = time.time() + max(left, 0) / (len(todo) - j)
+        res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
+                         deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
+        if res is not None:
+            fdir = fold_dir(run, k)
+            write_csv(fdir / "oof.csv", res["oof"])
+            write_json(fdir / "summary.json", res["summary"])
+            s = res["summary"]
+            log.info("fold %d done: best epoch %d, %s %.4f; val macro F1 %.4f (best-threshold %.4f), mAP %.4f",
+                     k, s["best_epoch"], s["monitor"], s["best_score"], s["val_macro_f1"],
+                     s["val_macro_f1_best"], s["val_mAP"])
+    if not main:
+        return {}
+    summary = merge_folds(run)
+    summary["wall_seconds"] = round(time.time() - t_start, 1)
+    write_json(run.summary_json, summary)
+    log.info("run %s: OOF macro F1 %.4f over %d images (folds %s) in %.0f s", run.root, summary["val_macro_f1"],
+             summary["oof_images"], summary["folds_done"], summary["wall_seconds"])
+    return summary
