@@ -64,7 +64,7 @@ class TrainConfig:
     loss: str = "bce+0.5*softf1"    # bce | focal | asl | softf1 | weighted sums (default: measured best)
     pos_weight: str = "none"        # none | auto (neg/pos per class, clipped to [1, 10])
     focal_gamma: float = 2.0
-    sampler: str = "random"         # random | balanced
+    sampler: str = "random"         # random | balanced | shard-block (store order, large data)
     augment: str = "d4,rotate,crop,jitter"   # comma list or none
     # evaluation / selection
     monitor: str = "val_macro_f1"   # val_macro_f1 | val_macro_f1_best | val_mAP | val_loss
@@ -190,7 +190,7 @@ CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "schedule": ("cosine", "onecycle", "constant"),
     "pool": ("avg", "max", "avgmax", "catavgmax"),
-    "sampler": ("random", "balanced"),
+    "sampler": ("random", "balanced", "shard-block"),
     "pos_weight": ("none", "auto"),
     "monitor": ("val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1", "val_loss"),
 }

@@ -25,7 +25,8 @@ FLAGS = {
     "--ema": ("ema", float, "EMA decay of the weights (0 = off), e.g. 0.998"),
     "--loss": ("loss", str, "bce | focal | asl | softf1 or a weighted sum like bce+0.5*softf1"),
     "--pos-weight": ("pos_weight", str, "none | auto (per-class neg/pos for BCE/focal)"),
-    "--sampler": ("sampler", str, "random | balanced (class-balanced sampling)"),
+    "--sampler": ("sampler", str, "random | balanced (class-balanced sampling) | shard-block (reads "
+                                 "the cache store a few shards at a time: data larger than RAM, shared file systems)"),
     "--augment": ("augment", str, "comma list of d4, flips, rotate, crop, jitter, or none"),
     "--pool": ("pool", str, "avg | max | avgmax | catavgmax"),
     "--dropout": ("dropout", float, "head dropout"),
@@ -66,6 +67,9 @@ def register(sub) -> None:
     g.add_argument("--no-near-dup", dest="near_dup", action="store_false", default=None,
                    help="do not group near-duplicate images into one fold")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    from protloc.cli.commands.cache import add_store_args
+
+    add_store_args(g)
     h = p.add_argument_group("recipe (override --preset / --config; default: from the preset)")
     for flag, (key, typ, text) in FLAGS.items():
         h.add_argument(flag, dest=key, type=typ, default=None, help=text)
@@ -95,7 +99,10 @@ def run(args) -> int:
         s = merge_folds(run_)
         print(f"merged folds {s['folds_done']}: OOF macro F1 {s['val_macro_f1']:.4f} over {s['oof_images']} images")
         return 0
+    from protloc.cli.commands.cache import apply_store_args
+
     cfg = config_from_args(args)
+    apply_store_args(args)
     table = table_from_args(args, labels=True)
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet, echo=not args.quiet)
