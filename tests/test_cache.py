@@ -99,6 +99,9 @@ def test_cache_cli_build_info_clear(tiny_rgb, capsys, tmp_path, monkeypatch):
     other = tmp_path / "cluster-cache"
     assert main(["cache", *args, "--cache-dir", str(other)]) == 0
     assert str(other) in capsys.readouterr().out and len(list(other.glob("*.zarr"))) == 1
+    assert main(["cache", *args, "--cache-dir", str(other), "--compress", "zstd"]) == 0  # rebuilt, compressed
+    ds = cache.load_cached(load_table(csv, imgs), size=24, progress=False)  # train reuses it as it is
+    assert ds.images.compress == "zstd" and ds.images.disk_bytes() > 0 and len(list(other.glob("*.zarr"))) == 1
     (tmp_path / "afile").write_text("x")
     assert main(["cache", *args, "--cache-dir", str(tmp_path / "afile")]) == 2
     assert "--cache-dir: expected a folder" in capsys.readouterr().err

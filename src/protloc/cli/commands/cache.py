@@ -18,6 +18,9 @@ def register(sub) -> None:
     g.add_argument("--skip-bad", action="store_true",
                    help="cache unreadable images as black and list them instead of stopping")
     g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    g.add_argument("--compress", choices=("none", "zstd"), default=None,
+                   help="shard compression of a new entry: none (fastest reads) or zstd (~1.8x smaller; "
+                        "train then reuses it) [default: none]")
     add_store_args(g)
     p.set_defaults(func=run)
 
@@ -102,7 +105,8 @@ def run(args) -> int:
         _print_info(cache_info(table, size=args.size if table is not None else None), console)
         return 0
     t0 = time.perf_counter()
-    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True)
+    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True,
+                     compress=args.compress)
     dt = time.perf_counter() - t0
     disk = ds.images.disk_bytes() if hasattr(ds.images, "disk_bytes") else ds.images.nbytes
     console.print(f"cached {ds.images.shape[0]} images as {tuple(ds.images.shape)} uint8 "
