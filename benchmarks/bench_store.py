@@ -5,7 +5,7 @@ cycled to N items, so the store, not PNG decoding, is measured) written by 2 wor
 each writing whole shards/chunks, then read by index, in four formats:
 
 * ``zarr-protloc``   Zarr v3 sharded array written and read by ``protloc.data.store`` (pread per image)
-* ``zarr-python``    the same array layout through zarr-python 3 (``arr[a:b] = block``, ``arr.oindex[idx]``)
+* ``zarr-python``    the same layout (zstd) through zarr-python 3 (``arr[a:b] = block``, ``arr[i]`` per image)
 * ``litdata``        ``litdata.optimize`` chunks, read with ``StreamingDataset[i]`` / its own loader
 * ``npy-memmap``     the old single ``.npy`` file (one writer), memory-mapped
 
@@ -179,8 +179,8 @@ class _Reader:
         idx = np.sort(idx)
         if self.fmt.startswith("zarr-protloc"):
             return self.x.read(idx)
-        if self.fmt == "zarr-python":
-            return self.x.oindex[idx]
+        if self.fmt == "zarr-python":  # one read per image: ~15x faster than arr.oindex[idx] in zarr 3.1
+            return np.stack([self.x[int(i)] for i in idx])
         if self.fmt == "litdata":
             return np.stack([self.x[int(i)] for i in idx])
         return np.asarray(self.x[idx])
@@ -373,6 +373,8 @@ def main() -> None:
     res = compare(args) if args.mode == "compare" else scale(args)
     res["command"] = " ".join(sys.argv)
     old = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    if args.mode == "compare" and args.formats and "compare" in old:  # a rerun of some formats
+        res["formats"] = {**old["compare"].get("formats", {}), **res["formats"]}
     old[args.mode] = res
     from protloc.core.atomic import write_json
 
