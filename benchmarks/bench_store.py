@@ -294,6 +294,7 @@ def epoch(images, y, idx, sampler: str, *, workers: int, seed: int = 0, limit: i
     s.set_epoch(1)
     dl = DataLoader(ArrayDataset(images, y, idx), batch_size=BATCH, sampler=s, collate_fn=_batch_collate,
                     num_workers=workers, persistent_workers=False)
+    rss0 = _rss_mb("VmRSS")
     _reset_peak()
     t0, m = time.perf_counter(), 0
     for _, b, _ in dl:
@@ -302,7 +303,8 @@ def epoch(images, y, idx, sampler: str, *, workers: int, seed: int = 0, limit: i
         if limit and m >= limit:
             break
     dt = time.perf_counter() - t0
-    return {"images": m, "s": round(dt, 1), "img_s": round(m / dt), "main_peak_rss_mb": round(_rss_mb(), 1),
+    return {"images": m, "s": round(dt, 1), "img_s": round(m / dt), "main_rss_before_mb": round(rss0, 1),
+            "main_peak_rss_mb": round(_rss_mb(), 1), "main_rss_growth_mb": round(_rss_mb() - rss0, 1),
             "load": _load()}
 
 
@@ -310,8 +312,18 @@ def scale(args) -> dict:
     from protloc.data.cache import cache_dir, load_cached
     from protloc.data.table import load_table
 
+    import torch  # noqa: F401 - the loader's imports, before any RSS baseline
+
     work = Path(args.work)
     os.environ.setdefault("PROTLOC_CACHE_DIR", str(work / "cache"))
+    if args.epochs_only:  # re-measure the epochs of the store built by an earlier run
+        import torch  # noqa: F401 - imported before the RSS baseline (torch + Lightning: ~0.9 GB here)
+        import lightning.pytorch  # noqa: F401
+
+        res = json.loads(OUT.read_text())["scale"]
+        table = load_table(*link_farm(Path(args.data), work / f"farm{args.n}", args.n))
+        ds = load_cached(table, size=args.size, progress=False, trust=True)
+        return {**res, **epochs(ds, table, args)}
     t0 = time.perf_counter()
     csv, img = link_farm(Path(args.data), work / f"farm{args.n}", args.n)
     res = {"n": args.n, "size": args.size, "workers": args.workers, "data": str(args.data),
@@ -341,17 +353,25 @@ def scale(args) -> dict:
         res[f"open_{'trusted' if trust else 'stat_check'}_s"] = round(time.perf_counter() - t0, 2)
     res["stat_check_files_per_s"] = round(args.n / res["open_stat_check_s"])
     print({k: v for k, v in res.items() if k.startswith("open") or k.startswith("stat")}, flush=True)
-    y = table.y().astype(np.float32)
-    idx = np.arange(args.n)
-    for sampler in ("shard-block", "random"):
-        for w in (0, 2):
-            drop_pages(ds.path)
-            r = epoch(ds.images, y, idx, sampler, workers=w, limit=args.limit)
-            r["cold_start"] = True
-            res[f"epoch_{sampler}_workers{w}"] = r
-            print(sampler, w, r, flush=True)
+    res.update(epochs(ds, table, args))
     res["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     return res
+
+
+def epochs(ds, table, args) -> dict:
+    """Full training-loader epochs: both samplers, 0 and 2 loader workers, cold (pages dropped) then warm."""
+    y = table.y().astype(np.float32)
+    idx = np.arange(len(table))
+    out = {}
+    for sampler in ("shard-block", "random"):
+        for w in (0, 2):
+            for temp in ("cold", "warm"):
+                if temp == "cold":
+                    drop_pages(ds.path)
+                r = epoch(ds.images, y, idx, sampler, workers=w, limit=args.limit)
+                out[f"epoch_{sampler}_workers{w}_{temp}"] = r
+                print(sampler, w, temp, r, flush=True)
+    return out
 
 
 def main() -> None:
@@ -368,10 +388,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--formats", default=None, help="compare: comma list of formats to run")
     ap.add_argument("--fresh", action="store_true", help="scale: clear the entry first")
+    ap.add_argument("--epochs-only", action="store_true", help="scale: only re-measure the epochs")
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     res = compare(args) if args.mode == "compare" else scale(args)
-    res["command"] = " ".join(sys.argv)
+    res["epochs_command" if getattr(args, "epochs_only", False) else "command"] = " ".join(sys.argv)
     old = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if args.mode == "compare" and args.formats and "compare" in old:  # a rerun of some formats
         res["formats"] = {**old["compare"].get("formats", {}), **res["formats"]}
