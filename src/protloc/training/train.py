@@ -275,11 +275,13 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     """
     from protloc.models.network import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
+    from protloc.training import check_recipe
 
     import warnings
 
     import lightning.pytorch  # noqa: F401 - configures its loggers on import; quiet them after
 
+    check_recipe(cfg)  # every option (folds included) before the run folder is touched
     run = RunFolder(out)
     setup_logging(run, echo=echo)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -293,13 +295,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
                                      got="no labels", fix="pass --csv with Image,Label columns"))
-    if cfg.folds < 1:
-        raise InputError(fmt_problem("--folds", expected="1 (holdout) or K >= 2", got=str(cfg.folds),
-                                     fix="e.g. --folds 5"))
-    n_val_folds = 1 if cfg.folds == 1 else cfg.folds
-    if cfg.fold is not None and not 0 <= cfg.fold < n_val_folds:
-        raise InputError(fmt_problem("--fold", expected=f"0 to {n_val_folds - 1}", got=str(cfg.fold),
-                                     fix=f"pick a fold of --folds {cfg.folds}"))
+    n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
     _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
