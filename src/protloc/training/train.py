@@ -56,29 +56,14 @@ def fold_dir(run: RunFolder, k: int) -> Path:
 
 
 def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool = False) -> np.ndarray:
-    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified.
+    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified with
+    near-duplicates kept together (:func:`protloc.data.split.make_folds`)."""
+    from protloc.data.split import make_folds
 
-    Uses ``protloc.data.split.make_folds`` (near-duplicates kept together) when available.
-    """
-    sub = table.subset(usable)
     holdout = cfg.val_fraction if cfg.folds == 1 else None
-    try:
-        from protloc.data.split import make_folds
-    except ImportError:  # pragma: no cover - split.py is part of the package
-        make_folds = None
-    if make_folds is not None:
-        f = make_folds(sub, cfg.folds, seed=cfg.seed, holdout=holdout, near_dup=cfg.near_dup, progress=progress)
-    else:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
-
-        y, X = sub.y(), np.zeros((len(sub), 1))
-        f = np.full(len(sub), -1)
-        sp = (MultilabelStratifiedShuffleSplit(1, test_size=holdout, random_state=cfg.seed) if holdout
-              else MultilabelStratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed))
-        for k, (_, val) in enumerate(sp.split(X, y)):
-            f[val] = k
     out = np.full(len(table), -2, dtype=int)
-    out[usable] = f
+    out[usable] = make_folds(table.subset(usable), cfg.folds, seed=cfg.seed, holdout=holdout,
+                             near_dup=cfg.near_dup, progress=progress)
     return out
 
 
@@ -188,12 +173,9 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     if not trainer.is_global_zero:
         return None
     best = ckdir / "best.ckpt"
-    src = best if best.is_file() else last
-    state = torch.load(src, map_location="cpu", weights_only=False)["state_dict"]
-    prefix = "ema.module." if cfg.ema else "net."
-    net.load_state_dict({k2[len(prefix):]: v for k2, v in state.items() if k2.startswith(prefix)})
-    from protloc.training.module import epoch_metrics, infer_probs
-    from protloc.core.metrics import classification_summary
+    net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
+    from protloc.core.metrics import classification_summary, epoch_metrics
+    from protloc.training.module import infer_probs
     from protloc.models.network import save_weights
 
     save_weights(net.cpu().eval(), run.model_path(k))
