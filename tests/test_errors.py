@@ -29,7 +29,7 @@ def test_free_form_with_and_without_fix():
 
 
 def test_fmt_problem_still_builds_structured_errors():
-    """Until every call is rewritten (tools/codemod_errors.py), InputError(fmt_problem(...)) has fields."""
+    """Until every call is rewritten (the issue-11 codemod), InputError(fmt_problem(...)) has fields."""
     msg = fmt_problem("--x", expected="a", got="b", fix="c")
     assert msg == "--x: expected a, got b. Fix: c."
     e = RunFolderError(msg)
@@ -75,3 +75,36 @@ def test_lenient_table_reads_fields_not_messages(tmp_path):
     assert by_code["empty_label"][3] == "expected at least one class id, got an empty label"
     with pytest.raises(InputError, match=r"train.csv line 2: expected 2 cells \(Image,Label\), got 3\. Fix: "):
         load_table(csv, imgs)
+
+
+def _finding(tmp_path, kind):
+    """The error finding of `protloc validate` for image 1001 broken in one way."""
+    import numpy as np
+    from PIL import Image
+
+    from protloc.data.filecheck import inspect_image
+
+    from helpers import make_tiny_dataset
+
+    _, imgs = make_tiny_dataset(tmp_path, n=2)
+    if kind == "grayscale":
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "1001.png")
+    else:
+        (imgs / "1001.png").write_bytes(b"not a png")
+    [problem] = [p for p in inspect_image(imgs, "1001", "rgb", ("red", "green", "blue"))["problems"]
+                 if p[0] == "error"]
+    return problem
+
+
+def test_image_problems_come_from_the_error_fields(tmp_path):
+    assert _finding(tmp_path, "grayscale") == (
+        "error", "wrong_channels", "1001.png: expected an RGB image (3 channels), got grayscale (1 channel)",
+        "use --format hpa-channels/tiff for other layouts, or convert the image to RGB")
+
+
+@pytest.mark.xfail(strict=True, reason="io/images.py still raises free-form '... Fix: ...' strings; run "
+                                       "the issue-11 codemod (codemod_errors.py) on it, then drop this marker")
+def test_free_form_image_errors_keep_message_and_fix_apart(tmp_path):
+    sev, code, message, fix = _finding(tmp_path, "corrupt")
+    assert (sev, code, fix) == ("error", "unreadable", "re-export the file as PNG/TIFF or remove its row")
+    assert message.startswith("1001.png: unreadable, corrupt or truncated image (") and "Fix" not in message

@@ -109,9 +109,8 @@ class _Problem(str):
 def fmt_problem(what: str, *, expected: str, got: str, fix: str) -> str:
     """Build the canonical three-part message: what is wrong, expected vs got, how to fix.
 
-    Deprecated: raise ``InputError(what, expected=..., got=..., fix=...)`` instead
-    (``tools/codemod_errors.py`` rewrites the old calls). ``InputError(fmt_problem(...))`` still
-    gets the fields.
+    Deprecated: raise ``InputError(what, expected=..., got=..., fix=...)`` instead (the issue-11
+    codemod rewrites the old calls). ``InputError(fmt_problem(...))`` still gets the fields.
 
     Examples
     --------
