@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -131,8 +131,6 @@ class Predictor:
             rule = RunThresholds(check_thresholds(thresholds, c, where="thresholds"),
                                  at_least_one=bool(at_least_one), source="given")
         self.threshold_rule = rule
-        self.thresholds = rule.values
-        self.at_least_one = rule.at_least_one
         self.engine = engine
         self.models = list(models)
         self.folds = list(folds) if folds is not None else list(range(len(self.models)))
@@ -153,6 +151,23 @@ class Predictor:
             self._cuda = False
             if onnx_session is None:
                 raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.threshold_rule.values
+
+    @thresholds.setter
+    def thresholds(self, values) -> None:
+        self.threshold_rule = replace(self.threshold_rule, source="given", method=None, optimizer=None,
+                                      values=check_thresholds(values, len(self.classes), where="thresholds"))
+
+    @property
+    def at_least_one(self) -> bool:
+        return self.threshold_rule.at_least_one
+
+    @at_least_one.setter
+    def at_least_one(self, value: bool) -> None:
+        self.threshold_rule = replace(self.threshold_rule, at_least_one=bool(value))
 
     # ------------------------------------------------------------------------------------
     @classmethod

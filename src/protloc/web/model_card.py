@@ -60,7 +60,7 @@ def model_card(run, predictor, *, max_upload: int, max_request: int, max_files: 
         "backbone": spec.backbone if spec is not None else (config.model if config is not None else None),
         "ensemble": len(getattr(predictor, "models", []) or []) or None,
         "thresholds": {
-            "source": rule.source if rule.fitted else "default 0.5 (no thresholds.json)",
+            "source": "default 0.5 (no thresholds.json)" if rule.source == "default 0.5" else rule.source,
             "method": rule.method,
             "at_least_one": rule.at_least_one,
             "macro_f1_after": opt.macro_f1_after_ if opt is not None else None,
