@@ -118,7 +118,7 @@ def test_concurrent_builds_share_one_entry(tiny_rgb):
                           range(3)))
     assert len({r.path for r in res}) == 1 and len(list(cache.cache_dir().glob("*.zarr"))) == 1
     assert all(np.array_equal(r.images[:], res[0].images[:]) for r in res)
-    assert all("waiting for PID" in m for m in said)
+    assert all(m.startswith("waiting for ") for m in said)  # (the owner may not have written its PID yet)
 
 
 _HOLDER = """
