@@ -272,10 +272,14 @@ class ShardedImages:
         if off == _MISSING:
             out[...] = 0
             return
-        b = os.pread(fd, int(ln), int(off))
         if self.compress == "zstd":
-            b = _zstd().decode(b)
-        out[...] = np.frombuffer(b, np.uint8).reshape(out.shape)
+            out[...] = np.frombuffer(_zstd().decode(os.pread(fd, int(ln), int(off))), np.uint8).reshape(out.shape)
+        elif out.flags.c_contiguous and int(ln) == out.nbytes:
+            if os.preadv(fd, [out.reshape(-1)], int(off)) != out.nbytes:  # straight into the output
+                raise InputError(f"{shard_path(self.root, s)}: shard {s} is truncated. Fix: rebuild the cache "
+                                 "(protloc cache --clear, then protloc cache)")
+        else:
+            out[...] = np.frombuffer(os.pread(fd, int(ln), int(off)), np.uint8).reshape(out.shape)
 
     def read(self, indices) -> np.ndarray:
         """Images ``indices`` (any order, repeats allowed) as a new (len, S, S, C) array."""
@@ -290,8 +294,13 @@ class ShardedImages:
         return out
 
     def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self.read([int(key)])[0]
+        if isinstance(key, (int, np.integer)):  # the per-image path: no index arrays
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"index {key} out of range for {self.shape[0]} images")
+            out = np.empty(self.shape[1:], np.uint8)
+            self._read_into(i, out)
+            return out
         if isinstance(key, slice):
             return self.read(np.arange(*key.indices(self.shape[0])))
         if isinstance(key, tuple):
