@@ -229,8 +229,9 @@ def test_pixel_bomb_is_refused_before_decoding(client, monkeypatch):
     r = post(client, [(f"b{i}.png", bomb, "image/png") for i in range(48)])
     assert r.status_code == 413, r.text
     body = r.json()
-    assert body["error"] == "images too large to decode" and body["file"] == "b3.png"  # 3 x 108 MB + 144 fit
-    assert "6000x6000" in body["detail"] and "512 MB" in body["detail"] and "Fix: send at most 3" in body["detail"]
+    # each: 108 MB kept, 360 MB while decoding; two fit in 512 MiB (108 + 360 = 468 MB), three do not
+    assert body["error"] == "images too large to decode" and body["file"] == "b2.png"
+    assert "6000x6000" in body["detail"] and "512 MB" in body["detail"] and "Fix: send at most 2" in body["detail"]
     assert time.perf_counter() - t0 < 5
     assert client.app.state.pixel_budget.used == 0
 
