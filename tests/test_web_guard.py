@@ -7,7 +7,6 @@ Servers here use second-scale timeouts so each test takes a few seconds at most.
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import socket
 import struct
@@ -17,24 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from protloc.inference.predictor import Predictor  # noqa: E402
 from protloc.web.app import create_app  # noqa: E402
 from protloc.web.guard import CSP, DOCS_CSP, ConnectionLimits, Guard, guarded_protocol  # noqa: E402
 from protloc.web.uploads import FORMULA_PREFIXES, csv_safe  # noqa: E402
+from test_web_api import client, png_bytes, post, predictor  # noqa: E402,F401 - shared fixtures
 
 HEADERS = ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy")
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def png_declaring(width: int, height: int, *, color_type: int = 2) -> bytes:
@@ -50,21 +42,6 @@ def png_declaring(width: int, height: int, *, color_type: int = 2) -> bytes:
 
 
 GOOD = png_bytes(np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def predictor(fake_run):
-    return Predictor.from_run(fake_run)
-
-
-@pytest.fixture(scope="module")
-def client(fake_run, predictor):
-    with TestClient(create_app(fake_run, predictor=predictor)) as c:
-        yield c
-
-
-def post(client, files, **params):
-    return client.post("/predict", params=params, files=[("files", f) for f in files])
 
 
 # ------------------------------------------------------------------------------------------
