@@ -84,7 +84,7 @@ def test_predict_one_matches_predictor(client, predictor):
     (res,) = body["results"]
     assert res["name"] == "cell_1.png" and res["image"] == "cell_1"
     probs = np.array([res["probabilities"][c] for c in body["classes"]])
-    want = predictor.predict_array(predictor.preprocessing.check_array(img)[None])[0]
+    want = predictor.predict_array(predictor.preprocessing.prepare(img)[None])[0]
     np.testing.assert_allclose(probs, want, atol=1e-4)
     ids = [lab["id"] for lab in res["labels"]]
     assert ids == predictor.labels_from_probs(want[None])[0][0]

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ import torch
 from protloc.core.atomic import write_csv, write_json
 from protloc.core.config import TrainConfig
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
-from protloc.core.runfolder import RunFolder
+from protloc.core.runfolder import DataSource, RunFolder
 
 log = logging.getLogger("protloc.training.train")
 
@@ -49,10 +48,6 @@ def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
         sh.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(sh)
     log.propagate = False
-
-
-def fold_dir(run: RunFolder, k: int) -> Path:
-    return run.root / "folds" / f"fold{k}"
 
 
 def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool = False) -> np.ndarray:
@@ -142,7 +137,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     from protloc.models.network import build_model
 
     train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
-    ckdir, fdir = run.ckpt_dir(k), fold_dir(run, k)
+    ckdir, fdir = run.ckpt_dir(k), run.fold_dir(k)
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if (resume and last.is_file()) else None
     if ckpt_path:
@@ -224,7 +219,7 @@ def merge_folds(run: RunFolder) -> dict:
 
     from protloc.training.module import epoch_metrics
 
-    dirs = sorted((run.root / "folds").glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+    dirs = [run.fold_dir(k) for k in run.fold_results()]
     done = [d for d in dirs if (d / "summary.json").is_file() and (d / "oof.csv").is_file()]
     if not done:
         raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json). Fix: train "
@@ -242,9 +237,9 @@ def merge_folds(run: RunFolder) -> dict:
     fold_sums = [json.loads((d / "summary.json").read_text()) for d in done]
     y = pre.schema.to_multihot([pre.schema.parse(t) for t in oof["Label"].fillna("").astype(str)])
     cfg = run.config()
-    m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=float(cfg.get("threshold", 0.5)))
-    summary = {"folds_done": [s["fold"] for s in fold_sums], "n_folds": int(cfg.get("folds", 1)),
-               "monitor": cfg.get("monitor"), "oof_images": int(len(oof)), "threshold": cfg.get("threshold", 0.5),
+    m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=cfg.threshold)
+    summary = {"folds_done": [s["fold"] for s in fold_sums], "n_folds": cfg.folds,
+               "monitor": cfg.monitor, "oof_images": int(len(oof)), "threshold": cfg.threshold,
                "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"],
                "val_mAP": m["val_mAP"], "val_micro_f1": m["val_micro_f1"],
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
@@ -264,16 +259,19 @@ def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool
 
 
 def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, echo: bool = True, extra_callbacks=()) -> dict:
+                 progress: bool = True, echo: bool = True, extra_callbacks=(),
+                 data_source: DataSource | None = None) -> dict:
     """Train every requested fold of ``cfg`` on ``table`` into the run folder ``out``.
 
     Returns the merged summary (``summary.json``). See the module docstring for the files.
+    ``data_source`` is recorded as ``RUN/data.json`` (default: what ``table`` knows; the CLI adds
+    the column names it was given).
 
     Examples
     --------
     >>> run_training(TrainConfig.preset("fast"), load_table(data="data/"), "runs/r1")  # doctest: +SKIP
     """
-    from protloc.models.network import ModelSpec
+    from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
 
     import warnings
@@ -323,19 +321,17 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         rng = np.random.default_rng(cfg.seed)
         sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
         mean, std = channel_stats(np.asarray(ds.images[sample]))
-        pre = Preprocessing(fmt=table.fmt, channels=tuple(map(str, table.channels)), size=cfg.size,
-                            mean=mean, std=std, schema=table.schema)
+        pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
+                            schema=table.schema)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
     if main:
-        cfg.save(run.config_yaml)
-        write_json(run.schema_json, table.schema.to_dict())
-        pre.save(run.preprocessing_json)
-        write_json(run.model_json, spec.to_dict())
+        run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
+                       data_source=data_source or DataSource.from_table(table))
         keep = folds != -2
         write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
     for j, k in enumerate(todo):
-        if resume and (fold_dir(run, k) / "summary.json").is_file() and run.model_path(k).is_file():
+        if resume and (run.fold_dir(k) / "summary.json").is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)
             continue
         deadline = None
@@ -345,7 +341,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
                          deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
         if res is not None:
-            fdir = fold_dir(run, k)
+            fdir = run.fold_dir(k)
             write_csv(fdir / "oof.csv", res["oof"])
             write_json(fdir / "summary.json", res["summary"])
             s = res["summary"]

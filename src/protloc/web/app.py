@@ -58,15 +58,15 @@ from protloc.core.errors import fmt_problem
 from protloc.web.guard import CSP, Guard
 from protloc.web.inference import Service
 from protloc.web.model_card import model_card
-from protloc.web.pictures import CHANNEL_ROLES, PREVIEW_MAX, TINTS, composite, png_data_uri, tinted
-from protloc.web.uploads import (HPA_NAME, HPA_ORDER, MAGIC, MB, PixelBudget, UploadError, check_request_pixels,
-                                 clean_name, decode_image, image_id, sniff)
+from protloc.web.pictures import PREVIEW_MAX, TINTS, tinted
+from protloc.web.uploads import (HPA_NAME, MAGIC, MB, PixelBudget, UploadError, check_request_pixels, clean_name,
+                                 decode_image, image_id, sniff)
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-__all__ = ["CHANNEL_ROLES", "CSP", "HPA_NAME", "HPA_ORDER", "MAGIC", "MB", "PREVIEW_MAX", "STATIC_DIR", "TINTS",
-           "Guard", "Service", "UploadError", "clean_name", "composite", "create_app", "decode_image",
-           "image_id", "model_card", "png_data_uri", "sniff", "tinted"]
+__all__ = ["CSP", "HPA_NAME", "MAGIC", "MB", "PREVIEW_MAX", "STATIC_DIR", "TINTS", "Guard", "Service",
+           "UploadError", "clean_name", "create_app", "decode_image", "image_id", "model_card", "sniff",
+           "tinted"]
 
 
 class _App(FastAPI):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.core.errors import InputError, fmt_problem
+from protloc.io.images import HPA_CHANNELS
 
 MB = 1024 * 1024
 
@@ -30,7 +31,6 @@ MAGIC = (
     (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),      # BigTIFF
 )
 HPA_NAME = re.compile(r"^(?P<id>.+)_(?P<ch>red|green|blue|yellow)\.(?:png|tiff?|jpe?g)$", re.IGNORECASE)
-HPA_ORDER = ("red", "green", "blue", "yellow")
 
 
 class UploadError(Exception):
@@ -444,7 +444,7 @@ def stack_hpa(iid: str, members, need) -> dict:
                               fmt_problem(f"HPA image '{iid}'", expected=f"one {ch} file", got=f"{have[ch][0]} "
                                           f"and {name}", fix="upload each channel file once"), file=name)
         if arr.ndim == 3:  # a grey channel saved as RGB: keep the matching plane
-            arr = arr[..., min(HPA_ORDER.index(ch), arr.shape[2] - 1)] if ch != "yellow" else arr.max(-1)
+            arr = arr[..., min(HPA_CHANNELS.index(ch), arr.shape[2] - 1)] if ch != "yellow" else arr.max(-1)
         have[ch] = (name, arr)
     missing = [c for c in need if c not in have]
     if missing:
@@ -452,10 +452,10 @@ def stack_hpa(iid: str, members, need) -> dict:
         raise UploadError(422, "incomplete HPA channel set",
                           fmt_problem(f"HPA image '{iid}'", expected="the channel files "
                                       + ", ".join(f"{iid}_{c}{ext}" for c in need),
-                                      got="only " + ", ".join(have[c][0] for c in HPA_ORDER if c in have),
+                                      got="only " + ", ".join(have[c][0] for c in HPA_CHANNELS if c in have),
                                       fix="select all channel files of the image together"),
                           file=f"{iid}_{missing[0]}{ext}")
     planes = [have[c][1] for c in need]
     hw = planes[0].shape[:2]
     img = np.stack([p if p.shape[:2] == hw else _resize_plane(p, hw) for p in planes], -1)
-    return {"name": iid, "id": iid, "files": [have[c][0] for c in HPA_ORDER if c in have], "image": img}
+    return {"name": iid, "id": iid, "files": [have[c][0] for c in HPA_CHANNELS if c in have], "image": img}
