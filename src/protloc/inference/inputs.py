@@ -19,25 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError, check_choice, fmt_problem
 
 __all__ = ["check_choice", "as_items", "read_for_run", "read_table_row", "run_channels", "check_table",
            "find_missing", "load_chunk"]
-
-
-def check_choice(name: str, value, choices) -> None:
-    """Raise an :class:`~protloc.core.errors.InputError` unless ``value`` is one of ``choices``.
-
-    Examples
-    --------
-    >>> check_choice("tta", "d8", ("none", "flip", "d4"))
-    Traceback (most recent call last):
-    ...
-    protloc.core.errors.InputError: tta: expected one of none, flip, d4, got 'd8'. Fix: use tta='none'.
-    """
-    if value not in choices:
-        raise InputError(fmt_problem(name, expected=f"one of {', '.join(choices)}", got=repr(value),
-                                     fix=f"use {name}={choices[0]!r}"))
 
 
 def as_items(images) -> tuple[list[str], object]:

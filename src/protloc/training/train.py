@@ -51,29 +51,14 @@ def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
 
 
 def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool = False) -> np.ndarray:
-    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified.
+    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified with
+    near-duplicates kept together (:func:`protloc.data.split.make_folds`)."""
+    from protloc.data.split import make_folds
 
-    Uses ``protloc.data.split.make_folds`` (near-duplicates kept together) when available.
-    """
-    sub = table.subset(usable)
     holdout = cfg.val_fraction if cfg.folds == 1 else None
-    try:
-        from protloc.data.split import make_folds
-    except ImportError:  # pragma: no cover - split.py is part of the package
-        make_folds = None
-    if make_folds is not None:
-        f = make_folds(sub, cfg.folds, seed=cfg.seed, holdout=holdout, near_dup=cfg.near_dup, progress=progress)
-    else:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
-
-        y, X = sub.y(), np.zeros((len(sub), 1))
-        f = np.full(len(sub), -1)
-        sp = (MultilabelStratifiedShuffleSplit(1, test_size=holdout, random_state=cfg.seed) if holdout
-              else MultilabelStratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed))
-        for k, (_, val) in enumerate(sp.split(X, y)):
-            f[val] = k
     out = np.full(len(table), -2, dtype=int)
-    out[usable] = f
+    out[usable] = make_folds(table.subset(usable), cfg.folds, seed=cfg.seed, holdout=holdout,
+                             near_dup=cfg.near_dup, progress=progress)
     return out
 
 
@@ -183,12 +168,9 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     if not trainer.is_global_zero:
         return None
     best = ckdir / "best.ckpt"
-    src = best if best.is_file() else last
-    state = torch.load(src, map_location="cpu", weights_only=False)["state_dict"]
-    prefix = "ema.module." if cfg.ema else "net."
-    net.load_state_dict({k2[len(prefix):]: v for k2, v in state.items() if k2.startswith(prefix)})
-    from protloc.training.module import epoch_metrics, infer_probs
-    from protloc.core.metrics import classification_summary
+    net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
+    from protloc.core.metrics import classification_summary, epoch_metrics
+    from protloc.training.module import infer_probs
     from protloc.models.network import save_weights
 
     save_weights(net.cpu().eval(), run.model_path(k))
@@ -217,7 +199,7 @@ def merge_folds(run: RunFolder) -> dict:
     """Combine ``folds/fold*/`` into ``oof.csv``, ``metrics.csv`` and ``summary.json``."""
     import json
 
-    from protloc.training.module import epoch_metrics
+    from protloc.core.metrics import epoch_metrics
 
     dirs = [run.fold_dir(k) for k in run.fold_results()]
     done = [d for d in dirs if (d / "summary.json").is_file() and (d / "oof.csv").is_file()]
@@ -273,11 +255,13 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     """
     from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
+    from protloc.training import check_recipe
 
     import warnings
 
     import lightning.pytorch  # noqa: F401 - configures its loggers on import; quiet them after
 
+    check_recipe(cfg)  # every option (folds included) before the run folder is touched
     run = RunFolder(out)
     setup_logging(run, echo=echo)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -291,13 +275,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
                                      got="no labels", fix="pass --csv with Image,Label columns"))
-    if cfg.folds < 1:
-        raise InputError(fmt_problem("--folds", expected="1 (holdout) or K >= 2", got=str(cfg.folds),
-                                     fix="e.g. --folds 5"))
-    n_val_folds = 1 if cfg.folds == 1 else cfg.folds
-    if cfg.fold is not None and not 0 <= cfg.fold < n_val_folds:
-        raise InputError(fmt_problem("--fold", expected=f"0 to {n_val_folds - 1}", got=str(cfg.fold),
-                                     fix=f"pick a fold of --folds {cfg.folds}"))
+    n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
     _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
