@@ -50,7 +50,7 @@ def _output_problem(path: Path, err: OSError, *, step: str) -> OutputError:
         why, fix = "the name is too long", "use a shorter file name"
     else:
         why, fix = f"{err.strerror or type(err).__name__} ({step})", "check the output path and the disk"
-    return OutputError(f"{path}: cannot write the output: {why}. Fix: {fix}.")
+    return OutputError(f"{path}: cannot write the output: {why}", fix=fix)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -104,7 +104,7 @@ def atomic_path(path: str | Path):
     ...     _ = tmp.write_text("no")
     Traceback (most recent call last):
     ...
-    protloc.core.atomic.OutputError: .../a.txt/b.txt: cannot write the output: .../a.txt is a file, not a folder. Fix: choose an output path that is not below the file .../a.txt.
+    protloc.core.atomic.OutputError: .../a.txt/b.txt: cannot write the output: .../a.txt is a file, not a folder. Fix: choose an output path that is not below the file .../a.txt
     """
     path = Path(path)
     try:
