@@ -208,8 +208,8 @@ class ConnectionLimits:
             if not getattr(self, name) > 0:
                 from protloc.core.errors import InputError
 
-                raise InputError(fmt_problem(name, expected="a positive number", got=str(getattr(self, name)),
-                                             fix="drop the option to use the default"))
+                raise InputError(name, expected="a positive number", got=str(getattr(self, name)),
+                                 fix="drop the option to use the default")
         return self
 
 

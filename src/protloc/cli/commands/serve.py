@@ -50,8 +50,8 @@ def _check(args) -> None:
             raise InputError(fmt_problem(f"--{opt.replace('_', '-')}", expected="a positive number",
                                          got=str(getattr(args, opt)), fix="drop the option to use the default"))
     if args.threads < 0:
-        raise InputError(fmt_problem("--threads", expected="0 (torch's default) or a positive number",
-                                     got=str(args.threads), fix="drop the option to use the default"))
+        raise InputError("--threads", expected="0 (torch's default) or a positive number", got=str(args.threads),
+                         fix="drop the option to use the default")
 
 
 def _is_loopback(host: str) -> bool:
