@@ -68,6 +68,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # a crash never leaves a renamed, empty shard
         os.replace(tmp, path)
     finally:
         if tmp.exists():
