@@ -317,8 +317,7 @@ def scale(args) -> dict:
     work = Path(args.work)
     os.environ.setdefault("PROTLOC_CACHE_DIR", str(work / "cache"))
     if args.epochs_only:  # re-measure the epochs of the store built by an earlier run
-        import torch  # noqa: F401 - imported before the RSS baseline (torch + Lightning: ~0.9 GB here)
-        import lightning.pytorch  # noqa: F401
+        import lightning.pytorch  # noqa: F401 - before the RSS baseline (torch + Lightning: ~0.9 GB here)
 
         res = json.loads(OUT.read_text())["scale"]
         table = load_table(*link_farm(Path(args.data), work / f"farm{args.n}", args.n))
