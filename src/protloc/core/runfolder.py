@@ -32,6 +32,8 @@ Layout::
       model.onnx(.json)      ONNX export + its preprocessing           onnx_path, onnx_meta_path
                              (protloc export, optional)
       train.log              log
+      .launch/ID.json        rank 0's "data setup done" marker of     launch_marker(launch)
+                             launch ID (protloc.cluster.handshake)
       report.html            evaluation report (protloc report)        report_html
 
 Policies: a missing optional file has a documented meaning (no thresholds.json: 0.5 for every
@@ -276,6 +278,11 @@ class RunFolder:
 
     def model_path(self, fold: int) -> Path:
         return self.models_dir / f"fold{fold}.pt"
+
+    def launch_marker(self, launch) -> Path:
+        """``.launch/ID.json``: rank 0's marker that the data setup of one launch is done
+        (:mod:`protloc.cluster.handshake`; ``launch`` is a :class:`~protloc.cluster.Launch`)."""
+        return self.root / ".launch" / f"{launch.safe_id}.json"
 
     def fold_dir(self, fold: int) -> Path:
         """``folds/fold{k}/``: one fold's oof.csv, metrics.csv and summary.json."""

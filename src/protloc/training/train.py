@@ -27,8 +27,11 @@ log = logging.getLogger("protloc.training.train")
 
 
 def is_main_process() -> bool:
-    """True on the process that writes files (rank 0), also before Lightning launches ranks."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """True on the process that writes files (global rank 0) under every launcher (Lightning's,
+    torchrun, SLURM...), also before Lightning launches ranks (:func:`protloc.cluster.is_main_process`)."""
+    from protloc.cluster import is_main_process as main
+
+    return main()
 
 
 def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
@@ -62,17 +65,18 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def load_data(table, cfg: TrainConfig, *, progress: bool):
+def load_data(table, cfg: TrainConfig, *, progress: bool, trust: bool | None = None):
     """Decoded images (the sharded cache store, read by index) and the usable rows.
 
     Bad images refuse training unless skip_bad. The store's location and trust come from
-    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``).
+    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``);
+    ``trust=True``: rank 0 has just checked the store (the other ranks do not stat every file).
     """
     from protloc.data.cache import load_cached
 
     try:
         ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
-                         skip_bad=cfg.skip_bad)
+                         skip_bad=cfg.skip_bad, trust=trust)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
     log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
@@ -170,18 +174,16 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
             log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
             raise KeyboardInterrupt from None
         raise
-    if not trainer.is_global_zero:
-        return None
-    best = ckdir / "best.ckpt"
+    best = ckdir / "best.ckpt"  # saved by rank 0 before the barrier that ends fit
     net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
     from protloc.core.metrics import classification_summary, epoch_metrics
-    from protloc.training.module import infer_probs
     from protloc.models.network import save_weights
 
-    save_weights(net.cpu().eval(), run.model_path(k))
-    device = module.device if module.device.type != "meta" else "cpu"
-    probs = infer_probs(net, images, mean=pre.mean, std=pre.std, indices=val_idx, batch_size=cfg.batch_size * 2,
-                        device=device)
+    if trainer.is_global_zero:
+        save_weights(net.cpu().eval(), run.model_path(k))
+    probs = oof_probs(trainer, net, images, val_idx, mean=pre.mean, std=pre.std, batch_size=cfg.batch_size * 2)
+    if not trainer.is_global_zero:
+        return None
     classes = list(pre.classes)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
@@ -198,6 +200,30 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
                "val": classification_summary(y[val_idx], probs >= cfg.threshold, probs, classes=classes)}
     return {"oof": oof, "summary": summary}
+
+
+def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int) -> np.ndarray:
+    """Out-of-fold probabilities of ``images[val_idx]``, computed by every rank on its share
+    (:class:`~protloc.training.datamodule.EpochSampler`'s split, padded), gathered and
+    de-duplicated by index; rows in ``val_idx`` order (sorted). Call it on every rank."""
+    from protloc.training.datamodule import EpochSampler
+    from protloc.training.module import infer_probs
+
+    rank, world = trainer.global_rank, trainer.world_size
+    device = trainer.strategy.root_device
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if world == 1 or len(val_idx) == 0:
+        return infer_probs(net, images, mean=mean, std=std, indices=val_idx, batch_size=batch_size, device=device)
+    import torch
+
+    mine = val_idx[np.fromiter(EpochSampler(len(val_idx), shuffle=False, rank=rank, world=world), dtype=np.int64)]
+    probs = infer_probs(net, images, mean=mean, std=std, indices=mine, batch_size=batch_size, device=device)
+    idx = trainer.strategy.all_gather(torch.as_tensor(mine, device=device)).reshape(-1).cpu().numpy()
+    allp = trainer.strategy.all_gather(torch.as_tensor(probs, device=device)).reshape(len(idx), -1).cpu().numpy()
+    uniq, first = np.unique(idx, return_index=True)  # drop the sampler's padding duplicates
+    if not np.array_equal(uniq, np.sort(val_idx)):
+        raise RuntimeError(f"out-of-fold gather: {len(uniq)} distinct images, expected {len(val_idx)}")
+    return allp[first][np.searchsorted(uniq, val_idx)]
 
 
 def merge_folds(run: RunFolder) -> dict:
@@ -236,6 +262,27 @@ def merge_folds(run: RunFolder) -> dict:
     return summary
 
 
+def _read_splits(run: RunFolder, table) -> np.ndarray:
+    """Validation fold per table row from ``splits.csv`` (-2: not in it)."""
+    sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
+    pos = {iid: i for i, iid in enumerate(table.ids)}
+    folds = np.full(len(table), -2, dtype=int)
+    for iid, f in zip(sp["Image"], sp["fold"]):
+        if iid in pos:
+            folds[pos[iid]] = int(f)
+    return folds
+
+
+def _devices_per_node(cfg: TrainConfig) -> int | None:
+    d = _devices(cfg.devices)
+    return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else None)
+
+
+def _single_process(cfg: TrainConfig, launch) -> bool:
+    """No other rank will run this setup: one device on one node and no external launcher."""
+    return not launch.external and cfg.num_nodes == 1 and _devices_per_node(cfg) == 1
+
+
 def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
@@ -258,8 +305,10 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     --------
     >>> run_training(TrainConfig.preset("fast"), load_table(data="data/"), "runs/r1")  # doctest: +SKIP
     """
+    from protloc.cluster import begin_setup, ensure_launch_id, publish_setup, setup_key, wait_for_setup
     from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
+    from protloc.data.cache import cache_key
     from protloc.training import check_recipe
 
     import warnings
@@ -276,43 +325,60 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
-    main = is_main_process()
+    launch = ensure_launch_id(devices_per_node=_devices_per_node(cfg))
+    main = launch.is_main
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
                                      got="no labels", fix="pass --csv with Image,Label columns"))
     n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
-    _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
     t_start = time.time()
-    log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
-             cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
-    ds, usable = load_data(table, cfg, progress=progress and main)
-    y = table.y()
-    if run.splits_csv.is_file() and (resume or cfg.fold is not None):
-        sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
-        pos = {iid: i for i, iid in enumerate(table.ids)}
-        folds = np.full(len(table), -2, dtype=int)
-        for iid, f in zip(sp["Image"], sp["fold"]):
-            if iid in pos:
-                folds[pos[iid]] = int(f)
-    else:
-        folds = assign_folds(table, cfg, usable, progress=progress and main)
-    if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
-        pre = run.preprocessing()
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
-        mean, std = channel_stats(np.asarray(ds.images[sample]))
-        pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
-                            schema=table.schema)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
+    y = table.y()
+    # once per data set, on rank 0 only: store check/build, folds (near-duplicate hashing), channel
+    # statistics; the other ranks wait for its marker and read its results (protloc.cluster)
+    marker = run.launch_marker(launch)
+    key = setup_key(cfg.to_dict(), cache_key(table, size=cfg.size), bool(resume), bool(overwrite))
+    handshake = not _single_process(cfg, launch)
     if main:
-        run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
-                       data_source=data_source or DataSource.from_table(table))
-        keep = folds != -2
-        write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
+        log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
+                 cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
+        if handshake:
+            begin_setup(marker)
+        try:
+            _check_out(run, todo, resume=resume, overwrite=overwrite)
+            ds, usable = load_data(table, cfg, progress=progress)
+            if run.splits_csv.is_file() and (resume or cfg.fold is not None):
+                folds = _read_splits(run, table)
+            else:
+                folds = assign_folds(table, cfg, usable, progress=progress)
+            if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
+                pre = run.preprocessing()
+            else:
+                rng = np.random.default_rng(cfg.seed)
+                sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
+                mean, std = channel_stats(np.asarray(ds.images[sample]))
+                pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
+                                    schema=table.schema)
+            run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
+                           data_source=data_source or DataSource.from_table(table))
+            keep = folds != -2
+            write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
+        except BaseException as e:
+            if handshake:  # the waiting ranks stop with rank 0's error instead of timing out
+                publish_setup(marker, launch, key=key, error=str(e) or type(e).__name__)
+            raise
+        if handshake:
+            publish_setup(marker, launch, key=key, info={"store": str(ds.path) if ds.path else None})
+    else:
+        wait_for_setup(marker, launch, key=key, what=f"the data setup of {run.root}")
+        ds, usable = load_data(table, cfg, progress=False, trust=True)  # checked by rank 0 just now
+        pre = run.preprocessing()
+        folds = _read_splits(run, table)
+        print(f"{launch.describe()}: using rank 0's data setup (store checked by rank 0, splits.csv, "
+              "preprocessing.json)", file=sys.stderr, flush=True)
     for j, k in enumerate(todo):
         if resume and (run.fold_dir(k) / "summary.json").is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)
