@@ -6,6 +6,7 @@ import ipaddress
 import sys
 
 from protloc.cli.main import new_command
+from protloc.cli.options import declare_paths, nonneg_int, port, positive_int, positive_number, run_folder
 from protloc.core.errors import InputError, fmt_problem
 
 
@@ -21,12 +22,13 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 127.0.0.1 keeps it on this computer (0.0.0.0 exposes it "
                         "to the network: only do that behind a firewall)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted file")
-    p.add_argument("--max-request-mb", type=float, default=100, help="largest accepted request (all files)")
-    p.add_argument("--max-files", type=int, default=64, help="most files in one request")
-    p.add_argument("--workers", type=int, default=1, help="model calls running at the same time")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port")
+    p.add_argument("--max-upload-mb", type=positive_number, default=20, help="largest accepted file")
+    p.add_argument("--max-request-mb", type=positive_number, default=100, help="largest accepted request (all files)")
+    p.add_argument("--max-files", type=positive_int, default=64, help="most files in one request")
+    p.add_argument("--workers", type=positive_int, default=1, help="model calls running at the same time")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
+    declare_paths(p, run_folder())
     p.set_defaults(func=run)
 
 
