@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"protloc.cli.commands.{name}").register(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 

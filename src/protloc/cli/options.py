@@ -90,6 +90,17 @@ class Parser(argparse.ArgumentParser):
     points to ``--help`` where argparse has no better one) with exit code 2, like every other
     protloc error; subcommand parsers inherit it."""
 
+    #: subcommand name -> its parser (set by ``cli.main.build_parser``), so an unknown option is
+    #: reported by the subcommand that got it (with its close option names)
+    commands: dict = {}
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self.commands.get(getattr(ns, "command", None), self)
+            sub.error("unrecognized arguments: " + " ".join(extras))
+        return ns
+
     def error(self, message: str):  # noqa: D401 - argparse API
         options = [s for a in self._actions for s in a.option_strings]
         print(f"error: {house_style(message, prog=self.prog, options=options)}", file=sys.stderr)

@@ -338,6 +338,8 @@ def parse_field(name: str, text: str):
     default = getattr(TrainConfig(), name)
     if typ in (int, float):
         try:
+            if not str(text).isascii():  # int('٣') is 3: only ASCII digits are numbers here
+                raise ValueError(text)
             value = typ(text)
         except ValueError:
             raise InputError(flag_name(name), expected="an integer" if typ is int else "a number", got=repr(text),
@@ -354,6 +356,8 @@ def _coerce(key, v, typ):
             return v.lower() in ("1", "true", "yes", "on")
         if typ is str:
             return str(v)
+        if isinstance(v, str) and not v.isascii():  # int('٣') is 3: only ASCII digits are numbers here
+            raise ValueError(v)
         return typ(v)
     except (TypeError, ValueError):
         raise InputError(f"config {key}", expected=typ.__name__, got=repr(v),
