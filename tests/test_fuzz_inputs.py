@@ -101,7 +101,8 @@ def test_image_ids_are_file_names(iid):
 
 json_like = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.integers(),
                                    st.text(max_size=10)),
-                         lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)),
+                         lambda c: st.one_of(st.lists(c, max_size=4),
+                                             st.dictionaries(st.text(max_size=8), c, max_size=4)),
                          max_leaves=12)
 
 

@@ -198,6 +198,8 @@ CASES = [
     ("message: unknown option", ["evaluate", "{run}", "--treshold", "0.5"],
      "unrecognized arguments: --treshold 0.5. Fix: did you mean --threshold?"),
     ("message: unknown choice", [*PREDICT, "--tta", "d8"], "--tta: expected one of none, flip, d4, got 'd8'"),
+    ("web limits: serve --header-timeout 0", ["serve", "{run}", "--header-timeout", "0"],
+     "--header-timeout: expected a number > 0, got 0"),
 ]
 
 

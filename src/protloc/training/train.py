@@ -152,7 +152,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                  # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
                  ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                  auto_insert_metric_name=False, enable_version_counter=False),
-                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget, EpochRecorder(k, run.fold_metrics_csv(k), rows=rows),
+                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
+                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows),
                  *extra_callbacks]
     if cfg.patience > 0:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))

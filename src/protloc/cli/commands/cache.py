@@ -13,7 +13,8 @@ def register(sub) -> None:
                     example="protloc cache --csv train.csv --images train/ --size 128")
     add_data_args(p)  # label options accepted (ignored) so every data command takes the same flags
     g = p.add_argument_group("cache")
-    g.add_argument("--size", type=integer(min=8, max=4096, expected="8 to 4096 pixels", fix="e.g. --size 128"), default=128, help="image side length in pixels after resizing")
+    g.add_argument("--size", default=128, help="image side length in pixels after resizing",
+                   type=integer(min=8, max=4096, expected="8 to 4096 pixels", fix="e.g. --size 128"))
     g.add_argument("--info", action="store_true", help="list cache entries (of this dataset if given)")
     g.add_argument("--clear", action="store_true", help="delete cache entries (of this dataset if given, else all)")
     g.add_argument("--skip-bad", action="store_true",

@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
                    help="onnx uses RUN/model.onnx (see `protloc export`)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
-    p.add_argument("--folds", default=None, type=folds, help="comma-separated fold numbers to ensemble; all folds when not given")
+    p.add_argument("--folds", default=None, type=folds,
+                   help="comma-separated fold numbers to ensemble; all folds when not given")
     p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:1; cuda when available if not given")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")

@@ -14,7 +14,9 @@ def register(sub) -> None:
     add_data_args(p)
     g = p.add_argument_group("split")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--folds", type=integer(min=2, expected="2 or more folds", fix="use --holdout FRACTION for one validation set (e.g. --holdout 0.2), or --folds 2 or more"), default=None, help="number of folds (default 5)")
+    m.add_argument("--folds", default=None, help="number of folds (default 5)",
+                   type=integer(min=2, expected="2 or more folds", fix="use --holdout FRACTION for one "
+                                "validation set (e.g. --holdout 0.2), or --folds 2 or more"))
     m.add_argument("--holdout", type=fraction, default=None, help="hold out this fraction as one validation set")
     g.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same split)")
     g.add_argument("--group-col", default=None, help="CSV column whose value keeps images in one fold")

@@ -22,12 +22,15 @@ def register(sub) -> None:
     p.add_argument("--n-train", type=positive_int, default=1000, help="number of training images")
     p.add_argument("--n-test", type=nonneg_int, default=250, help="number of test images")
     p.add_argument("--seed", type=seed, default=0, help="random seed (ids, labels and pixels)")
-    p.add_argument("--size", type=integer(min=16, max=2048, expected="an integer 16..2048", fix="e.g. --size 128"), default=128, help="image side in pixels")
+    p.add_argument("--size", default=128, help="image side in pixels",
+                   type=integer(min=16, max=2048, expected="an integer 16..2048", fix="e.g. --size 128"))
     p.add_argument("--format", default="rgb", choices=("rgb", "hpa-channels"),
                    help="rgb: <id>.png; hpa-channels: <id>_red|green|blue|yellow.png")
     p.add_argument("--difficulty", default="medium", type=from_function(_difficulty, "difficulty"),
                    help="0..1 or easy|medium|hard: noise, dimness, blur, pattern ambiguity")
-    p.add_argument("--label-noise", type=number(min=0, max=0.5, expected="a probability 0..0.5", fix="e.g. --label-noise 0.02 (0 for clean labels)"), default=0.02,
+    p.add_argument("--label-noise", default=0.02,
+                   type=number(min=0, max=0.5, expected="a probability 0..0.5",
+                               fix="e.g. --label-noise 0.02 (0 for clean labels)"),
                    help="probability that a training label set gets one wrong edit")
     p.add_argument("--workers", type=positive_int, default=None, help="processes (default: min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty OUT folder")

@@ -24,7 +24,8 @@ def register(sub) -> None:
     g.add_argument("--no-near-dup", action="store_true", help="skip the perceptual-hash near-duplicate search")
     g.add_argument("--rotations", action="store_true",
                    help="also find rotated/mirrored copies (8 hashes per image, slower search)")
-    g.add_argument("--hamming", type=integer(min=0, max=40, expected="0 to 40 bits (of 128)", fix="e.g. --hamming 12"), default=12,
+    g.add_argument("--hamming", default=12,
+                   type=integer(min=0, max=40, expected="0 to 40 bits (of 128)", fix="e.g. --hamming 12"),
                    help="near-duplicate threshold: differing bits of the 128-bit perceptual hash")
     g.add_argument("--workers", type=nonneg_int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     declare_paths(p, InFile("test_csv", "CSV file"), InDir("test_images", "image folder"), OutFile("json"))
