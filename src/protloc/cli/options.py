@@ -128,6 +128,20 @@ _INT = re.compile(r"[+-]?[0-9]{1,18}")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
 
 
+def _checked(pattern, cast, ok, *, expected: str, fix: str, name: str):
+    """An argparse type: ``text`` must match ``pattern`` (ASCII digits), ``ok(cast(text))`` hold."""
+    def conv(text: str):
+        s = str(text).strip()
+        if not pattern.fullmatch(s):
+            raise _bad(expected, repr(text if len(str(text)) <= 40 else str(text)[:40] + "..."), fix)
+        v = cast(s)
+        if not ok(v):
+            raise _bad(expected, s, fix)
+        return v
+
+    return _named(conv, name)
+
+
 def integer(*, min: int | None = None, max: int | None = None, expected: str | None = None,
             fix: str | None = None):
     """An argparse type: an integer of ASCII digits in ``[min, max]``.
@@ -144,18 +158,8 @@ def integer(*, min: int | None = None, max: int | None = None, expected: str | N
     if expected is None:
         expected = ("an integer" + (f" {min} to {max}" if min is not None and max is not None else
                                     f" >= {min}" if min is not None else f" <= {max}" if max is not None else ""))
-    fix = fix or f"pass {expected}"
-
-    def conv(text: str) -> int:
-        s = str(text).strip()
-        if not _INT.fullmatch(s):
-            raise _bad(expected, repr(text if len(str(text)) <= 40 else str(text)[:40] + "..."), fix)
-        v = int(s)
-        if (min is not None and v < min) or (max is not None and v > max):
-            raise _bad(expected, s, fix)
-        return v
-
-    return _named(conv, "integer")
+    return _checked(_INT, int, lambda v: (min is None or v >= min) and (max is None or v <= max),
+                    expected=expected, fix=fix or f"pass {expected}", name="integer")
 
 
 def number(*, min: float | None = None, max: float | None = None, min_open: bool = False,
@@ -177,19 +181,12 @@ def number(*, min: float | None = None, max: float | None = None, min_open: bool
         expected = ("a number" + (f" in {lo}, {hi}" if lo and hi else
                                   f" {'>' if min_open else '>='} {min:g}" if lo else
                                   f" {'<' if max_open else '<='} {max:g}" if hi else ""))
-    fix = fix or f"pass {expected}"
 
-    def conv(text: str) -> float:
-        s = str(text).strip()
-        if not _FLOAT.fullmatch(s):
-            raise _bad(expected, repr(text if len(str(text)) <= 40 else str(text)[:40] + "..."), fix)
-        v = float(s)
-        if not math.isfinite(v) or (min is not None and (v < min or (min_open and v == min))) or \
-                (max is not None and (v > max or (max_open and v == max))):
-            raise _bad(expected, s, fix)
-        return v
+    def ok(v: float) -> bool:
+        return math.isfinite(v) and (min is None or (v > min if min_open else v >= min)) and \
+            (max is None or (v < max if max_open else v <= max))
 
-    return _named(conv, "number")
+    return _checked(_FLOAT, float, ok, expected=expected, fix=fix or f"pass {expected}", name="number")
 
 
 positive_int = integer(min=1)
