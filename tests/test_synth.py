@@ -315,3 +315,39 @@ def test_cli_style_errors_and_gallery(tmp_path, capsys):
     p = save_style_gallery(tmp_path / "s.png", styles=["default", "suspension"], size=32, n_per_style=1)
     with Image.open(p) as im:
         assert im.size[0] > 300 and im.size[1] > 800
+
+
+def _bench_transfer():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_transfer.py"
+    spec = importlib.util.spec_from_file_location("bench_transfer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_transfer_harness_never_chooses_on_held_out_styles(capsys):
+    from protloc.synth.styles import STYLES
+
+    bt = _bench_transfer()
+    assert set(bt.SELECTION) | set(bt.HELD_OUT) <= set(STYLES) and not set(bt.SELECTION) & set(bt.HELD_OUT)
+    # the selection plan never tests on a held-out style; the held-out plan trains on each
+    # held-out style and tests the selection mix on the held-out styles (unseen)
+    sel = bt.make_plan("selection", [], [])
+    assert all(bt.role(s) == "selection" for _, tests in sel for s in tests)
+    assert all(s in bt.SELECTION for t, _ in sel for s in bt.split_spec(t))
+    held = dict(bt.make_plan("held-out", [], []))
+    assert all(held[h] == [h] for h in bt.HELD_OUT) and held["+".join(bt.SELECTION)] == bt.HELD_OUT
+    assert bt.make_plan(None, ["a+b"], ["c"]) == [("a+b", ["c"])]
+    # ranking uses selection cells only
+    r = {"tests": {"default": {"role": "selection", "macro_f1": 0.6},
+                   bt.HELD_OUT[0]: {"role": "held-out", "macro_f1": 0.1}}}
+    assert bt.selection_mean(r) == 0.6
+    # a dry run lists the cached datasets: every synthesis parameter and the renderer are in the name
+    out = bt.main(["--plan", "all", "--dry-run", "--work", "/nonexistent"])
+    assert len(out["jobs"]) == len(bt.SELECTION) + 1 + len(bt.HELD_OUT)
+    assert len(set(out["datasets"].values())) == len(out["datasets"])
+    assert "never choose" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown style 'sepia'"):
+        bt.main(["--train", "sepia", "--dry-run", "--work", "/nonexistent"])

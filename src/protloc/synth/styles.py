@@ -293,7 +293,8 @@ def _otsu(x: np.ndarray) -> float:
     omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
-    return float(np.nanargmax(between))
+    between = np.nan_to_num(between, nan=-1.0, posinf=-1.0)
+    return float(np.argmax(between))  # a constant image: 0
 
 
 def image_stats(img: np.ndarray) -> dict:
@@ -310,8 +311,8 @@ def image_stats(img: np.ndarray) -> dict:
     Examples
     --------
     >>> img = np.zeros((32, 32, 3), np.uint8); img[8:16, 8:16, 2] = 200
-    >>> s = image_stats(img); s["nuclei"], round(s["nucleus_area"], 4)
-    (1, 0.0625)
+    >>> s = image_stats(img); s["nuclei"], round(s["nucleus_area"], 4), s["nucleus_px"]
+    (1, 0.0625, 64.0)
     """
     from scipy import ndimage as ndi
 
