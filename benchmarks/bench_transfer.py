@@ -30,6 +30,7 @@ Examples::
     python benchmarks/bench_transfer.py --plan selection --recipes default,native128
     python benchmarks/bench_transfer.py --plan held-out --recipes default,seed   # acceptance
     python benchmarks/bench_transfer.py --style-stats                            # how styles differ
+    python benchmarks/bench_transfer.py --probe                                  # learnability + shift, cheap
     python benchmarks/bench_transfer.py --plan all --dry-run                     # list the jobs
 
 Datasets are cached in ``--work`` (default ``$PROTLOC_BENCH_DIR`` or /tmp/protloc-transfer) under a
@@ -101,14 +102,20 @@ def run_cli(args: list[str], log: Path, *, check: bool = True) -> float:
 
 
 def renderer_fingerprint() -> str:
-    """Hash of the synthetic renderer's source: new code, new cached data."""
+    """Hash of what makes the pixels (renderer source, every style's parameters, the random style's
+    code): a change there makes new cached data; a change to the statistics code does not."""
+    import inspect
+
     import protloc.synth.dataset as d
     import protloc.synth.patterns as p
     import protloc.synth.styles as s
 
     h = hashlib.sha256()
-    for mod in (d, p, s):
+    for mod in (d, p):
         h.update(Path(mod.__file__).read_bytes())
+    h.update(json.dumps({k: v.describe() for k, v in s.STYLES.items()}, sort_keys=True).encode())
+    for fn in (s.random_style, s._wide, s._any_mix, s.pick):
+        h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:10]
 
 
@@ -305,8 +312,10 @@ def style_stats(args) -> dict:
             load0 = loadavg()
             sec = run_cli(["synth", out, "--n-train", args.speed_n, "--n-test", 0, "--style", st, "--workers", 2,
                            "--overwrite", "--no-progress"], with_tmp / "synth.log")
+            cpu = json.loads((out / "synth.json").read_text())["render_cpu_seconds"]  # the workers' render + PNG
             speed[st] = {"images": args.speed_n, "wall_s": round(sec, 1), "images_per_s": round(args.speed_n / sec, 1),
-                         "load_before": load0}
+                         "worker_cpu_ms_per_image": round(1000 * cpu / args.speed_n, 2),
+                         "s_per_4000_on_2_idle_cores": round(4000 * cpu / args.speed_n / 2, 1), "load_before": load0}
             print(st, speed[st], flush=True)
     return {"stats": per, "distance": dist, "pooled_sd": {k: round(v, 4) for k, v in pooled.items()},
             "synth_cli_2_workers": speed, "n_images": args.stats_n}
@@ -315,10 +324,123 @@ def style_stats(args) -> dict:
 def stats_markdown(s: dict) -> str:
     keys = ["nuclei", "nucleus_px", "nucleus_area", "cell_area", "nucleus_share", "background", "hf_energy", "green_p99", "saturated",
             "render_ms_cpu", "mean_distance", "nearest_distance"]
-    lines = ["| style | " + " | ".join(keys) + " | images/s (CLI, 2 workers) |", "|" + "---|" * (len(keys) + 2)]
+    lines = ["| style | " + " | ".join(keys) + " | CLI images/s (2 workers, wall) | CLI worker CPU ms/image | "
+             "s per 4,000 on 2 idle cores |", "|" + "---|" * (len(keys) + 4)]
     for st, v in s["stats"].items():
-        sp = s["synth_cli_2_workers"].get(st, {}).get("images_per_s", "")
-        lines.append(f"| {st} | " + " | ".join(f"{v[k]:g}" for k in keys) + f" | {sp} |")
+        sp = s["synth_cli_2_workers"].get(st, {})
+        lines.append(f"| {st} | " + " | ".join(f"{v[k]:.3g}" for k in keys) + " | " + " | ".join(
+            str(sp.get(k, "")) for k in ("images_per_s", "worker_cpu_ms_per_image", "s_per_4000_on_2_idle_cores")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- linear probe
+def _load_split(data: Path, split: str):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    csv = data / ("train.csv" if split == "train" else "test_labels.csv")
+    t = pd.read_csv(csv, dtype=str).fillna("")
+    y = np.zeros((len(t), 10), np.float32)
+    for i, lab in enumerate(t["Label"]):
+        y[i, [int(c) for c in lab.split()]] = 1
+    x = np.stack([np.asarray(Image.open(data / split / f"{iid}.png").convert("RGB")) for iid in t["Image"]])
+    return x, y
+
+
+def _features(x, batch: int = 64):
+    """Frozen ImageNet EfficientNet-Lite0 (offline weights): avg- and max-pooled feature maps of
+    the stride 8, 16 and 32 stages (max pooling of the finer ones keeps small structures)."""
+    import numpy as np
+    import torch
+
+    from protloc.models.network import ModelSpec, build_model
+
+    net = build_model(ModelSpec("tf_efficientnet_lite0"), pretrained="offline").eval()
+    mean = x.reshape(-1, 3).mean(0) / 255
+    std = x.reshape(-1, 3).std(0) / 255 + 1e-3
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            t = torch.from_numpy((x[i:i + batch] / 255 - mean) / std).float().permute(0, 3, 1, 2)
+            mids = net.backbone.forward_intermediates(t, indices=[2, 3, 4], intermediates_only=True)
+            out.append(torch.cat([f.mean((2, 3)) for f in mids] + [f.amax((2, 3)) for f in mids], 1).numpy())
+    return np.concatenate(out)
+
+
+def probe(args, work: Path, cores: int) -> dict:
+    """Learnability and domain shift, cheaply: a linear probe on frozen features per style.
+
+    For every style a logistic regression per class is fitted on its training features
+    (thresholds from 3-fold out-of-fold predictions) and scored on every style's test split:
+    the diagonal says each class carries learnable signal in each style, the off-diagonal how
+    much a probe trained on one style loses on another. A proxy, not a recipe measurement.
+    """
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.preprocessing import StandardScaler
+
+    from protloc.core.metrics import macro_f1
+    from protloc.synth.styles import STYLES
+
+    torch.set_num_threads(max(1, min(cores, 2)))
+    styles = [s for s in (args.test.split(",") if args.test else STYLES) if s]
+    n_train, n_test = args.n_train or 1200, args.n_test if args.n_test is not None else 400
+    fp = renderer_fingerprint()
+    feats = {}
+    for st in styles:
+        path = dataset_dir(work, st, n_train=n_train, n_test=n_test, size=args.size, label_noise=args.label_noise,
+                           difficulty=args.difficulty, seed=args.seed, fingerprint=fp)
+        ensure_dataset(path, st, n_train=n_train, n_test=n_test, size=args.size, label_noise=args.label_noise,
+                       difficulty=args.difficulty, seed=args.seed, workers=min(2, cores))
+        t0 = time.perf_counter()
+        feats[st] = {sp: (_features(x), y) for sp, (x, y) in
+                     ((sp, _load_split(path, sp)) for sp in ("train", "test"))}
+        print(f"features {st}: {time.perf_counter() - t0:.0f} s", flush=True)
+    from protloc.core.schema import GHENT10
+
+    res = {"styles": styles, "n_train": n_train, "n_test": n_test, "macro_f1": {}, "per_class_f1": {}}
+    for a in styles:
+        xa, ya = feats[a]["train"]
+        sc = StandardScaler().fit(xa)
+        xa = sc.transform(xa)
+        models, thr = [], np.full(10, 0.5)
+        for c in range(10):
+            lr = LogisticRegression(C=0.05, max_iter=300)
+            oof = cross_val_predict(lr, xa, ya[:, c], cv=3, method="predict_proba")[:, 1]
+            grid = np.linspace(0.05, 0.95, 19)
+            thr[c] = grid[int(np.argmax([macro_f1(ya[:, [c]], (oof >= g)[:, None], zero_division="zero")
+                                         for g in grid]))]
+            models.append(lr.fit(xa, ya[:, c]))
+        res["macro_f1"][a] = {}
+        for b in styles:
+            xb, yb = feats[b]["test"]
+            p = np.stack([m.predict_proba(sc.transform(xb))[:, 1] for m in models], 1)
+            pred = p >= thr
+            res["macro_f1"][a][b] = round(float(macro_f1(yb, pred, zero_division="zero")), 4)
+            if a == b:
+                res["per_class_f1"][a] = {GHENT10[c]: round(float(macro_f1(yb[:, [c]], pred[:, [c]],
+                                                                            zero_division="zero")), 4)
+                                          for c in range(10)}
+        print(f"probe trained on {a}: " + ", ".join(f"{b} {v:.3f}" for b, v in res["macro_f1"][a].items()), flush=True)
+    return res
+
+
+def probe_markdown(r: dict) -> str:
+    st = r["styles"]
+    lines = ["Linear probe (frozen ImageNet EfficientNet-Lite0 features + logistic regression per class), "
+             f"{r['n_train']} train / {r['n_test']} test images per style: test macro F1, rows = trained on, "
+             "columns = tested on.", "", "| trained on \\ tested on | " + " | ".join(st) + " |",
+             "|" + "---|" * (len(st) + 1)]
+    for a in st:
+        lines.append(f"| {a} | " + " | ".join(f"{r['macro_f1'][a][b]:.3f}" for b in st) + " |")
+    classes = list(next(iter(r["per_class_f1"].values())))
+    lines += ["", "Per class F1 when trained and tested on the same style:", "",
+              "| style | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for a in st:
+        lines.append(f"| {a} | " + " | ".join(f"{r['per_class_f1'][a][c]:.2f}" for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -351,6 +473,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--style-stats", action="store_true", help="measure how the styles differ, then stop")
     ap.add_argument("--stats-n", type=int, default=200, help="images per style for --style-stats")
     ap.add_argument("--speed-n", type=int, default=1000, help="images per style for the synth speed (0: skip)")
+    ap.add_argument("--probe", action="store_true", help="linear-probe learnability and shift matrix over "
+                    "the named styles (or --test a,b), 1200/400 images unless --n-train/--n-test, then stop")
     args = ap.parse_args(argv)
     command = "python benchmarks/bench_transfer.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     work = Path(args.work)
@@ -367,6 +491,18 @@ def main(argv=None) -> dict:
         write_text(out.with_suffix(".md"), stats_markdown(s))
         print(stats_markdown(s) + f"wrote {out} and {out.with_suffix('.md')}")
         return s
+
+    if args.probe:
+        load0 = loadavg()
+        r = probe(args, work, cores)
+        r.update({"command": command, "cores": cores, "load_at_start": load0, "load_at_end": loadavg()})
+        out = Path(args.out or RESULTS / "transfer_probe.json")
+        from protloc.core.atomic import write_json, write_text
+
+        write_json(out, r)
+        write_text(out.with_suffix(".md"), probe_markdown(r))
+        print(probe_markdown(r) + f"wrote {out} and {out.with_suffix('.md')}")
+        return r
 
     size_defaults = QUICK if args.quick else FULL
     n_train = args.n_train or size_defaults["n_train"]
