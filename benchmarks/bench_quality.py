@@ -61,8 +61,7 @@ def finish_training(preset: str, proc, t0: float, command: str, out: Path) -> di
 
 def test_scores(run: Path, data: Path, tta: str) -> dict:
     from protloc.reports.evaluate import evaluate_probs
-    from protloc.training.module import best_threshold_macro_f1
-    from protloc.core.metrics import macro_f1
+    from protloc.core.metrics import best_threshold_macro_f1, macro_f1
     from protloc.inference.predictor import Predictor
     from protloc.core.runfolder import RunFolder
     from protloc.data.table import load_table

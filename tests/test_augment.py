@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from protloc.training.augment import BatchAugment, d4, d4_inverse, random_affine, random_jitter
+from protloc.core.tta import d4_inverse
+from protloc.training.augment import BatchAugment, d4, random_affine, random_jitter
 from protloc.core.errors import InputError
 
 

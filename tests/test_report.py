@@ -12,8 +12,9 @@ import pytest
 
 from protloc.reports import report_plots
 from protloc.cli.main import main
-from protloc.reports.report import SECTIONS, build_report, from_oof, image_source, run_thresholds
-from protloc.core.runfolder import RunFolder
+from protloc.core.errors import RunFolderError
+from protloc.core.runfolder import DataSource, RunFolder
+from protloc.reports.report import SECTIONS, build_report, from_oof, training_images
 
 DATA_URI = "data:image/png;base64,"
 
@@ -55,7 +56,7 @@ def test_report_missing_thresholds_images_and_metrics_still_renders(run_copy, ca
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in html
     assert "no thresholds.json: 0.5 is used for every class" in html
-    assert "no images found: the run records no training image folder" in html
+    assert "no images found: the run records no training data (no data.json" in html
     assert "No training curves: metrics.csv is missing or empty." in html
     assert "No images available: galleries skipped" in html
     assert "No images available: Grad-CAM skipped" in html
@@ -88,40 +89,32 @@ def test_report_errors(run_copy, tiny_rgb, tmp_path, capsys):
     assert "ids.csv: expected a label column" in capsys.readouterr().err
 
 
-def test_image_source_reads_config_defensively(run_copy, tiny_rgb, tmp_path):
+def test_training_images_come_from_data_json(run_copy, tiny_rgb, tmp_path):
     _, images = tiny_rgb
-    run_copy = shutil.copytree(run_copy, tmp_path / "iso" / "run")  # no data/ folder next to it
     rf = RunFolder(run_copy)
-    pre = rf.preprocessing()
-    assert image_source(rf, pre)[0] is None
-    (run_copy / "config.yaml").write_text(f"data:\n  images: {images}\n")
-    assert image_source(rf, pre)[0] == images
-    (run_copy / "config.yaml").write_text(f"data: {images.parent}\n")
-    assert image_source(rf, pre)[0] == images
-    (run_copy / "config.yaml").write_text("images: /no/such/dir\n")
-    assert image_source(rf, pre) == (None, "the training images recorded in the run (/no/such/dir) were "
-                                           "not found")
-    assert image_source(rf, pre, ["nope"])[0] is None
-    (run_copy / "config.yaml").write_text(": : bad yaml [")
-    assert image_source(rf, pre)[0] is None
-    d = from_oof(rf)
-    assert d.read is None and d.probs.shape == (40, 10)
-    # the protloc demo layout: OUT/run next to OUT/data/train, found when it holds the oof ids
-    shutil.copytree(images, run_copy.parent / "data" / "train")
-    assert image_source(rf, pre, ["1000"])[0] == run_copy.parent / "data" / "train"
+    assert training_images(rf) == (None, "the run records no training data (no data.json: trained before "
+                                         "protloc recorded it)")
+    assert from_oof(rf).read is None
+    src = DataSource(images=str(tmp_path / "gone"), fmt="rgb", channels=("red", "green", "blue"),
+                     schema="ghent10", n_images=40)
+    (run_copy / "data.json").write_text(json.dumps(src.to_dict()))
+    assert training_images(rf) == (None, f"the training images recorded in the run ({tmp_path / 'gone'}) "
+                                         "were not found")
+    (run_copy / "data.json").write_text(json.dumps({**src.to_dict(), "images": str(images)}))
+    assert training_images(rf)[0] == images
     assert from_oof(rf).read("1000").shape == (32, 32, 3)
+    (run_copy / "data.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match=r"data.json: not valid JSON"):
+        from_oof(rf)
 
 
-def test_run_thresholds_mismatch_falls_back(run_copy):
-    rf = RunFolder(run_copy)
+def test_damaged_thresholds_stop_the_report(run_copy, capsys):
     (run_copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.2, 0.3]}))
-    thr, alo, note = run_thresholds(rf, rf.preprocessing().classes)
-    assert np.all(thr == 0.5) and not alo and "does not match this run's classes" in note
-    (run_copy / "thresholds.json").write_text("{not json")
-    assert "thresholds.json is not valid JSON; 0.5 used for every class" in run_thresholds(rf, ["a"] * 10)[2]
+    assert main(["report", str(run_copy)]) == 2
+    assert "thresholds.json: expected 10 thresholds (one per class), got 2" in capsys.readouterr().err
     (run_copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.2] * 10, "at_least_one": True}))
-    thr, alo, note = run_thresholds(rf, rf.preprocessing().classes)
-    assert np.all(thr == 0.2) and alo and note is None
+    rule = RunFolder(run_copy).thresholds()
+    assert np.all(rule.values == 0.2) and rule.at_least_one and rule.source == "thresholds.json"
 
 
 def test_doctests():

@@ -159,11 +159,11 @@ def test_cli_thresholds_writes_json(fake_run, tmp_path, capsys):
     rc = main(["thresholds", str(fake_run), "--method", "f1", "--n-bootstrap", "20", "--at-least-one"])
     out = capsys.readouterr().out
     assert rc == 0 and "macro F1" in out and "Mitoch" in out
-    d = RunFolder(fake_run).thresholds()
-    assert len(d["thresholds"]) == 10 and d["at_least_one"] is True and d["method"] == "f1"
-    assert d["macro_f1_after"] >= d["macro_f1_before"]
+    rule = RunFolder(fake_run).thresholds()
+    assert rule.values.shape == (10,) and rule.at_least_one is True and rule.method == "f1"
+    assert rule.optimizer.macro_f1_after_ >= rule.optimizer.macro_f1_before_
     assert main(["thresholds", str(fake_run), "--method", "global", "--n-bootstrap", "5"]) == 0
-    assert len(set(RunFolder(fake_run).thresholds()["thresholds"])) == 1
+    assert len(set(RunFolder(fake_run).thresholds().values)) == 1
     assert main(["thresholds", str(fake_run), "--fallback", "mean"]) == 2
     assert "--fallback: expected auto, global, median or a number in [0, 1], got 'mean'" in capsys.readouterr().err
 

@@ -84,7 +84,7 @@ def test_predict_one_matches_predictor(client, predictor):
     (res,) = body["results"]
     assert res["name"] == "cell_1.png" and res["image"] == "cell_1"
     probs = np.array([res["probabilities"][c] for c in body["classes"]])
-    want = predictor.predict_array(predictor.preprocessing.check_array(img)[None])[0]
+    want = predictor.predict_array(predictor.preprocessing.prepare(img)[None])[0]
     np.testing.assert_allclose(probs, want, atol=1e-4)
     ids = [lab["id"] for lab in res["labels"]]
     assert ids == predictor.labels_from_probs(want[None])[0][0]
@@ -258,7 +258,10 @@ def test_model_card_of_trained_run(trained_run):
 def live_server(fake_run, predictor):
     from helpers import start_server
 
-    server, t, url = start_server(create_app(fake_run, predictor=predictor), timeout_keep_alive=5)
+    from protloc.web.guard import guarded_protocol
+
+    server, t, url = start_server(create_app(fake_run, predictor=predictor), timeout_keep_alive=5,
+                                  http=guarded_protocol())  # as `protloc serve` runs it
     yield url
     server.should_exit = True
     t.join(timeout=10)

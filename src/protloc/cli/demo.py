@@ -46,6 +46,7 @@ def _run(argv: list[str], log: list[str]) -> None:
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:
     """Run the whole pipeline into ``out``; return a summary dict (also saved as demo.json)."""
     from protloc.core.atomic import write_json
+    from protloc.core.runfolder import RunFolder
 
     plan = QUICK if quick else FULL
     out = Path(out)
@@ -70,18 +71,19 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: in
     _run(["thresholds", str(run), "--method", "f1"], log)
     _run(["predict", str(run), "--images", str(data / "test"), "--csv", str(data / "test.csv"),
           "--out", str(sub), "--probs", str(probs), "--tta", plan.tta], log)
-    _run(["score", "--truth", str(data / "test_labels.csv"), "--pred", str(sub)], log)
-    from protloc.reports.evaluate import score_files
-
-    f1 = score_files(data / "test_labels.csv", sub)["macro_f1"]
-    _run(["report", str(run), "--out", str(run / "report.html")], log)
+    scores = out / "test_scores.json"
+    _run(["score", "--truth", str(data / "test_labels.csv"), "--pred", str(sub), "--json", str(scores)], log)
+    f1 = json.loads(scores.read_text())["macro_f1"]
+    report = RunFolder(run).report_html
+    _run(["report", str(run), "--out", str(report)], log)
     summary = {
         "test_macro_f1": round(f1, 4),
         "reference_notebook_val_macro_f1": 0.37,
         "minutes": round((time.time() - t0) / 60, 2),
         "plan": plan.__dict__,
         "outputs": {"data": str(data), "run": str(run), "submission": str(sub), "probabilities": str(probs),
-                    "report": str(run / "report.html"), "explore": str(out / "explore.html")},
+                    "report": str(report), "explore": str(out / "explore.html"),
+                    "scores": str(scores)},
         "commands": log,
     }
     write_json(out / "demo.json", summary)

@@ -62,13 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"protloc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"protloc.cli.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"protloc.cli.commands.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"protloc.cli.commands.{name}").register(sub)
     return parser
 
 

@@ -15,19 +15,66 @@ Presets
              threshold 0.5. The notebook used InceptionResNetV2, whose weights are not available
              offline; this preset uses the offline EfficientNet-Lite0 weights instead.
 ``fast``     a quick smoke/demo recipe (small images, few epochs).
+
+Options
+-------
+Every option is written once, as a field below: its ``metadata`` holds the help text, the
+allowed ``choices``, the numeric ``bounds`` and the help ``group``. ``protloc train`` builds
+its flags from it (``--batch-size`` for ``batch_size``, ``--x/--no-x`` for booleans) and
+:meth:`TrainConfig.validate` checks choices and bounds from it. Checks that need the training
+engine (the loss and augmentation specs, the timm model name) live in
+``protloc.training.check_recipe``, so this module imports nothing heavier than PyYAML.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import typing
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
+
+__all__ = ["TrainConfig", "PRESETS", "flag_name", "field_type"]
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "seed": dict(
+        note="reference notebook recipe; InceptionResNetV2 weights are not available offline, so the "
+             "frozen backbone is EfficientNet-Lite0 with offline ImageNet weights",
+        model="tf_efficientnet_lite0", pretrained="offline", hidden=512, dropout=0.0, pool="avg",
+        loss="softf1", optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
+        warmup_epochs=0.0, freeze_epochs=-1, freeze_blocks=0, augment="d4", epochs=30, threshold=0.5, size=128,
+        backbone_lr_mult=1.0),
+    "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5, freeze_blocks=2),
+}
+
+
+def _option(group: str):
+    """A field factory for one help group: ``opt(default, help, choices=, ge=, gt=, le=, lt=)``."""
+
+    def opt(default, help: str, *, choices=None, expected: str | None = None, fix: str | None = None,
+            **bounds) -> Field:
+        meta = {"help": help, "group": group}
+        if choices is not None:
+            meta["choices"] = tuple(choices)
+        if bounds:
+            assert set(bounds) <= {"ge", "gt", "le", "lt"}, bounds
+            meta["bounds"] = bounds
+        if expected is not None:
+            meta["expected"], meta["fix"] = expected, fix
+        return field(default=default, metadata=meta)
+
+    return opt
+
+
+_recipe, _model, _optim = _option("recipe"), _option("model"), _option("optimisation")
+_eval, _cv, _engine = _option("evaluation"), _option("cross-validation"), _option("hardware / engine")
+_run = _option("run")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of ``protloc train``.
+    """Every knob of ``protloc train`` (one field per ``--flag``; see the module docstring).
 
     Examples
     --------
@@ -38,78 +85,80 @@ class TrainConfig:
     0.0003
     """
 
-    preset: str = "default"
-    note: str = ""
+    preset: str = _recipe("default", "recipe the other options start from: default (measured best), seed "
+                          "(reference notebook), fast (smoke test / demo)", choices=PRESETS)
+    note: str = _recipe("", "free text kept in config.yaml (what this run is for)")
     # model
-    model: str = "tf_efficientnet_lite0"
-    pretrained: str = "auto"
-    pool: str = "avg"
-    dropout: float = 0.2
-    hidden: int = 0
-    drop_path: float = 0.0
-    size: int = 96
+    model: str = _model("tf_efficientnet_lite0", "any timm model name (tf_efficientnet_lite0 has offline "
+                        "ImageNet weights)")
+    pretrained: str = _model("auto", "none | auto | offline | hub | PATH to a weights file")
+    pool: str = _model("avg", "global pooling of the backbone features", choices=("avg", "max", "avgmax", "catavgmax"))
+    dropout: float = _model(0.2, "head dropout", ge=0, lt=1)
+    hidden: int = _model(0, "hidden units of the head (0 = linear head)", ge=0)
+    drop_path: float = _model(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)", ge=0, lt=1)
+    size: int = _model(96, "image side in pixels the model sees", ge=1)
     # optimisation
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-3
-    backbone_lr_mult: float = 0.5
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"        # adamw | adam | sgd
-    schedule: str = "cosine"        # cosine (warmup + cosine) | onecycle | constant
-    warmup_epochs: float = 1.0
-    freeze_epochs: int = 0          # head only for N epochs; -1 = backbone frozen throughout
-    freeze_blocks: int = 3          # stem + first N backbone stages frozen throughout (CPU speed)
-    accumulate: int = 1
-    ema: float = 0.0                # EMA decay (0 = off), e.g. 0.998
-    loss: str = "bce+0.5*softf1"    # bce | focal | asl | softf1 | weighted sums (default: measured best)
-    pos_weight: str = "none"        # none | auto (neg/pos per class, clipped to [1, 10])
-    focal_gamma: float = 2.0
-    sampler: str = "random"         # random | balanced
-    augment: str = "d4,rotate,crop,jitter"   # comma list or none
+    epochs: int = _optim(12, "maximum epochs per fold", ge=1)
+    batch_size: int = _optim(32, "images per batch and process", ge=1)
+    lr: float = _optim(2e-3, "peak learning rate of the head (backbone: lr * --backbone-lr-mult)", gt=0)
+    backbone_lr_mult: float = _optim(0.5, "backbone learning-rate factor", ge=0)
+    weight_decay: float = _optim(1e-4, "weight decay (not on biases and norm weights)", ge=0)
+    optimizer: str = _optim("adamw", "optimizer (sgd: momentum 0.9, Nesterov)", choices=("adamw", "adam", "sgd"))
+    schedule: str = _optim("cosine", "learning-rate schedule: cosine = linear warmup then cosine to 1%",
+                           choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = _optim(1.0, "linear warmup length (cosine schedule)", ge=0)
+    freeze_epochs: int = _optim(0, "train the head only for N epochs (-1: backbone frozen throughout)", ge=-1)
+    freeze_blocks: int = _optim(3, "keep the stem + first N backbone stages frozen throughout (0 = none; "
+                                "CPU speed)", ge=0)
+    accumulate: int = _optim(1, "gradient accumulation steps", ge=1)
+    ema: float = _optim(0.0, "EMA decay of the weights (0 = off), e.g. 0.998", ge=0, lt=1)
+    loss: str = _optim("bce+0.5*softf1", "bce | focal | asl | softf1 or a weighted sum like bce+0.5*softf1")
+    pos_weight: str = _optim("none", "per-class positive weight of BCE/focal (auto: neg/pos, clipped to [1, 10])",
+                             choices=("none", "auto"))
+    focal_gamma: float = _optim(2.0, "focusing exponent of the focal loss (0 = BCE)", ge=0)
+    sampler: str = _optim("random", "batch sampling (balanced: class-balanced)", choices=("random", "balanced"))
+    augment: str = _optim("d4,rotate,crop,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
     # evaluation / selection
-    monitor: str = "val_macro_f1"   # val_macro_f1 | val_macro_f1_best | val_mAP | val_loss
-    patience: int = 0               # early stopping patience in epochs (0 = off)
-    threshold: float = 0.5
+    monitor: str = _eval("val_macro_f1", "checkpoint/early-stop metric (val_macro_f1 at --threshold, "
+                         "val_macro_f1_best at each class's best threshold)",
+                         choices=("val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1", "val_loss"))
+    patience: int = _eval(0, "early stopping patience in epochs (0 = off)", ge=0)
+    threshold: float = _eval(0.5, "threshold of the monitored macro F1", ge=0, le=1)
     # cross-validation
-    folds: int = 1                  # 1 = holdout (val_fraction) stored as fold 0
-    fold: int | None = None         # train only this fold
-    val_fraction: float = 0.2
-    near_dup: bool = True           # keep near-duplicate images in one fold (protloc.data.split)
-    seed: int = 42
+    folds: int = _cv(1, "K-fold cross-validation (1 = one holdout of --val-fraction, stored as fold 0)", ge=1,
+                     expected="1 (holdout) or K >= 2", fix="e.g. --folds 5")
+    fold: int | None = _cv(None, "train only fold k of --folds K (merge later with --merge)")
+    val_fraction: float = _cv(0.2, "holdout fraction when --folds 1", gt=0, lt=1,
+                              expected="a fraction between 0 and 1", fix="e.g. --val-fraction 0.2")
+    near_dup: bool = _cv(True, "keep near-duplicate images in one fold (protloc.data.split)")
+    seed: int = _cv(42, "random seed (folds, shuffling, augmentation)")
     # hardware / engine
-    accelerator: str = "auto"
-    devices: str = "1"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"         # auto = bf16-mixed on CUDA, 32-true on CPU
-    compile: bool = False
-    channels_last: bool = True
-    threads: int = 0                # torch CPU threads (0 = cores / processes)
-    workers: int = 0                # DataLoader workers (memmapped uint8 data needs none)
-    max_minutes: float = 0.0        # 0 = no time budget
-    skip_bad: bool = False
+    accelerator: str = _engine("auto", "auto | cpu | gpu (Lightning accelerators)")
+    devices: str = _engine("1", "number of devices/processes, e.g. 1, 2, auto or 0,1")
+    strategy: str = _engine("auto", "auto | ddp | ddp_spawn | fsdp ... (Lightning strategies)")
+    num_nodes: int = _engine(1, "machines for multi-node DDP", ge=1)
+    precision: str = _engine("auto", "auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed")
+    compile: bool = _engine(False, "torch.compile the model")
+    channels_last: bool = _engine(True, "channels-last memory layout on CUDA")
+    threads: int = _engine(0, "torch CPU threads per process (0 = cores / processes)", ge=0)
+    workers: int = _engine(0, "decode workers and DataLoader workers (memmapped uint8 data needs none)", ge=0)
+    max_minutes: float = _engine(0.0, "time budget: stop cleanly at an epoch boundary, keep the best (0 = none)",
+                                 ge=0)
+    skip_bad: bool = _run(False, "leave unreadable images out of training (reported) instead of refusing")
 
     # ---------------------------------------------------------------------------------------
-    @classmethod
-    def preset(cls, name: str) -> "TrainConfig":
-        if name not in PRESETS:
-            raise InputError(fmt_problem("--preset", expected=" | ".join(PRESETS), got=repr(name),
-                                         fix="pick one of the presets"))
-        return replace(cls(), preset=name, **PRESETS[name])
+    # ``TrainConfig.preset(name)`` (a classmethod, attached below the class) builds a preset;
+    # ``cfg.preset`` on an instance is the field.
 
     def override(self, **kw) -> "TrainConfig":
         """A copy with ``kw`` applied (``None`` values ignored); unknown keys are an error."""
         names = {f.name for f in fields(self)}
         bad = [k for k in kw if k not in names]
         if bad:
-            raise InputError(fmt_problem("training config", expected=f"keys from {sorted(names)}",
-                                         got=", ".join(bad), fix="remove or rename those keys"))
-        out = {}
-        for k, v in kw.items():
-            if v is None:
-                continue
-            out[k] = _coerce(k, v, type(getattr(self, k)) if getattr(self, k) is not None else int)
-        return replace(self, **out)
+            raise InputError("training config", expected=f"keys from {sorted(names)}",
+                             got=", ".join(bad), fix="remove or rename those keys")
+        types = _field_types()
+        return replace(self, **{k: _coerce(k, v, types[k]) for k, v in kw.items() if v is not None})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,14 +179,14 @@ class TrainConfig:
 
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"{path}: config file not found. Fix: check the --config path")
+            raise InputError(f"{path}: config file not found", fix="check the --config path")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise InputError(f"{path}: not valid YAML ({e}). Fix: correct the file") from None
+            raise InputError(f"{path}: not valid YAML ({e})", fix="correct the file") from None
         if not isinstance(data, dict):
-            raise InputError(fmt_problem(str(path), expected="a YAML mapping of config keys",
-                                         got=type(data).__name__, fix="write key: value lines"))
+            raise InputError(str(path), expected="a YAML mapping of config keys",
+                             got=type(data).__name__, fix="write key: value lines")
         return data
 
     @classmethod
@@ -149,7 +198,7 @@ class TrainConfig:
         return cfg.override(**data).override(**flags).validate()
 
     def validate(self) -> "TrainConfig":
-        """Raise InputError for option values outside their choices.
+        """Raise InputError for a value outside its field's choices or bounds, or a fold out of range.
 
         Examples
         --------
@@ -157,43 +206,100 @@ class TrainConfig:
         Traceback (most recent call last):
         ...
         protloc.core.errors.InputError: --schedule: expected cosine, onecycle or constant, got 'cosin'. Fix: pick one of those.
+        >>> TrainConfig(lr=0).validate()
+        Traceback (most recent call last):
+        ...
+        protloc.core.errors.InputError: --lr: expected a number > 0, got 0. Fix: pass a value > 0.
         """
-        for key, choices in CHOICES.items():
-            v = getattr(self, key)
-            if v not in choices:
-                raise InputError(fmt_problem(f"--{key.replace('_', '-')}", expected=", ".join(choices[:-1])
-                                             + f" or {choices[-1]}", got=repr(v), fix="pick one of those"))
-        for key in ("epochs", "batch_size", "size", "accumulate"):
-            if getattr(self, key) < 1:
-                raise InputError(fmt_problem(f"--{key.replace('_', '-')}", expected="a positive integer",
-                                             got=str(getattr(self, key)), fix="pass a value >= 1"))
-        from protloc.training.augment import BatchAugment
-        from protloc.training.losses import parse_loss_spec
-
-        parse_loss_spec(self.loss)
-        BatchAugment(self.augment)
-        import timm
-
-        if not timm.is_model(self.model):
-            import difflib
-
-            close = ", ".join(difflib.get_close_matches(self.model, timm.list_models(), n=4)) or "see timm.list_models()"
-            raise InputError(fmt_problem("--model", expected="a timm model name", got=repr(self.model),
-                                         fix=f"pick a timm model (similar: {close})"))
-        if not 0 < self.val_fraction < 1:
-            raise InputError(fmt_problem("--val-fraction", expected="a fraction between 0 and 1",
-                                         got=str(self.val_fraction), fix="e.g. --val-fraction 0.2"))
+        types = _field_types()
+        for f in fields(self):
+            _check_value(f, getattr(self, f.name), types[f.name])
+        n_val_folds = 1 if self.folds == 1 else self.folds
+        if self.fold is not None and not 0 <= self.fold < n_val_folds:
+            raise InputError("--fold", expected=f"0 to {n_val_folds - 1}", got=str(self.fold),
+                             fix=f"pick a fold of --folds {self.folds}")
         return self
 
 
-CHOICES = {
-    "optimizer": ("adamw", "adam", "sgd"),
-    "schedule": ("cosine", "onecycle", "constant"),
-    "pool": ("avg", "max", "avgmax", "catavgmax"),
-    "sampler": ("random", "balanced"),
-    "pos_weight": ("none", "auto"),
-    "monitor": ("val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1", "val_loss"),
-}
+def _preset(cls, name: str) -> TrainConfig:
+    """The config of the named preset (``TrainConfig.preset("seed")``)."""
+    if name not in PRESETS:
+        raise InputError("--preset", expected=" | ".join(PRESETS), got=repr(name),
+                         fix="pick one of the presets")
+    return replace(cls(), preset=name, **PRESETS[name])
+
+
+# Attached after @dataclass has read the field's default "default": a classmethod defined in the
+# class body would replace that default (``TrainConfig().preset`` was a bound method).
+TrainConfig.preset = classmethod(_preset)
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field.
+
+    Examples
+    --------
+    >>> flag_name("batch_size")
+    '--batch-size'
+    """
+    return "--" + name.replace("_", "-")
+
+
+def field_type(f: Field) -> type:
+    """The value type of a config field (``int | None`` -> ``int``)."""
+    return _field_types()[f.name]
+
+
+def _field_types() -> dict[str, type]:
+    global _TYPES
+    if _TYPES is None:
+        hints = typing.get_type_hints(TrainConfig)
+        _TYPES = {k: next(a for a in typing.get_args(t) if a is not type(None)) if typing.get_args(t) else t
+                  for k, t in hints.items()}
+    return _TYPES
+
+
+_TYPES: dict | None = None
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
+             "lt": lambda v, b: v < b}
+
+
+def _bounds_text(b: dict) -> str:
+    """``{'ge': 0, 'lt': 1}`` -> ``'in [0, 1)'``; one bound -> ``'>= 0'``."""
+    lo = [(k, v) for k, v in b.items() if k in ("ge", "gt")]
+    hi = [(k, v) for k, v in b.items() if k in ("le", "lt")]
+    if lo and hi:
+        (lk, lv), (hk, hv) = lo[0], hi[0]
+        return f"in {'[' if lk == 'ge' else '('}{lv}, {hv}{']' if hk == 'le' else ')'}"
+    k, v = (lo or hi)[0]
+    return f"{_BOUND_TEXT[k]} {v}"
+
+
+def _check_value(f: Field, v, typ: type) -> None:
+    meta, flag = f.metadata, flag_name(f.name)
+    if v is None and f.default is None:
+        return
+    numeric = typ in (int, float)
+    if numeric and (isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not isinstance(v, int))):
+        raise InputError(flag, expected=f"a{'n integer' if typ is int else ' number'}", got=repr(v),
+                         fix=f"give {f.name} a {typ.__name__} value")
+    choices = meta.get("choices")
+    if choices and v not in choices:
+        choices = list(choices)
+        raise InputError(flag, expected=", ".join(choices[:-1]) + f" or {choices[-1]}", got=repr(v),
+                         fix="pick one of those")
+    b = meta.get("bounds")
+    if b and not all(_BOUND_OK[k](v, limit) for k, limit in b.items()):
+        cond = _bounds_text(b)
+        if "expected" in meta:
+            expected, fix = meta["expected"], meta["fix"]
+        elif typ is int:
+            expected = "a positive integer" if b == {"ge": 1} else f"an integer {cond}"
+            fix = f"pass a value {cond}"
+        else:
+            expected, fix = f"a number {cond}", f"pass a value {cond}"
+        raise InputError(flag, expected=expected, got=str(v), fix=fix)
 
 
 def _coerce(key, v, typ):
@@ -204,18 +310,5 @@ def _coerce(key, v, typ):
             return str(v)
         return typ(v)
     except (TypeError, ValueError):
-        raise InputError(fmt_problem(f"config {key}", expected=typ.__name__, got=repr(v),
-                                     fix=f"give {key} a {typ.__name__} value")) from None
-
-
-PRESETS: dict[str, dict] = {
-    "default": {},
-    "seed": dict(
-        note="reference notebook recipe; InceptionResNetV2 weights are not available offline, so the "
-             "frozen backbone is EfficientNet-Lite0 with offline ImageNet weights",
-        model="tf_efficientnet_lite0", pretrained="offline", hidden=512, dropout=0.0, pool="avg",
-        loss="softf1", optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="constant",
-        warmup_epochs=0.0, freeze_epochs=-1, freeze_blocks=0, augment="d4", epochs=30, threshold=0.5, size=128,
-        backbone_lr_mult=1.0),
-    "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5, freeze_blocks=2),
-}
+        raise InputError(f"config {key}", expected=typ.__name__, got=repr(v),
+                         fix=f"give {key} a {typ.__name__} value") from None

@@ -3,11 +3,17 @@
 Classes with no positives in the truth are handled explicitly: their F1 is undefined, they are
 listed in ``empty_classes`` and left out of the macro average (``zero_division='skip'``), or
 counted as 0 or 1 when asked, so a report never hides them.
+
+:func:`epoch_metrics` is the set of validation numbers training logs per epoch (and writes to a
+run's summary); its best-threshold macro F1 uses the exact per-class threshold search of
+:mod:`protloc.core.threshold_search`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from protloc.core.threshold_search import best_f1_thresholds
 
 
 def _counts(y_true: np.ndarray, y_pred: np.ndarray):
@@ -114,3 +120,45 @@ def classification_summary(y_true, y_pred, probs=None, *, classes=None) -> dict:
             for c in range(y_true.shape[1])
         ],
     }
+
+
+def best_threshold_macro_f1(y_true, probs) -> tuple[float, np.ndarray]:
+    """Macro F1 with each class at its own best threshold, and those thresholds.
+
+    Optimistic (the thresholds are tuned on the data they are scored on); exact: every distinct
+    cut point is tried (:func:`protloc.core.threshold_search.best_f1_thresholds`). Classes
+    without positives are left out of the mean (their threshold predicts nothing).
+
+    Examples
+    --------
+    >>> f1, t = best_threshold_macro_f1([[1, 0], [0, 1]], [[0.3, 0.1], [0.1, 0.9]])
+    >>> f1, t.round(2).tolist()
+    (1.0, [0.2, 0.5])
+    """
+    y = np.asarray(y_true).astype(bool)
+    thr, f1 = best_f1_thresholds(np.asarray(probs, np.float64), y)
+    has = y.any(0)
+    return (float(f1[has].mean()) if has.any() else 0.0), thr
+
+
+def epoch_metrics(y_true, probs, *, threshold: float = 0.5) -> dict:
+    """The validation numbers of one epoch, from all probabilities at once.
+
+    Keys: ``val_macro_f1`` (at ``threshold``), ``val_macro_f1_best`` (each class at its best
+    threshold), ``val_micro_f1``, ``val_mAP``, ``val_f1_<class id>`` and ``val_empty_classes``.
+
+    Examples
+    --------
+    >>> m = epoch_metrics(np.array([[1, 0], [0, 1]]), np.array([[0.7, 0.2], [0.4, 0.45]]))
+    >>> m["val_macro_f1"], m["val_macro_f1_best"], m["val_empty_classes"]
+    (0.5, 1.0, [])
+    """
+    probs = np.asarray(probs)
+    s = classification_summary(y_true, probs >= threshold, probs)
+    best, _ = best_threshold_macro_f1(y_true, probs)
+    out = {"val_macro_f1": s["macro_f1"], "val_macro_f1_best": best, "val_micro_f1": s["micro_f1"],
+           "val_mAP": s["mAP"] if s["mAP"] is not None else 0.0}
+    for pc in s["per_class"]:
+        out[f"val_f1_{pc['id']}"] = pc["f1"] if pc["f1"] is not None else float("nan")
+    out["val_empty_classes"] = empty_classes(y_true)
+    return out

@@ -1,49 +1,251 @@
 """The run folder: the one artifact from which predict, evaluate, explain, report, CLI and web
-rebuild everything.
+rebuild everything. :class:`RunFolder` is its contract: one typed reader (and writer) per file,
+so every command reads each fact the same way and a damaged file is one clear
+:class:`~protloc.core.errors.RunFolderError` naming the file and the fix.
 
 Layout::
 
     RUN/
-      config.yaml            fully resolved training config
-      schema.json            label schema (ordered class names)
-      preprocessing.json     format, channels, size, mean/std, schema
-      model.json             ModelSpec (timm backbone, in_chans, head)
+      config.yaml            fully resolved training config          config() -> TrainConfig
+      preprocessing.json     format, typed channels, size, mean/std,  preprocessing() -> Preprocessing
+                             label schema
+      schema.json            the label schema alone (for --schema     schema() (checked against
+                             RUN/schema.json in other commands)        preprocessing.json)
+      model.json             ModelSpec (timm backbone, in_chans, head) model_spec() -> ModelSpec
+      data.json              where the training data came from         data_source() -> DataSource
+                             (CSV, images, format, channels, columns,  (None for runs made before
+                             schema, number of images)                 it was recorded)
       splits.csv             Image,fold (validation fold of each training image)
-      checkpoints/fold{k}/   Lightning checkpoints: best.ckpt, last.ckpt (for --resume)
-      models/fold{k}.pt      best weights of fold k (what predict loads; ensembled)
-      folds/fold{k}/         per-fold oof.csv, metrics.csv, summary.json (merged into the files
-                             below; folds trained on other machines are merged with --merge)
+      checkpoints/fold{k}/   Lightning checkpoints: best.ckpt, last.ckpt  ckpt_dir(k)
+      models/fold{k}.pt      best weights of fold k (ensembled)        folds(), model_path(k)
+      folds/fold{k}/         per-fold oof.csv, metrics.csv,            fold_dir(k), fold_results()
+                             summary.json (merged into the files below; folds trained on other
+                             machines are merged with --merge)
       metrics.csv            per-epoch metrics of every fold (fold column)
-      oof.csv                out-of-fold probabilities: Image, fold, Label (truth), <class names...>
-      summary.json           final validation metrics per fold and overall OOF
-      thresholds.json        per-class thresholds + diagnostics (protloc thresholds)
-      evaluation.json        last `protloc evaluate` result (optional)
-      model.onnx(.json)      ONNX export + its preprocessing (protloc export, optional)
+      oof.csv                out-of-fold probabilities: Image, fold,   oof() -> OOF
+                             Label (truth), <class names...>
+      summary.json           final validation metrics per fold and     summary() -> RunSummary | None
+                             overall OOF
+      thresholds.json        per-class thresholds + diagnostics        thresholds() -> RunThresholds
+                             (protloc thresholds; absent: 0.5 for every class, said so)
+      evaluation.json        last `protloc evaluate` result (optional) evaluation_json
+      model.onnx(.json)      ONNX export + its preprocessing           onnx_path, onnx_meta_path
+                             (protloc export, optional)
       train.log              log
-      report.html            evaluation report (protloc report)
+      report.html            evaluation report (protloc report)        report_html
+
+Policies: a missing optional file has a documented meaning (no thresholds.json: 0.5 for every
+class; no data.json: the training data is unknown; no summary.json: no summary); a file that is
+present but unreadable, of the wrong shape or inconsistent with the run is a RunFolderError.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from protloc.core.errors import RunFolderError
+from protloc.core.errors import InputError, RunFolderError, fmt_problem
 from protloc.core.preprocessing import Preprocessing
 
+__all__ = ["RunFolder", "RunThresholds", "DataSource", "RunSummary", "OOF", "parse_folds",
+           "onnx_meta_path"]
 
-@dataclass(frozen=True)
-class RunFolder:
-    """Paths and loaders of one run folder.
+_FOLD = re.compile(r"fold(\d+)")
+
+
+def parse_folds(value, *, flag: str = "--folds") -> list[int] | None:
+    """Fold numbers from None/'all' (None: every fold), an int, ``"0,2"`` or a list.
 
     Examples
     --------
-    >>> RunFolder("runs/r1").oof_csv.name
-    'oof.csv'
+    >>> parse_folds("0, 2"), parse_folds(1), parse_folds("all")
+    ([0, 2], [1], None)
+    >>> parse_folds("x")
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: --folds: expected comma-separated fold numbers, got 'x'. Fix: e.g. --folds 0,1.
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "all")):
+        return None
+    items = value.split(",") if isinstance(value, str) else ([value] if np.isscalar(value) else list(value))
+    try:
+        out = [int(str(v).strip()) for v in items if str(v).strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 0:
+        raise InputError(fmt_problem(flag, expected="comma-separated fold numbers", got=repr(value),
+                                     fix=f"e.g. {flag} 0,1"))
+    return out
+
+
+def onnx_meta_path(onnx_path) -> Path:
+    """The sidecar of an ONNX export: ``model.onnx`` -> ``model.onnx.json``.
+
+    Examples
+    --------
+    >>> onnx_meta_path("runs/r1/model.onnx").name
+    'model.onnx.json'
+    """
+    p = Path(onnx_path)
+    return p.with_name(p.name + ".json")
+
+
+# --------------------------------------------------------------------------------------------
+# typed contents
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RunThresholds:
+    """The decision rule of a run: per-class thresholds and the at-least-one rule.
+
+    Attributes
+    ----------
+    values : ndarray (C,) float64 in [0, 1]
+    at_least_one : bool      an image with no class above threshold gets its most probable class
+    method : str or None     the fitting method (None: no thresholds.json)
+    source : str             ``'thresholds.json'`` or ``'default 0.5'`` (no thresholds.json)
+    optimizer : ThresholdOptimizer or None   the fitted optimizer with its per-class diagnostics
+
+    Examples
+    --------
+    >>> t = RunThresholds.default(3)
+    >>> t.source, t.apply(np.array([[0.2, 0.7, 0.1], [0.1, 0.2, 0.3]]), at_least_one=True).tolist()
+    ('default 0.5', [[0, 1, 0], [0, 0, 1]])
+    """
+
+    values: np.ndarray
+    at_least_one: bool = False
+    method: str | None = None
+    source: str = "default 0.5"
+    optimizer: object = None
+
+    @classmethod
+    def default(cls, n_classes: int) -> "RunThresholds":
+        return cls(values=np.full(n_classes, 0.5))
+
+    @property
+    def fitted(self) -> bool:
+        return self.optimizer is not None
+
+    def per_class(self) -> list[dict]:
+        """The diagnostics rows of ``protloc thresholds`` (empty for the 0.5 default)."""
+        return self.optimizer.per_class() if self.optimizer is not None else []
+
+    def apply(self, probs, *, at_least_one: bool | None = None) -> np.ndarray:
+        """Labels (N, C) uint8 from probabilities: the rule predict, evaluate and report share."""
+        from protloc.core.thresholds import apply_thresholds
+
+        alo = self.at_least_one if at_least_one is None else bool(at_least_one)
+        return apply_thresholds(probs, self.values, at_least_one=alo)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's training data came from (``RUN/data.json``, written by ``protloc train``).
+
+    Examples
+    --------
+    >>> d = DataSource(images="/data/train", fmt="tiff", channels=(0, 2), schema="ghent10", n_images=40)
+    >>> DataSource.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    True
+    """
+
+    images: str
+    fmt: str
+    channels: tuple
+    schema: str
+    n_images: int
+    csv: str | None = None
+    id_col: str | None = None
+    label_col: str | None = None
+    from_schema: str | None = None
+
+    @classmethod
+    def from_table(cls, table, *, id_col: str | None = None, label_col: str | None = None,
+                   from_schema: str | None = None) -> "DataSource":
+        """The data source of a :class:`~protloc.data.table.DataTable` (absolute paths)."""
+        from protloc.core.preprocessing import typed_channels
+
+        return cls(images=str(Path(table.images).resolve()), fmt=table.fmt,
+                   channels=typed_channels(table.fmt, table.channels), schema=table.schema.name,
+                   n_images=len(table), csv=str(Path(table.csv_path).resolve()) if table.csv_path else None,
+                   id_col=id_col, label_col=label_col, from_schema=from_schema)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSource":
+        from protloc.core.preprocessing import typed_channels
+
+        return cls(images=str(d["images"]), fmt=str(d["fmt"]),
+                   channels=typed_channels(str(d["fmt"]), d["channels"]), schema=str(d["schema"]),
+                   n_images=int(d["n_images"]), csv=d.get("csv"), id_col=d.get("id_col"),
+                   label_col=d.get("label_col"), from_schema=d.get("from_schema"))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """``RUN/summary.json``: the merged validation results (written by ``protloc train``).
+
+    Unset fields are None (runs may predate a field). ``fold_summaries`` holds each fold's
+    summary (``n_train``, ``n_val``, ``best_epoch``...).
+    """
+
+    val_macro_f1: float | None = None
+    val_macro_f1_best: float | None = None
+    val_mAP: float | None = None
+    val_micro_f1: float | None = None
+    threshold: float | None = None
+    monitor: str | None = None
+    n_folds: int | None = None
+    folds_done: list = field(default_factory=list)
+    oof_images: int | None = None
+    empty_classes: list = field(default_factory=list)
+    fit_seconds: float | None = None
+    wall_seconds: float | None = None
+    fold_summaries: list = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSummary":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if d.get(f.name) is not None})
+
+    @property
+    def n_train(self) -> list[int]:
+        """Training images of each finished fold."""
+        return [int(f["n_train"]) for f in self.fold_summaries if isinstance(f, dict) and f.get("n_train")]
+
+    @property
+    def n_val(self) -> int:
+        return sum(int(f.get("n_val", 0)) for f in self.fold_summaries if isinstance(f, dict))
+
+
+class OOF(NamedTuple):
+    """Out-of-fold predictions: ids, probabilities (N, C) float32, truth (N, C) multi-hot, folds (N,)."""
+
+    ids: list
+    probs: np.ndarray
+    y: np.ndarray
+    folds: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths, readers and writers of one run folder (see the module docstring for the layout).
+
+    Examples
+    --------
+    >>> RunFolder("runs/r1").oof_csv.name, RunFolder("runs/r1").model_path(2).as_posix()
+    ('oof.csv', 'runs/r1/models/fold2.pt')
     """
 
     root: Path
@@ -56,11 +258,15 @@ class RunFolder:
     schema_json = property(lambda self: self.root / "schema.json")
     preprocessing_json = property(lambda self: self.root / "preprocessing.json")
     model_json = property(lambda self: self.root / "model.json")
+    data_json = property(lambda self: self.root / "data.json")
     splits_csv = property(lambda self: self.root / "splits.csv")
     metrics_csv = property(lambda self: self.root / "metrics.csv")
     oof_csv = property(lambda self: self.root / "oof.csv")
     summary_json = property(lambda self: self.root / "summary.json")
     thresholds_json = property(lambda self: self.root / "thresholds.json")
+    evaluation_json = property(lambda self: self.root / "evaluation.json")
+    onnx_path = property(lambda self: self.root / "model.onnx")
+    onnx_meta_path = property(lambda self: onnx_meta_path(self.root / "model.onnx"))
     log = property(lambda self: self.root / "train.log")
     report_html = property(lambda self: self.root / "report.html")
     models_dir = property(lambda self: self.root / "models")
@@ -71,12 +277,41 @@ class RunFolder:
     def model_path(self, fold: int) -> Path:
         return self.models_dir / f"fold{fold}.pt"
 
+    def fold_dir(self, fold: int) -> Path:
+        """``folds/fold{k}/``: one fold's oof.csv, metrics.csv and summary.json."""
+        return self.root / "folds" / f"fold{fold}"
+
+    # folds -------------------------------------------------------------------------------
+    @staticmethod
+    def _numbers(paths, name) -> list[int]:
+        found = (_FOLD.fullmatch(name(p)) for p in paths)
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def folds(self) -> list[int]:
+        """Fold numbers with a trained model (``models/fold{k}.pt``), sorted."""
+        return self._numbers(self.models_dir.glob("fold*.pt"), lambda p: p.stem)
+
+    def fold_results(self) -> list[int]:
+        """Fold numbers with a ``folds/fold{k}/`` folder, sorted."""
+        return self._numbers((p for p in (self.root / "folds").glob("fold*") if p.is_dir()), lambda p: p.name)
+
     def model_paths(self) -> list[Path]:
         """Fold model files, sorted by fold number."""
-        paths = sorted(self.models_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else 0)
-        return paths
+        return [self.model_path(k) for k in self.folds()]
 
-    # checks and loaders -------------------------------------------------------------------
+    def select_folds(self, want=None, *, flag: str = "--folds") -> list[int]:
+        """The trained folds to use: all (``want`` None/'all'), or the chosen ones, which must exist."""
+        have = self.folds()
+        use = parse_folds(want, flag=flag)
+        if use is None:
+            return have
+        bad = [f for f in use if f not in have]
+        if bad:
+            raise RunFolderError(fmt_problem(f"{self.root}", expected=f"models/fold{bad[0]}.pt",
+                                             got=f"folds {have}", fix=f"pick existing {flag}"))
+        return use
+
+    # checks ------------------------------------------------------------------------------
     def check(self, *, need_models: bool = True) -> "RunFolder":
         """Raise RunFolderError unless this looks like a usable run folder."""
         if not self.root.is_dir():
@@ -85,37 +320,185 @@ class RunFolder:
         if not self.preprocessing_json.is_file():
             raise RunFolderError(f"{self.root}: not a run folder (no preprocessing.json). Fix: pass the "
                                  "--out folder of `protloc train`")
-        if need_models and not self.model_paths():
+        if need_models and not self.folds():
             raise RunFolderError(f"{self.root}: no trained model in models/ (training unfinished?). Fix: "
                                  "finish training, or `protloc train ... --resume`")
         return self
 
+    def _read_json(self, path: Path, *, what: str, fix: str):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunFolderError(f"{path}: missing ({what}). Fix: {fix}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{path}: not valid JSON ({e}). Fix: {fix}") from None
+
+    def _damaged(self, path: Path, e: Exception, fix: str) -> RunFolderError:
+        detail = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+        return RunFolderError(f"{path}: unreadable ({detail}). Fix: {fix}")
+
+    # readers -----------------------------------------------------------------------------
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.load(self.preprocessing_json)
 
-    def config(self) -> dict:
+    def schema(self):
+        """The label schema (from preprocessing.json), checked against ``schema.json`` if present."""
+        pre = self.preprocessing()
+        if self.schema_json.is_file():
+            from protloc.core.schema import LabelSchema
+
+            fix = "restore schema.json from the run, or delete it (preprocessing.json holds the schema)"
+            d = self._read_json(self.schema_json, what="label schema", fix=fix)
+            try:
+                other = LabelSchema.from_dict(d)
+            except (InputError, KeyError, TypeError, AttributeError, ValueError) as e:
+                raise self._damaged(self.schema_json, e, fix) from None
+            if tuple(other.classes) != tuple(pre.classes):
+                raise RunFolderError(fmt_problem(str(self.schema_json), expected=f"the classes of "
+                                                 f"preprocessing.json ({len(pre.classes)}: {pre.schema.name})",
+                                                 got=f"{len(other.classes)} classes ({other.name})", fix=fix))
+        return pre.schema
+
+    def config(self):
+        """The resolved training config (:class:`~protloc.core.config.TrainConfig`).
+
+        Keys missing from an older file take their preset's defaults; a missing or damaged
+        file is a RunFolderError.
+        """
         import yaml
 
+        from protloc.core.config import TrainConfig
+
+        fix = (f"restore {self.config_yaml.name} from the run (it is written by `protloc train`), or "
+               "re-train")
         if not self.config_yaml.is_file():
-            return {}
-        return yaml.safe_load(self.config_yaml.read_text()) or {}
+            raise RunFolderError(f"{self.config_yaml}: missing (the training config). Fix: {fix}")
+        try:
+            data = yaml.safe_load(self.config_yaml.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{self.config_yaml}: not valid YAML ({type(e).__name__}). Fix: {fix}") from None
+        if not isinstance(data, dict):
+            raise RunFolderError(fmt_problem(str(self.config_yaml), expected="a YAML mapping of config keys",
+                                             got=type(data).__name__, fix=fix))
+        try:
+            data = dict(data)
+            return TrainConfig.preset(str(data.pop("preset", "default"))).override(**data)
+        except InputError as e:
+            raise self._damaged(self.config_yaml, e, fix) from None
 
-    def summary(self) -> dict:
-        return json.loads(self.summary_json.read_text()) if self.summary_json.is_file() else {}
+    def model_spec(self):
+        """The network's :class:`~protloc.core.modelspec.ModelSpec` (``model.json``)."""
+        from protloc.core.modelspec import ModelSpec
 
-    def thresholds(self) -> dict | None:
-        return json.loads(self.thresholds_json.read_text()) if self.thresholds_json.is_file() else None
+        fix = "restore model.json from the run (it is written by `protloc train`)"
+        d = self._read_json(self.model_json, what="the network description", fix=fix)
+        try:
+            if not isinstance(d, dict):
+                raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+            return ModelSpec.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise self._damaged(self.model_json, e, fix) from None
 
-    def oof(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    def data_source(self) -> DataSource | None:
+        """Where the training data came from; None for runs trained before it was recorded."""
+        if not self.data_json.is_file():
+            return None
+        fix = "restore data.json from the run, or delete it (it only records the training data)"
+        d = self._read_json(self.data_json, what="the training data source", fix=fix)
+        try:
+            return DataSource.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self._damaged(self.data_json, e, fix) from None
+
+    def summary(self) -> RunSummary | None:
+        """The merged validation summary; None when the run has none yet."""
+        if not self.summary_json.is_file():
+            return None
+        fix = f"rebuild it with `protloc train --out {self.root} --merge`"
+        d = self._read_json(self.summary_json, what="the validation summary", fix=fix)
+        if not isinstance(d, dict):
+            raise RunFolderError(fmt_problem(str(self.summary_json), expected="a JSON object",
+                                             got=f"a JSON {type(d).__name__}", fix=fix))
+        return RunSummary.from_dict(d)
+
+    def thresholds(self) -> RunThresholds:
+        """The run's decision rule; 0.5 for every class when there is no thresholds.json.
+
+        A thresholds.json that is not valid JSON, not an object, has another class list or
+        length, or values outside [0, 1] is a RunFolderError naming the file and the fix.
+        """
+        from protloc.core.thresholds import ThresholdOptimizer, check_thresholds
+
+        classes = list(self.preprocessing().classes)
+        path = self.thresholds_json
+        if not path.is_file():
+            return RunThresholds.default(len(classes))
+        fix = f"rerun `protloc thresholds {self.root}` (or delete the file to use 0.5)"
+        d = self._read_json(path, what="thresholds", fix=fix)
+        if not isinstance(d, dict) or "thresholds" not in d:
+            got = f"a JSON {type(d).__name__}" if not isinstance(d, dict) else f"keys {sorted(d)}"
+            raise RunFolderError(fmt_problem(str(path), expected="a JSON object with a 'thresholds' list",
+                                             got=got, fix=fix))
+        try:
+            values = check_thresholds(d["thresholds"], len(classes), where=str(path))
+        except InputError as e:
+            raise RunFolderError(str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise self._damaged(path, e, fix) from None
+        if d.get("classes") is not None and list(d["classes"]) != classes:
+            raise RunFolderError(fmt_problem(str(path), expected=f"classes {classes}", got=f"{d['classes']}",
+                                             fix=fix))
+        try:
+            opt = ThresholdOptimizer.from_dict(d)
+        except (InputError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self._damaged(path, e, fix) from None
+        opt.classes_ = classes
+        return RunThresholds(values=values, at_least_one=bool(opt.at_least_one), method=opt.method,
+                             source="thresholds.json", optimizer=opt)
+
+    def oof(self) -> OOF:
         """Out-of-fold ``(ids, probs (N,C), y (N,C) multi-hot, folds (N,))`` in class order."""
+        import pandas as pd
+
         if not self.oof_csv.is_file():
             raise RunFolderError(f"{self.oof_csv}: no out-of-fold probabilities. Fix: train with "
                                  "validation (--folds K or the default holdout)")
-        df = pd.read_csv(self.oof_csv, dtype={"Image": str})
-        classes = list(self.preprocessing().classes)
-        missing = [c for c in classes if c not in df.columns]
-        if missing:
-            raise RunFolderError(f"{self.oof_csv}: missing class columns {missing}. Fix: re-run training")
+        fix = f"rebuild it with `protloc train --out {self.root} --merge`, or re-run training"
         pre = self.preprocessing()
-        y = pre.schema.to_multihot([pre.schema.parse(t) for t in df["Label"].fillna("").astype(str)])
-        return df["Image"].tolist(), df[classes].to_numpy(np.float32), y, df["fold"].to_numpy()
+        classes = list(pre.classes)
+        try:
+            df = pd.read_csv(self.oof_csv, dtype={"Image": str})
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError/ParserError are ValueErrors
+            raise self._damaged(self.oof_csv, e, fix) from None
+        missing = [c for c in ("Image", "fold", "Label", *classes) if c not in df.columns]
+        if missing:
+            raise RunFolderError(fmt_problem(str(self.oof_csv), expected="columns Image, fold, Label and one "
+                                             "per class", got=f"no column {missing[0]!r}"
+                                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                             fix=fix))
+        try:
+            y = pre.schema.to_multihot([pre.schema.parse(t, where=f"{self.oof_csv} row {i + 2}")
+                                        for i, t in enumerate(df["Label"].fillna("").astype(str))])
+            probs = df[classes].to_numpy(np.float32)
+            folds = df["fold"].to_numpy()
+        except (InputError, ValueError, TypeError) as e:
+            raise self._damaged(self.oof_csv, e, fix) from None
+        return OOF(df["Image"].tolist(), probs, y, folds)
+
+    # writers -----------------------------------------------------------------------------
+    def save_setup(self, *, config, preprocessing: Preprocessing, model_spec, data_source: DataSource) -> None:
+        """Write what training starts from: config.yaml, preprocessing.json (+ schema.json),
+        model.json and data.json (atomic)."""
+        from protloc.core.atomic import write_json
+
+        config.save(self.config_yaml)
+        write_json(self.schema_json, preprocessing.schema.to_dict())
+        preprocessing.save(self.preprocessing_json)
+        write_json(self.model_json, model_spec.to_dict())
+        write_json(self.data_json, data_source.to_dict())
+
+    def save_thresholds(self, optimizer, **extra) -> Path:
+        """Write a fitted ThresholdOptimizer as thresholds.json (``extra`` keys added)."""
+        from protloc.core.atomic import write_json
+
+        return write_json(self.thresholds_json, {**optimizer.to_dict(), **extra})

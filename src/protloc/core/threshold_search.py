@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 METHODS = ("f1", "ratio", "global")
 FALLBACKS = ("auto", "global", "median")
@@ -45,25 +45,25 @@ def check_probs(probs, *, name: str = "probs", n_classes: int | None = None) -> 
     try:
         a = np.asarray(probs, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(fmt_problem(name, expected="numbers", got=f"{type(probs).__name__} that is "
-                                     "not numeric", fix="pass a numeric (n_images, n_classes) array")) from None
+        raise InputError(name, expected="numbers", got=f"{type(probs).__name__} that is "
+                         "not numeric", fix="pass a numeric (n_images, n_classes) array") from None
     if a.ndim != 2:
-        raise InputError(fmt_problem(name, expected="a 2-D array (n_images, n_classes)",
-                                     got=f"shape {a.shape}", fix="pass one row per image and one column per class"))
+        raise InputError(name, expected="a 2-D array (n_images, n_classes)",
+                         got=f"shape {a.shape}", fix="pass one row per image and one column per class")
     if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(fmt_problem(name, expected="at least one image and one class",
-                                     got=f"shape {a.shape}", fix="pass a non-empty array"))
+        raise InputError(name, expected="at least one image and one class",
+                         got=f"shape {a.shape}", fix="pass a non-empty array")
     if n_classes is not None and a.shape[1] != n_classes:
-        raise InputError(fmt_problem(name, expected=f"{n_classes} class columns", got=f"{a.shape[1]}",
-                                     fix="use probabilities from the model these thresholds were fitted for"))
+        raise InputError(name, expected=f"{n_classes} class columns", got=f"{a.shape[1]}",
+                         fix="use probabilities from the model these thresholds were fitted for")
     if not np.isfinite(a).all():
-        raise InputError(fmt_problem(name, expected="finite probabilities",
-                                     got=f"{int((~np.isfinite(a)).sum())} NaN/inf values",
-                                     fix="remove or recompute the rows with NaN"))
+        raise InputError(name, expected="finite probabilities",
+                         got=f"{int((~np.isfinite(a)).sum())} NaN/inf values",
+                         fix="remove or recompute the rows with NaN")
     if a.min() < 0 or a.max() > 1:
-        raise InputError(fmt_problem(name, expected="probabilities in [0, 1]",
-                                     got=f"values from {a.min():.3g} to {a.max():.3g}",
-                                     fix="apply a sigmoid to logits first"))
+        raise InputError(name, expected="probabilities in [0, 1]",
+                         got=f"values from {a.min():.3g} to {a.max():.3g}",
+                         fix="apply a sigmoid to logits first")
     return a
 
 
@@ -79,15 +79,15 @@ def check_targets(y, probs: np.ndarray, *, name: str = "y") -> np.ndarray:
     """
     a = np.asarray(y)
     if a.shape != probs.shape:
-        raise InputError(fmt_problem(name, expected=f"shape {probs.shape} (same as probs)",
-                                     got=f"shape {a.shape}", fix="pass one multi-hot row per probability row"))
+        raise InputError(name, expected=f"shape {probs.shape} (same as probs)",
+                         got=f"shape {a.shape}", fix="pass one multi-hot row per probability row")
     if a.dtype == bool:
         return a.astype(np.uint8)
     vals = np.unique(a)
     if not np.isin(vals, (0, 1)).all():
         shown = ", ".join(str(v.item()) for v in vals[:6])
-        raise InputError(fmt_problem(name, expected="0/1 multi-hot labels", got=f"values [{shown}]",
-                                     fix="one column per class with 1 where the class is present"))
+        raise InputError(name, expected="0/1 multi-hot labels", got=f"values [{shown}]",
+                         fix="one column per class with 1 where the class is present")
     return a.astype(np.uint8)
 
 
@@ -102,8 +102,8 @@ def check_method(method) -> str:
     protloc.core.errors.InputError: method: expected one of f1, ratio, global, got 'best'. Fix: pick one of those methods.
     """
     if method not in METHODS:
-        raise InputError(fmt_problem("method", expected=f"one of {', '.join(METHODS)}", got=repr(method),
-                                     fix="pick one of those methods"))
+        raise InputError("method", expected=f"one of {', '.join(METHODS)}", got=repr(method),
+                         fix="pick one of those methods")
     return method
 
 
@@ -111,27 +111,27 @@ def check_thresholds(thresholds, n_classes: int, *, where: str = "thresholds") -
     """Validate a per-class threshold vector (float64, shape (n_classes,), values in [0, 1])."""
     a = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if a.shape != (n_classes,):
-        raise InputError(fmt_problem(where, expected=f"{n_classes} thresholds (one per class)",
-                                     got=f"{a.size}", fix="refit with `protloc thresholds RUN`"))
+        raise InputError(where, expected=f"{n_classes} thresholds (one per class)",
+                         got=f"{a.size}", fix="refit with `protloc thresholds RUN`")
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-        raise InputError(fmt_problem(where, expected="thresholds in [0, 1]", got=f"{a.tolist()}",
-                                     fix="refit with `protloc thresholds RUN`"))
+        raise InputError(where, expected="thresholds in [0, 1]", got=f"{a.tolist()}",
+                         fix="refit with `protloc thresholds RUN`")
     return a
 
 
 def _check_params(n_bootstrap, min_positives, fallback, max_threshold_std):
     if not isinstance(n_bootstrap, (int, np.integer)) or isinstance(n_bootstrap, bool) or n_bootstrap < 0:
-        raise InputError(fmt_problem("n_bootstrap", expected="an integer >= 0", got=repr(n_bootstrap),
-                                     fix="e.g. n_bootstrap=200 (0 disables the stability check)"))
+        raise InputError("n_bootstrap", expected="an integer >= 0", got=repr(n_bootstrap),
+                         fix="e.g. n_bootstrap=200 (0 disables the stability check)")
     if not isinstance(min_positives, (int, np.integer)) or min_positives < 0:
-        raise InputError(fmt_problem("min_positives", expected="an integer >= 0", got=repr(min_positives),
-                                     fix="e.g. min_positives=5"))
+        raise InputError("min_positives", expected="an integer >= 0", got=repr(min_positives),
+                         fix="e.g. min_positives=5")
     if not (fallback in FALLBACKS or (isinstance(fallback, (int, float)) and 0 <= fallback <= 1)):
-        raise InputError(fmt_problem("fallback", expected="'auto', 'global', 'median' or a number in [0, 1]",
-                                     got=repr(fallback), fix="e.g. fallback='global'"))
+        raise InputError("fallback", expected="'auto', 'global', 'median' or a number in [0, 1]",
+                         got=repr(fallback), fix="e.g. fallback='global'")
     if not (isinstance(max_threshold_std, (int, float)) and max_threshold_std > 0):
-        raise InputError(fmt_problem("max_threshold_std", expected="a positive number",
-                                     got=repr(max_threshold_std), fix="e.g. max_threshold_std=0.1"))
+        raise InputError("max_threshold_std", expected="a positive number",
+                         got=repr(max_threshold_std), fix="e.g. max_threshold_std=0.1")
 
 
 # --------------------------------------------------------------------------------------------

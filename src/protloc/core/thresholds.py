@@ -52,7 +52,7 @@ from protloc.core.threshold_search import (FALLBACKS, METHODS, _Sorted, _check_p
                                       check_targets, check_thresholds, global_threshold,
                                       ratio_thresholds)
 
-__all__ = ["ThresholdOptimizer", "apply_thresholds", "best_f1_thresholds", "ratio_thresholds",
+__all__ = ["ThresholdOptimizer", "fit_run_thresholds", "apply_thresholds", "best_f1_thresholds", "ratio_thresholds",
            "global_threshold", "check_probs", "check_targets", "check_method", "check_thresholds"]
 
 
@@ -256,16 +256,28 @@ class ThresholdOptimizer:
         return self
 
 
-def load_thresholds(path) -> ThresholdOptimizer:
-    """Read a ``thresholds.json`` file into a fitted :class:`ThresholdOptimizer`."""
-    import json
-    from pathlib import Path
+def fit_run_thresholds(run, *, method: str = "f1", at_least_one: bool = False, n_bootstrap: int = 200,
+                       min_positives: int = 5, max_threshold_std: float = 0.1, fallback="auto",
+                       random_state: int = 0) -> ThresholdOptimizer:
+    """Fit per-class thresholds on a run's out-of-fold probabilities and save ``RUN/thresholds.json``.
 
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: thresholds file not found. Fix: run `protloc thresholds RUN`") from None
-    except ValueError as e:
-        raise InputError(f"{path}: malformed thresholds file ({e}). Fix: rerun `protloc thresholds RUN`") from None
-    return ThresholdOptimizer.from_dict(d)
+    ``run`` is a run folder path or :class:`~protloc.core.runfolder.RunFolder`; the options are
+    those of :class:`ThresholdOptimizer`. Returns the fitted optimizer (what ``protloc thresholds``
+    prints).
+
+    Examples
+    --------
+    >>> opt = fit_run_thresholds("runs/r1", method="f1", at_least_one=True)  # doctest: +SKIP
+    >>> opt.thresholds_.shape  # doctest: +SKIP
+    (10,)
+    """
+    from protloc.core.runfolder import RunFolder
+
+    rf = (run if isinstance(run, RunFolder) else RunFolder(run)).check(need_models=False)
+    oof = rf.oof()
+    opt = ThresholdOptimizer(method, n_bootstrap=n_bootstrap, min_positives=min_positives,
+                             max_threshold_std=max_threshold_std, fallback=fallback,
+                             at_least_one=at_least_one, random_state=random_state)
+    opt.fit(oof.probs, oof.y, classes=list(rf.preprocessing().classes))
+    rf.save_thresholds(opt, source={"oof": rf.oof_csv.name, "n_images": len(oof.ids)})
+    return opt

@@ -1,6 +1,8 @@
-"""Test-time augmentation views and probability merging for :mod:`protloc.inference.predictor`.
+"""Test-time augmentation: the D4 group, views of a batch and probability merging.
 
-Pure helpers on (N, C, H, W) batches (numpy arrays or torch tensors): ``tta='d4'`` gives the 8
+The one TTA implementation of protloc: training (validation probabilities), the Predictor and
+the web app use it. Pure helpers on (N, C, H, W) batches that work on numpy arrays and torch
+tensors alike (duck typing: this module never imports torch). ``tta='d4'`` gives the 8
 flips/rotations of the square image (deterministic order), ``'flip'`` the identity and the
 horizontal flip, ``'none'`` the batch alone. :func:`merge_probs` merges the per-view (and
 per-fold) probabilities with ``'mean'`` or ``'max'``.
@@ -16,20 +18,50 @@ from __future__ import annotations
 
 import numpy as np
 
-from protloc.inference.inputs import check_choice
+from protloc.core.errors import check_choice
 
 TTA_MODES = ("none", "flip", "d4")
 MERGES = ("mean", "max")
 
-__all__ = ["d4_views", "tta_views", "merge_probs", "TTA_MODES", "MERGES"]
+__all__ = ["d4", "d4_inverse", "d4_views", "tta_views", "merge_probs", "TTA_MODES", "MERGES"]
 
 
-def d4_views(x):
-    """The 8 dihedral views (4 rotations x optional horizontal flip) of a batch (N, C, H, W).
+def d4(x, k: int):
+    """Element ``k`` (0..7) of the dihedral group D4 applied to the last two dims.
 
-    Works on torch tensors and numpy arrays; the order is fixed (deterministic): view ``k`` is
-    ``k % 4`` quarter turns then a horizontal flip when ``k >= 4`` (``protloc.training.augment.d4``, which
-    is used for tensors), so view 0 is the input itself.
+    ``k % 4`` quarter turns (counter-clockwise, like ``np.rot90``), then a horizontal flip when
+    ``k >= 4``; ``k = 0`` is the identity. ``x`` is a numpy array or a torch tensor (its own
+    ``rot90``/``flip`` methods are used, so the result stays on its device).
+
+    Examples
+    --------
+    >>> x = np.arange(4).reshape(1, 1, 2, 2)
+    >>> d4(x, 1).ravel().tolist(), d4(x, 4).ravel().tolist()
+    ([1, 3, 0, 2], [1, 0, 3, 2])
+    """
+    k = int(k)
+    if not 0 <= k < 8:
+        raise ValueError(f"d4: k must be in 0..7, got {k}")
+    if isinstance(x, np.ndarray):
+        y = np.rot90(x, k % 4, axes=(-2, -1)) if k % 4 else x
+        return np.flip(y, axis=-1) if k >= 4 else y
+    y = x.rot90(k % 4, (-2, -1)) if k % 4 else x  # torch.Tensor (or anything with rot90/flip)
+    return y.flip(-1) if k >= 4 else y
+
+
+def d4_inverse(k: int) -> int:
+    """Index of the inverse element: ``d4(d4(x, k), d4_inverse(k)) == x``.
+
+    Examples
+    --------
+    >>> [d4_inverse(k) for k in range(8)]
+    [0, 3, 2, 1, 4, 5, 6, 7]
+    """
+    return (4 - k) % 4 if k < 4 else k
+
+
+def d4_views(x) -> list:
+    """The 8 dihedral views ``[d4(x, 0), ..., d4(x, 7)]`` of a batch (N, C, H, W); view 0 is ``x``.
 
     Examples
     --------
@@ -37,15 +69,10 @@ def d4_views(x):
     >>> len(v), v[0].ravel().tolist(), v[1].ravel().tolist()
     (8, [0, 1, 2, 3], [1, 3, 0, 2])
     """
-    if isinstance(x, np.ndarray):
-        rot = [np.rot90(x, k, axes=(2, 3)) for k in range(4)]
-        return rot + [np.flip(r, axis=3) for r in rot]
-    from protloc.training.augment import d4  # the training engine's helper (imports torch)
-
     return [d4(x, k) for k in range(8)]
 
 
-def tta_views(x, tta: str = "none"):
+def tta_views(x, tta: str = "none") -> list:
     """Views of a (N, C, H, W) batch for ``tta`` in {'none', 'flip', 'd4'}.
 
     Examples
@@ -57,11 +84,11 @@ def tta_views(x, tta: str = "none"):
     if tta == "none":
         return [x]
     if tta == "flip":
-        return [x, np.flip(x, axis=3) if isinstance(x, np.ndarray) else x.flip(3)]
+        return [x, d4(x, 4)]
     return d4_views(x)
 
 
-def merge_probs(stack: np.ndarray, merge: str = "mean") -> np.ndarray:
+def merge_probs(stack, merge: str = "mean") -> np.ndarray:
     """Merge probabilities (K, N, C) over the first axis (views x folds) -> (N, C) float32.
 
     Examples

@@ -47,13 +47,14 @@ def _header(path: Path, real: str | None) -> dict:
         return {"format": "?", "error": str(e)}
 
 
-def _classify(msg: str) -> str:
-    if "too large" in msg:
+def _classify(e: InputError) -> str:
+    """The finding code of an image read error, from its fields."""
+    if e.expected is not None:  # a value mismatch: the wrong number of channels, or a bad layout
+        return "wrong_channels" if "channels" in e.expected else "unreadable"
+    if "too large" in e.what:
         return "too_large"
-    if "missing" in msg or "not found" in msg:
+    if "missing" in e.what or "not found" in e.what:
         return "missing_file"
-    if "expected an RGB image" in msg or "channels" in msg:
-        return "wrong_channels"
     return "unreadable"
 
 
@@ -124,9 +125,8 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rota
     try:
         img = read_image(folder, iid, fmt=fmt, channels=channels)
     except InputError as e:
-        msg, _, fix = str(e).partition(". Fix: ")
-        rec["problems"].append(("error", _classify(msg), msg.replace(str(folder) + os.sep, ""),
-                                fix.rstrip(".") or "re-export the file, or delete the row"))
+        rec["problems"].append(("error", _classify(e), e.problem.replace(str(folder) + os.sep, ""),
+                                e.fix or "re-export the file, or delete the row"))
         return rec
     rec["shape"] = tuple(img.shape)
     if int(img.max()) == int(img.min()):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.io.images import FORMATS, HPA_CHANNELS, detect_format, hpa_channel_path, image_path
 from protloc.core.schema import LabelSchema, get_schema, remap_hpa28_to_ghent10
 
@@ -70,7 +70,7 @@ class DataTable:
     def y(self) -> np.ndarray:
         """(N, C) uint8 multi-hot label matrix."""
         if self.labels is None:
-            raise InputError("this dataset has no labels. Fix: pass a CSV with a label column")
+            raise InputError("this dataset has no labels", fix="pass a CSV with a label column")
         return self.schema.to_multihot(self.labels)
 
     def files(self, i: int) -> list[Path]:
@@ -110,8 +110,8 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
     if wanted:
         if wanted in columns:
             return wanted
-        raise InputError(fmt_problem(f"{path}", expected=f"a column named {wanted!r} ({what})",
-                                     got=f"columns {list(columns)}", fix=f"pass the right --{what}-col"))
+        raise InputError(f"{path}", expected=f"a column named {wanted!r} ({what})",
+                         got=f"columns {list(columns)}", fix=f"pass the right --{what}-col")
     for c in candidates:
         if c in columns:
             return c
@@ -119,8 +119,8 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
         one = len(columns) == 1 and any(ch in columns[0] for ch in " :")
         fix = ("separate the columns with commas (or ; or tabs)" if one else
                f"rename the column or pass --{what}-col NAME")
-        raise InputError(fmt_problem(f"{path}", expected=f"an {what} column ({'/'.join(candidates[:2])})",
-                                     got=f"columns {list(columns)}", fix=fix))
+        raise InputError(f"{path}", expected=f"an {what} column ({'/'.join(candidates[:2])})",
+                         got=f"columns {list(columns)}", fix=fix)
     return None
 
 
@@ -134,19 +134,19 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: CSV file not found. Fix: check the {flag} path")
+        raise InputError(f"{path}: CSV file not found", fix=f"check the {flag} path")
     try:
         raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not a UTF-8 text file. Fix: save the CSV as UTF-8") from None
+        raise InputError(f"{path}: not a UTF-8 text file", fix="save the CSV as UTF-8") from None
     if not raw.strip():
-        raise InputError(f"{path}: the CSV is empty. Fix: write a header (Image,Label) and rows")
+        raise InputError(f"{path}: the CSV is empty", fix="write a header (Image,Label) and rows")
     sep = _sniff_sep(raw)
     lines = raw.splitlines()
     try:
         parsed = [(i + 1, next(csv.reader([ln], delimiter=sep), [])) for i, ln in enumerate(lines) if ln.strip()]
     except csv.Error as e:
-        raise InputError(f"{path}: not a readable CSV ({e}). Fix: save it as a plain-text CSV (UTF-8)") from None
+        raise InputError(f"{path}: not a readable CSV ({e})", fix="save it as a plain-text CSV (UTF-8)") from None
     header = [c.strip() for c in parsed[0][1]]
     id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
     lab_name = _pick(header, label_col, LABEL_COLUMNS, "label", path, required=False)
@@ -167,15 +167,15 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
     return df, id_name, lab_name
 
 
-def ragged_problem(df, path: Path) -> list[tuple[int, str]]:
-    """Messages for rows of :func:`read_csv_table` that had more cells than the header.
+def ragged_problem(df, path: Path) -> list[tuple[int, InputError]]:
+    """One error per row of :func:`read_csv_table` that had more cells than the header.
 
     A common cause is class ids separated by the column separator (``1,4`` instead of ``1 4``).
     """
     header, sep = df.attrs.get("header", []), df.attrs.get("sep", ",")
-    return [(ln, fmt_problem(f"{Path(path).name} line {ln}", expected=f"{len(header)} cells ({sep.join(header)})",
-                             got=f"{n}", fix="separate class ids with spaces (1 4), not the column separator, "
-                                             "or quote the value"))
+    return [(ln, InputError(f"{Path(path).name} line {ln}", expected=f"{len(header)} cells ({sep.join(header)})",
+                            got=f"{n}", fix="separate class ids with spaces (1 4), not the column separator, "
+                                            "or quote the value"))
             for ln, n in df.attrs.get("ragged", [])]
 
 
@@ -184,15 +184,15 @@ def resolve_paths(csv_path=None, images=None, data=None, *, split: str = "train"
     if data is not None:
         d = Path(data)
         if not d.is_dir():
-            raise InputError(f"{d}: dataset folder not found. Fix: pass a folder holding "
+            raise InputError(f"{d}: dataset folder not found", fix="pass a folder holding "
                              f"{split}.csv and {split}/")
         csv_path = csv_path or (d / f"{split}.csv" if (d / f"{split}.csv").is_file() else None)
         images = images or (d / split if (d / split).is_dir() else d)
     if images is None:
-        raise InputError("no image folder given. Fix: pass --images DIR (or --data DIR)")
+        raise InputError("no image folder given", fix="pass --images DIR (or --data DIR)")
     images = Path(images)
     if not images.is_dir():
-        raise InputError(f"{images}: image folder not found. Fix: check the --images path")
+        raise InputError(f"{images}: image folder not found", fix="check the --images path")
     return (Path(csv_path) if csv_path else None), images
 
 
@@ -245,26 +245,26 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
     if csv_path is not None:
         df, id_name, lab_name = read_csv_table(csv_path, id_col=id_col, label_col=label_col)
         if labels is True and lab_name is None:
-            raise InputError(fmt_problem(str(csv_path), expected="a label column (Label/Target)",
-                                         got=f"columns {[c for c in df.columns if c != '_line']}",
-                                         fix="add labels or pass --label-col"))
+            raise InputError(str(csv_path), expected="a label column (Label/Target)",
+                             got=f"columns {[c for c in df.columns if c != '_line']}",
+                             fix="add labels or pass --label-col")
         if labels is False:
             lab_name = None
-        for _, msg in ragged_problem(df, csv_path)[:1]:
-            raise InputError(msg)
+        for _, err in ragged_problem(df, csv_path)[:1]:
+            raise err
         ids = [s.strip() for s in df[id_name].tolist()]
         rows = df["_line"].tolist()
         for i, (iid, ln) in enumerate(zip(ids, rows)):
             if not iid:
-                raise InputError(f"{csv_path.name} line {ln}: empty id. Fix: fill in the id or delete the row")
+                raise InputError(f"{csv_path.name} line {ln}: empty id", fix="fill in the id or delete the row")
         seen: dict[str, int] = {}
         for iid, ln in zip(ids, rows):
             if iid in seen:
-                msg = (f"{csv_path.name} line {ln}: duplicate id {iid!r} (first on line {seen[iid]}). "
-                       "Fix: keep one row per image")
+                err = InputError(f"{csv_path.name} line {ln}: duplicate id {iid!r} (first on line {seen[iid]})",
+                                 fix="keep one row per image")
                 if strict:
-                    raise InputError(msg)
-                notes.append(msg)
+                    raise err
+                notes.append(str(err))
             seen.setdefault(iid, ln)
         lab = None
         if lab_name is not None:
@@ -281,10 +281,10 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
     else:
         ids, rows, lab = _ids_from_folder(images), [], None
         if not ids:
-            raise InputError(f"{images}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}). "
-                             "Fix: check the --images folder")
+            raise InputError(f"{images}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})",
+                             fix="check the --images folder")
     if not ids:
-        raise InputError(f"{csv_path}: no rows. Fix: add at least one image row")
+        raise InputError(f"{csv_path}: no rows", fix="add at least one image row")
     fmt, channels = _resolve_format(images, ids, fmt, channels)
     return DataTable(ids=ids, images=images, fmt=fmt, channels=channels, schema=schema, labels=lab,
                      csv_path=csv_path, csv_rows=rows, notes=notes)
@@ -295,8 +295,8 @@ def _resolve_format(images: Path, ids: list[str], fmt: str, channels) -> tuple[s
     if fmt == "auto":
         fmt = _detect_common_format(images, ids)
     if fmt not in FORMATS:
-        raise InputError(fmt_problem("--format", expected="auto, rgb, hpa-channels or tiff",
-                                     got=repr(fmt), fix="pick a supported format"))
+        raise InputError("--format", expected="auto, rgb, hpa-channels or tiff",
+                         got=repr(fmt), fix="pick a supported format")
     return fmt, normalize_channels(fmt, channels)
 
 
@@ -308,7 +308,7 @@ def _detect_common_format(images: Path, ids: list[str]) -> str:
         except InputError:
             continue
     raise InputError(f"{images}: none of the first {min(len(ids), 50)} ids has an image file "
-                     f"(e.g. {ids[0]}.png or {ids[0]}_green.png). Fix: check --images and the CSV ids")
+                     f"(e.g. {ids[0]}.png or {ids[0]}_green.png)", fix="check --images and the CSV ids")
 
 
 def normalize_channels(fmt: str, channels) -> tuple:
@@ -327,19 +327,19 @@ def normalize_channels(fmt: str, channels) -> tuple:
         channels = tuple(channels or HPA_CHANNELS[:3])
         bad = [c for c in channels if c not in HPA_CHANNELS]
         if bad:
-            raise InputError(fmt_problem("--channels", expected=f"names from {', '.join(HPA_CHANNELS)}",
-                                         got=", ".join(bad), fix="e.g. --channels red,green,blue,yellow"))
+            raise InputError("--channels", expected=f"names from {', '.join(HPA_CHANNELS)}",
+                             got=", ".join(bad), fix="e.g. --channels red,green,blue,yellow")
         return channels
     if fmt == "rgb":
         if channels and tuple(channels) != ("red", "green", "blue"):
-            raise InputError(fmt_problem("--channels", expected="no channel choice for RGB files",
-                                         got=",".join(map(str, channels)), fix="drop --channels"))
+            raise InputError("--channels", expected="no channel choice for RGB files",
+                             got=",".join(map(str, channels)), fix="drop --channels")
         return ("red", "green", "blue")
     try:
         return tuple(int(c) for c in channels) if channels else (0, 1, 2)
     except ValueError:
-        raise InputError(fmt_problem("--channels", expected="TIFF channel indices like 0,1,2",
-                                     got=",".join(map(str, channels)), fix="pass integer indices")) from None
+        raise InputError("--channels", expected="TIFF channel indices like 0,1,2",
+                         got=",".join(map(str, channels)), fix="pass integer indices") from None
 
 
 def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train", fmt: str = "auto",
@@ -363,8 +363,7 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
     schema = get_schema(schema)
     label_schema = get_schema(from_schema) if from_schema else schema
     df, id_name, lab_name = read_csv_table(csv_path, id_col=id_col, label_col=label_col)
-    problems = [("error", "extra_cells", m.split(": expected")[0], "expected" + m.split(": expected", 1)[1]
-                 .split(". Fix: ")[0], m.split(". Fix: ")[1].rstrip(".")) for _, m in ragged_problem(df, csv_path)]
+    problems = [("error", "extra_cells", e.what, e.detail, e.fix) for _, e in ragged_problem(df, csv_path)]
     ids, rows, labs, seen = [], [], [], {}
     name = csv_path.name
     if lab_name and not any(str(t).strip() for t in df[lab_name]):
@@ -388,9 +387,8 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
             try:
                 lab = label_schema.parse(text, where=where)
             except InputError as e:
-                msg, _, fix = str(e).removeprefix(where + ": ").partition(". Fix: ")
-                code = "empty_label" if "empty label" in msg else "bad_label"
-                problems.append(("error", code, where, msg, fix.rstrip(".") or "fix the label"))
+                code = "bad_label" if str(text or "").strip() else "empty_label"
+                problems.append(("error", code, where, e.detail, e.fix or "fix the label"))
                 lab = None
             if lab and from_schema == "hpa28" and schema.name == "ghent10":
                 mapped, keep = remap_hpa28_to_ghent10([lab])
@@ -403,7 +401,7 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
         labs.append(lab)
     if not ids:
         what = "no rows" if df.empty else "no rows with an id"
-        raise InputError(f"{csv_path}: {what}. Fix: add at least one image row")
+        raise InputError(f"{csv_path}: {what}", fix="add at least one image row")
     fmt, channels = _resolve_format(images, ids, fmt, channels)
     labels = labs if lab_name and all(lab is not None for lab in labs) else None
     table = DataTable(ids=ids, images=images, fmt=fmt, channels=channels,

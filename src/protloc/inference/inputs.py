@@ -1,11 +1,11 @@
 """Input side of :mod:`protloc.inference.predictor`: turning what the user passes into checked uint8 images.
 
-Paths (PNG/JPEG/TIFF, or ``DIR/ID`` for an ``hpa-channels`` run), (H, W, C) arrays, one
-(N, H, W, C) array, or a :class:`~protloc.data.table.DataTable` become ids plus items; files are read
-the way training read them; a table is checked against the run (channels, channel order, label
-schema) and streamed in chunks; ``RUN/thresholds.json`` is read and checked against the run's
-classes. The size check and resize warning stay in :class:`protloc.inference.predictor.Predictor`, which
-passes its ``_prepare`` method in.
+Paths (PNG/JPEG/TIFF, or ``DIR/ID``), (H, W, C) arrays, one (N, H, W, C) array, or a
+:class:`~protloc.data.table.DataTable` become ids plus items. Files are read the way the run
+was trained by :func:`read_for_run` / :func:`read_table_row`: the raw pixels come from
+:mod:`protloc.io.images`, then :meth:`protloc.core.preprocessing.Preprocessing.prepare` (the one
+rule: channels, alpha, count check, intensity, size) makes the model input. A table is checked
+against the run (channels, channel order, label schema) and streamed in chunks.
 
 Examples
 --------
@@ -15,31 +15,14 @@ Examples
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
-from protloc.core.threshold_search import check_thresholds
+from protloc.core.errors import InputError, check_choice, fmt_problem
 
-__all__ = ["check_choice", "as_items", "read_raw", "check_table", "find_missing", "load_chunk",
-           "read_run_thresholds"]
-
-
-def check_choice(name: str, value, choices) -> None:
-    """Raise an :class:`~protloc.core.errors.InputError` unless ``value`` is one of ``choices``.
-
-    Examples
-    --------
-    >>> check_choice("tta", "d8", ("none", "flip", "d4"))
-    Traceback (most recent call last):
-    ...
-    protloc.core.errors.InputError: tta: expected one of none, flip, d4, got 'd8'. Fix: use tta='none'.
-    """
-    if value not in choices:
-        raise InputError(fmt_problem(name, expected=f"one of {', '.join(choices)}", got=repr(value),
-                                     fix=f"use {name}={choices[0]!r}"))
+__all__ = ["check_choice", "as_items", "read_for_run", "read_table_row", "run_channels", "check_table",
+           "find_missing", "load_chunk"]
 
 
 def as_items(images) -> tuple[list[str], object]:
@@ -60,25 +43,69 @@ def as_items(images) -> tuple[list[str], object]:
     return ids, seq
 
 
-def read_raw(path, pre) -> np.ndarray:
-    """Read one image file for a run with preprocessing ``pre``, before the size check.
+def _prepare_file(path: Path, pre, *, where: str, channels=None, on_resize=None) -> np.ndarray:
+    from protloc.io import images as imageio
 
-    ``hpa-channels`` runs read ``DIR/ID`` as ``DIR/ID_<channel>.png``; an RGBA PNG loses its
-    alpha for a 3-channel run; a wider TIFF keeps the run's ``chN`` channels.
+    tiff = imageio.sniff_format(path) == "TIFF" or path.suffix.lower() in imageio.TIFF_EXTS
+    return pre.prepare(imageio.read_array(path), where=where, channels=channels, rgba=not tiff,
+                       on_resize=on_resize)
+
+
+def read_for_run(path, pre, *, channels=None, on_resize=None) -> np.ndarray:
+    """Read one image the way the run with preprocessing ``pre`` was trained.
+
+    ``path`` is an image file (PNG/JPEG/TIFF), or ``DIR/ID`` for an image id in a folder
+    (``DIR/ID.png``, ``DIR/ID.tif``..., or the channel files ``DIR/ID_red.png``... of an
+    ``hpa-channels`` run). ``channels``: TIFF channel indices the user chose (else the run's rule,
+    :meth:`~protloc.core.preprocessing.Preprocessing.pick_channels`). Returns uint8
+    (size, size, in_chans), exactly what the model saw in training.
     """
     from protloc.io import images as imageio
 
     p = Path(path)
-    if pre.fmt == "hpa-channels" and not p.is_file():
-        return imageio.read_hpa_channels(p.parent, p.name, channels=pre.channels)
-    a = imageio.read_array(p)
-    if a.ndim == 3 and a.shape[2] == 4 and pre.in_chans == 3 and p.suffix.lower() not in imageio.TIFF_EXTS:
-        a = a[..., :3]  # RGBA PNG: drop alpha as in training
-    if a.ndim == 3 and pre.fmt == "tiff" and a.shape[2] > pre.in_chans:
-        idx = [int(str(c).removeprefix("ch")) for c in pre.channels]
-        if max(idx) < a.shape[2]:
-            a = a[..., idx]
-    return a
+    if not p.is_file():
+        if pre.fmt == "hpa-channels":
+            raw = imageio.read_hpa_channels(p.parent, p.name, channels=pre.channels)
+            return pre.prepare(raw, where=str(p), on_resize=on_resize)
+        found = imageio.image_path(p.parent, p.name, "rgb")
+        if found is None:
+            raise imageio.ImageReadError(f"{p}: file not found (also looked for {p.name}.png, .jpg and .tif). "
+                                         "Fix: check the path, or the --images folder and the id")
+        p = found
+    return _prepare_file(p, pre, where=str(p), channels=channels, on_resize=on_resize)
+
+
+def read_table_row(table, i: int, pre, *, channels_chosen: bool = True, on_resize=None) -> np.ndarray:
+    """Read row ``i`` of a :class:`~protloc.data.table.DataTable` for the run ``pre`` (see
+    :func:`read_for_run`). ``channels_chosen``: the table's TIFF channels were chosen by the user
+    (else a wider TIFF follows the run's rule, and is refused by a run with fewer channels)."""
+    from protloc.io import images as imageio
+
+    where = f"{table.where(i)} ({table.files(i)[0]})"
+    if table.fmt == "hpa-channels":
+        raw = imageio.read_hpa_channels(table.images, table.ids[i], channels=table.channels)
+        return pre.prepare(raw, where=where, on_resize=on_resize)
+    p = imageio.image_path(table.images, table.ids[i], table.fmt)
+    if p is None:
+        raise imageio.ImageReadError(f"{table.where(i)}: image file missing: {table.files(i)[0]}. Fix: check "
+                                     "--images and the ids")
+    chans = table.channels if (table.fmt == "tiff" and channels_chosen) else None
+    return _prepare_file(p, pre, where=where, channels=chans, on_resize=on_resize)
+
+
+def run_channels(pre, fmt: str = "auto"):
+    """The channels to read a data set of format ``fmt`` with when the user chose none: the
+    run's own (HPA names, TIFF indices) when the data has the run's format, else None.
+
+    Examples
+    --------
+    >>> from protloc.core.preprocessing import Preprocessing
+    >>> from protloc.core.schema import LabelSchema
+    >>> pre = Preprocessing("tiff", (0, 2), 8, (0, 0), (1, 1), LabelSchema("t", ("a",)))
+    >>> run_channels(pre), run_channels(pre, "rgb")
+    ((0, 2), None)
+    """
+    return pre.channels if pre.fmt != "rgb" and fmt in ("auto", pre.fmt) else None
 
 
 def check_table(table, pre) -> None:
@@ -116,41 +143,21 @@ def find_missing(table, *, on_error: str) -> tuple[set, list]:
     return set(missing), [(table.ids[i], f"{table.where(i)}: image file missing") for i in missing]
 
 
-def load_chunk(table, start: int, size: int, bad: set, on_error: str, prepare):
-    """Decode rows ``start .. start+size`` of ``table`` (skipping ``bad``) with ``prepare``.
+def load_chunk(table, start: int, size: int, bad: set, on_error: str, read):
+    """Decode rows ``start .. start+size`` of ``table`` (skipping ``bad``) with ``read(table, i)``.
 
     Returns ``(kept row indices, uint8 batch or None, [(id, message)] for unreadable rows)``;
     with ``on_error='raise'`` an unreadable row raises instead.
     """
-    from protloc.io.images import read_image
-
     imgs, keep, errs = [], [], []
     for i in range(start, min(start + size, len(table))):
         if i in bad:
             continue
         try:
-            a = read_image(table.images, table.ids[i], fmt=table.fmt, channels=table.channels)
-            imgs.append(prepare(a, f"{table.where(i)} ({table.files(i)[0]})"))
+            imgs.append(read(table, i))
             keep.append(i)
         except InputError as e:
             if on_error == "raise":
                 raise
             errs.append((table.ids[i], f"{table.where(i)}: {e}"))
     return keep, (np.stack(imgs) if imgs else None), errs
-
-
-def read_run_thresholds(run, pre):
-    """(thresholds or None, at_least_one) from RUN/thresholds.json, checked against the schema."""
-    if not run.thresholds_json.is_file():
-        return None, False
-    try:
-        d = json.loads(run.thresholds_json.read_text())
-    except ValueError as e:
-        raise RunFolderError(f"{run.thresholds_json}: malformed ({e}). Fix: rerun `protloc thresholds "
-                             f"{run.root}`") from None
-    classes = d.get("classes")
-    if classes and list(classes) != list(pre.classes):
-        raise RunFolderError(fmt_problem(f"{run.thresholds_json}", expected=f"classes {list(pre.classes)}",
-                                         got=f"{classes}", fix=f"rerun `protloc thresholds {run.root}`"))
-    thr = check_thresholds(d.get("thresholds", []), len(pre.classes), where=str(run.thresholds_json))
-    return thr, bool(d.get("at_least_one", False))

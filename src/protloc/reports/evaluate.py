@@ -17,19 +17,28 @@ from protloc.core.metrics import classification_summary, macro_f1, per_class_f1
 PRED_COLUMNS = ("Predicted", "Label", "Target", "Labels", "Prediction")
 
 
-def evaluate_probs(y, probs, *, thresholds=0.5, classes=None) -> dict:
-    """Classification summary of probabilities at per-class ``thresholds``.
+def evaluate_probs(y, probs, *, thresholds=0.5, at_least_one: bool = False, classes=None) -> dict:
+    """Classification summary of probabilities labelled the way ``protloc predict`` labels them:
+    ``prob >= threshold`` per class, and with ``at_least_one`` an image where no class passes
+    gets its most probable class.
 
     Examples
     --------
-    >>> s = evaluate_probs(np.array([[1, 0], [0, 1]]), np.array([[0.9, 0.2], [0.3, 0.4]]), classes=["a", "b"])
+    >>> y, p = np.array([[1, 0], [0, 1]]), np.array([[0.9, 0.2], [0.3, 0.4]])
+    >>> s = evaluate_probs(y, p, classes=["a", "b"])
     >>> s["macro_f1"], s["thresholds"]
     (0.5, [0.5, 0.5])
+    >>> evaluate_probs(y, p, at_least_one=True, classes=["a", "b"])["macro_f1"]
+    1.0
     """
+    from protloc.core.thresholds import apply_thresholds
+
     probs = np.asarray(probs, dtype=np.float32)
-    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (probs.shape[1],))
-    s = classification_summary(np.asarray(y), probs >= t, probs, classes=classes)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (probs.shape[1],))
+    y_pred = apply_thresholds(probs, t, at_least_one=at_least_one)
+    s = classification_summary(np.asarray(y), y_pred, probs, classes=classes)
     s["thresholds"] = [round(float(v), 6) for v in t]
+    s["at_least_one"] = bool(at_least_one)
     return s
 
 

@@ -128,13 +128,6 @@ def resolve_classes(classes, names) -> list[int]:
     return out
 
 
-def _prepare(image, preprocessing) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 4 and preprocessing.in_chans == 3:
-        a = a[..., :3]  # RGBA: drop alpha as training does
-    return preprocessing.check_array(a, where="image")
-
-
 def explain_image(models_or_predictor, preprocessing, image, *, classes=None, thresholds=None) -> list[dict]:
     """Grad-CAM for one uint8 (H, W, C) image.
 
@@ -143,7 +136,8 @@ def explain_image(models_or_predictor, preprocessing, image, *, classes=None, th
     models_or_predictor : ProtlocNet, list of them, or a ``Predictor`` (its ``models`` are used
         and its ``preprocessing``/``thresholds`` fill in missing arguments).
     preprocessing : Preprocessing or None (taken from the predictor)
-    image : uint8 (H, W, C); resized to the run's size if needed.
+    image : (H, W, C) array with the run's channels; made the model's input by
+        :meth:`~protloc.core.preprocessing.Preprocessing.prepare` (resized if needed).
     classes : names or indices, optional
         Default: every class at or above its threshold, most probable first; the top-1 class
         when none passes.
@@ -166,7 +160,7 @@ def explain_image(models_or_predictor, preprocessing, image, *, classes=None, th
     if thresholds is None:
         thresholds = getattr(pred, "thresholds", None)
     thr = np.full(len(names), 0.5) if thresholds is None else np.asarray(thresholds, float)
-    img = _prepare(image, preprocessing)
+    img = preprocessing.prepare(image)
     x = torch.from_numpy(preprocessing.normalize(img[None]))
     with torch.no_grad():
         probs = np.mean([torch.sigmoid(m(x.to(next(m.parameters()).device)).float()).cpu().numpy()[0]
@@ -220,8 +214,8 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    img = _prepare(image, preprocessing)
-    rgb = composite(img)
+    img = preprocessing.prepare(image)
+    rgb = composite(img, preprocessing.channels)
     green = img[..., protein_channel(preprocessing)]
     green_rgb = np.stack([np.zeros_like(green), green, np.zeros_like(green)], -1)
     rows = max(1, len(explanations))
@@ -262,25 +256,3 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def load_run(run, *, folds=None, device=None):
-    """Something :func:`explain_image` takes: ``protloc.inference.predictor.Predictor.from_run`` when that
-    module exists, else a minimal stand-in (fold models, preprocessing, thresholds or 0.5)."""
-    try:
-        from protloc.inference.predictor import Predictor
-    except ImportError:  # pragma: no cover - fallback while predict.py is unavailable
-        Predictor = None
-    if Predictor is not None:
-        return Predictor.from_run(run, folds=folds, device=device)
-    from types import SimpleNamespace
-
-    from protloc.models.network import load_weights
-    from protloc.core.runfolder import RunFolder
-
-    rf = RunFolder(run).check()
-    pre = rf.preprocessing()
-    d = rf.thresholds() or {}
-    thr = np.asarray(d.get("thresholds") or [0.5] * len(pre.classes), float)
-    return SimpleNamespace(preprocessing=pre, models=[load_weights(p) for p in rf.model_paths()],
-                           thresholds=thr, classes=list(pre.classes))

@@ -204,10 +204,8 @@ def decode_size(summary: pd.DataFrame) -> int:
 def validation_findings(table, *, test_table=None, progress: bool = True, workers: int | None = None):
     """``(findings, note)`` from :func:`protloc.data.validate.validate_dataset`; on any failure
     ``(None, note)`` so the report never breaks because of it."""
-    try:
-        from protloc.data.validate import validate_dataset
-    except ImportError:
-        return None, "Duplicate and leak checks are not available here: run `protloc validate`."
+    from protloc.data.validate import validate_dataset
+
     try:
         rep = validate_dataset(table, test_table=test_table, near_dup=True, progress=progress, workers=workers)
         return list(rep.findings), ""

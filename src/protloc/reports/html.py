@@ -41,39 +41,57 @@ def fig_to_data_uri(fig, *, dpi: int = 100) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def array_to_data_uri(img: np.ndarray) -> str:
-    """uint8 (H, W) or (H, W, 3) array -> PNG data URI.
+def png_data_uri(img: np.ndarray, *, compress_level: int = 6) -> str:
+    """uint8 (H, W) or (H, W, 3) array -> ``data:image/png;base64,...`` (reports and the web app).
 
     Examples
     --------
-    >>> array_to_data_uri(np.zeros((2, 2, 3), np.uint8))[:22]
+    >>> png_data_uri(np.zeros((2, 2, 3), np.uint8))[:22]
     'data:image/png;base64,'
     """
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=compress_level)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def composite(img: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8 microscopy image -> (H, W, 3) RGB for display.
+def composite(img: np.ndarray, names=None) -> np.ndarray:
+    """(H, W, C) uint8 microscopy image -> (H, W, 3) RGB for display (reports and the web app).
 
-    3 channels are shown as they are (R microtubules, G protein, B nucleus); a 4th (yellow, ER)
-    channel is added to red and green at half strength, as HPA viewers do.
+    Channels named red, green and blue (R microtubules, G protein, B nucleus) go to their
+    colour; a yellow (ER) channel is added to red and green at half strength, as HPA viewers
+    do. Without HPA names (``names`` None, TIFF indices...) channels map to red, green, blue in
+    order and any further ones count as yellow; one channel is shown in gray.
+
+    Examples
+    --------
+    >>> composite(np.full((2, 2, 4), 100, np.uint8), ("red", "green", "blue", "yellow"))[0, 0].tolist()
+    [150, 150, 100]
+    >>> composite(np.full((2, 2, 2), 100, np.uint8), ("green", "blue"))[0, 0].tolist()
+    [0, 100, 100]
     """
+    from protloc.io.images import HPA_CHANNELS
+
     img = np.asarray(img)
     if img.ndim == 2:
-        return np.repeat(img[..., None], 3, axis=-1)
-    if img.shape[2] == 3:
+        img = img[..., None]
+    names = [str(n).lower() for n in (names if names is not None else ())]
+    if not set(names) & set(HPA_CHANNELS):
+        if img.shape[2] == 1:
+            return np.repeat(img, 3, axis=-1)
+        names = list(HPA_CHANNELS[:3]) + ["yellow"] * max(0, img.shape[2] - 3)
+    if names[: img.shape[2]] == ["red", "green", "blue"] and img.shape[2] == 3:
         return img
-    if img.shape[2] == 1:
-        return np.repeat(img, 3, axis=-1)
-    rgb = img[..., :3].astype(np.float32)
-    y = img[..., 3].astype(np.float32) * 0.5
-    rgb[..., 0] += y
-    rgb[..., 1] += y
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    out = np.zeros(img.shape[:2] + (3,), np.float32)
+    for c, n in enumerate(names[: img.shape[2]]):
+        p = img[..., c].astype(np.float32)
+        if n == "yellow":
+            out[..., 0] += 0.5 * p
+            out[..., 1] += 0.5 * p
+        elif n in ("red", "green", "blue"):
+            out[..., "rgb".index(n[0])] += p
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def esc(s) -> str:
@@ -111,9 +129,9 @@ class Page:
                           float_format=lambda v: float_fmt.format(v), escape=True)
 
     @staticmethod
-    def gallery(items, *, width: int = 140) -> str:
-        """items: iterable of (uint8 image, caption)."""
-        figs = "".join(f'<figure><img src="{array_to_data_uri(composite(im))}" alt="{esc(cap)}">'
+    def gallery(items, *, width: int = 140, names=None) -> str:
+        """items: iterable of (uint8 image, caption); ``names``: channel names for :func:`composite`."""
+        figs = "".join(f'<figure><img src="{png_data_uri(composite(im, names))}" alt="{esc(cap)}">'
                        f"<figcaption>{esc(cap)}</figcaption></figure>" for im, cap in items)
         return f'<div class="gallery" style="--w:{width}px">{figs}</div>'
 

@@ -7,7 +7,7 @@ label co-occurrence matrix, galleries of the worst false positives/negatives per
 Grad-CAM overlays for a few confident predictions.
 
 By default it reports on the out-of-fold probabilities (``RUN/oof.csv``), reading gallery images
-from the training image folder recorded in ``RUN/config.yaml``; with a labeled table it predicts
+from the training image folder recorded in ``RUN/data.json``; with a labeled table it predicts
 that set first. Whatever is missing (thresholds, images, training curves, models) is stated in
 the report instead of failing.
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from protloc.reports import report_plots as rp
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError, fmt_problem
 from protloc.reports.html import Page, composite, esc
 from protloc.core.runfolder import RunFolder
 
@@ -52,91 +52,31 @@ class ReportData:
     read: Callable | None = None
     metrics: pd.DataFrame | None = None
     notes: list = field(default_factory=list)
+    channels: tuple = ()  # the run's channel names/indices (for composites)
 
 
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
-def run_thresholds(run: RunFolder, classes) -> tuple[np.ndarray, bool, str | None]:
-    """(thresholds (C,), at_least_one, note or None) from RUN/thresholds.json, else 0.5."""
-    c = len(classes)
-    fallback = np.full(c, 0.5)
-    try:
-        d = run.thresholds()
-    except ValueError:
-        return fallback, False, f"{run.thresholds_json.name} is not valid JSON; 0.5 used for every class"
-    if d is None:
-        return fallback, False, (f"no thresholds.json: 0.5 is used for every class. Run `protloc thresholds "
-                                 f"{run.root}` to tune per-class thresholds.")
-    thr = np.asarray(d.get("thresholds") or [], float) if isinstance(d, dict) else np.array([])
-    if thr.shape != (c,) or (d.get("classes") and list(d["classes"]) != list(classes)):
-        return fallback, False, ("thresholds.json does not match this run's classes; 0.5 used for every "
-                                 "class. Rerun `protloc thresholds`.")
-    return thr, bool(d.get("at_least_one", False)), None
+def training_images(run: RunFolder) -> tuple[Path | None, str]:
+    """The training image folder recorded in ``RUN/data.json``, or ``(None, why not)``."""
+    src = run.data_source()
+    if src is None:
+        return None, "the run records no training data (no data.json: trained before protloc recorded it)"
+    folder = Path(src.images)
+    if not folder.is_dir():
+        return None, f"the training images recorded in the run ({folder}) were not found"
+    return folder, str(folder)
 
 
-def image_source(run: RunFolder, pre, ids=()) -> tuple[Path | None, str]:
-    """The training image folder of a run, or ``(None, why)``.
-
-    Looked up (keys read defensively) in ``config.yaml``, ``data.json`` and ``summary.json``
-    (``images``/``train_images``, or ``data``/``data_dir`` holding ``train/``, top level or under
-    ``data:``), then next to the run (``RUN/../data/train``, ``RUN/../train``, the layout of
-    ``protloc demo``). A folder counts only if it holds one of the first ``ids`` (when given).
-    """
-    import json
-
-    from protloc.io.images import detect_format
-
-    dicts = []
-    try:
-        dicts.append(run.config())
-    except Exception:  # noqa: BLE001 - a broken config must not break the report
-        pass
-    for extra in (run.root / "data.json", run.summary_json):
-        try:
-            dicts.append(json.loads(extra.read_text()) if extra.is_file() else {})
-        except ValueError:
-            pass
-    cands = []
-    for top in [d for d in dicts if isinstance(d, dict)]:
-        for d in (top, top.get("data") if isinstance(top.get("data"), dict) else {}):
-            for key in ("images", "train_images", "image_dir", "images_dir"):
-                if isinstance(d.get(key), str):
-                    cands.append(Path(d[key]))
-            for key in ("data", "data_dir", "dataset", "root"):
-                if isinstance(d.get(key), str):
-                    cands.append(Path(d[key]) / "train")
-    recorded = list(cands)
-    cands += [run.root.parent / "data" / "train", run.root.parent / "train"]
-
-    def holds_ids(folder: Path) -> bool:
-        for iid in list(ids)[:5]:
-            try:
-                detect_format(folder, str(iid))
-                return True
-            except InputError:
-                continue
-        return not len(ids)
-
-    for p in cands:
-        for q in (p, run.root / p):
-            if q.is_dir() and holds_ids(q):
-                return q, str(q)
-    if recorded:
-        return None, f"the training images recorded in the run ({recorded[0]}) were not found"
-    return None, "the run records no training image folder"
-
-
-def _reader(folder, fmt, channels, size) -> Callable:
-    from protloc.io.images import read_image, resize
-
+def image_reader(read_one) -> Callable:
+    """``read(id)``: ``read_one(id)`` (an image as the run sees it) cached, None when unreadable."""
     cache: dict = {}
 
     def read(iid):
         if iid not in cache:
             try:
-                a = read_image(folder, str(iid), fmt=fmt, channels=channels)
-                cache[iid] = resize(a, size=size) if a.shape[0] != a.shape[1] or a.shape[0] != size else a
+                cache[iid] = read_one(str(iid))
             except (InputError, OSError):
                 cache[iid] = None
         return cache[iid]
@@ -144,65 +84,62 @@ def _reader(folder, fmt, channels, size) -> Callable:
     return read
 
 
-def run_channels(pre) -> tuple[str, tuple | None]:
-    """(format, channels for imageio.read_image) that read images as the run was trained."""
-    fmt = pre.fmt if pre.fmt in ("rgb", "hpa-channels", "tiff") else "auto"
-    if fmt == "hpa-channels":
-        return fmt, tuple(pre.channels)
-    if fmt == "tiff":
-        try:
-            return fmt, tuple(int(str(c).removeprefix("ch")) for c in pre.channels)
-        except ValueError:
-            return fmt, None
-    return fmt, None
+def folder_reader(folder: Path, pre) -> Callable:
+    """Images ``folder/<id>`` read the way the run was trained (:func:`read_for_run`)."""
+    from protloc.inference.inputs import read_for_run
+
+    return image_reader(lambda iid: read_for_run(Path(folder) / iid, pre))
 
 
 def from_oof(run: RunFolder) -> ReportData:
-    """Report data from the out-of-fold probabilities and the training images of config.yaml."""
+    """Report data from the out-of-fold probabilities and the training images of ``data.json``."""
     pre = run.preprocessing()
     ids, probs, y, _ = run.oof()
     ok = np.isfinite(probs).all(1)
     notes = [] if ok.all() else [f"{int((~ok).sum())} oof.csv rows without probabilities were left out"]
     data = ReportData(ids=[i for i, k in zip(ids, ok) if k], probs=probs[ok], y=y[ok], classes=list(pre.classes),
                       thresholds=np.full(len(pre.classes), 0.5), notes=notes,
-                      source=f"out-of-fold predictions ({run.oof_csv.name})")
-    folder, msg = image_source(run, pre, data.ids)
+                      source=f"out-of-fold predictions ({run.oof_csv.name})", channels=pre.channels)
+    folder, msg = training_images(run)
     if folder is None:
-        data.notes.append(f"no images found: {msg}; galleries and Grad-CAM are skipped. Pass --csv/--images "
-                          "to report on a labeled image set.")
+        data.notes.append(f"no images found: {msg}; galleries and Grad-CAM are skipped. Pass --images (the "
+                          "training images) or --csv/--images to report on a labeled image set.")
     else:
-        data.read = _reader(folder, *run_channels(pre), pre.size)
+        data.read = folder_reader(folder, pre)
     return data
 
 
-def from_table(run: RunFolder, table, *, tta: str = "none", progress: bool = False, device=None) -> ReportData:
+def from_table(run: RunFolder, table, *, tta: str = "none", progress: bool = False, device=None,
+               channels_chosen: bool | None = None) -> ReportData:
     """Predict a labeled :class:`~protloc.data.table.DataTable` with the run, then report on it."""
-    from protloc.reports.explain import load_run
+    from protloc.inference.inputs import read_table_row
+    from protloc.inference.predictor import Predictor
 
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a labeled CSV (Label column)",
                                      got="no labels", fix="pass --csv with labels, or leave out --csv/--images "
                                      "to report on the out-of-fold predictions"))
-    pred = load_run(run.root, device=device)
+    pred = Predictor.from_run(run.root, device=device)
     pre = pred.preprocessing
-    res = pred.predict_table(table, tta=tta, progress=progress, on_error="skip")
+    res = pred.predict_table(table, tta=tta, progress=progress, on_error="skip", channels_chosen=channels_chosen)
     pos = {iid: k for k, iid in enumerate(table.ids)}
     y = table.y()[[pos[i] for i in res.ids]]
     notes = [f"{len(res.skipped)} unreadable images were left out (e.g. {res.skipped[0][1]})"] if res.skipped else []
+    chosen = channels_chosen if channels_chosen is not None else True
     return ReportData(ids=list(res.ids), probs=np.asarray(res.probs, np.float32), y=y, classes=list(pre.classes),
                       thresholds=np.full(len(pre.classes), 0.5), notes=notes,
                       source=f"{table.csv_path.name if table.csv_path else table.images} ({len(res.ids)} "
-                             f"images, predicted with tta={tta})",
-                      read=_reader(table.images, table.fmt, table.channels, pre.size))
+                             f"images, predicted with tta={tta})", channels=pre.channels,
+                      read=image_reader(lambda iid: read_table_row(table, pos[iid], pre, channels_chosen=chosen)))
 
 
 # --------------------------------------------------------------------------------------------
 # sections
 # --------------------------------------------------------------------------------------------
-def _thumb(img: np.ndarray) -> np.ndarray:
+def _thumb(img: np.ndarray, names) -> np.ndarray:
     from protloc.io.images import resize
 
-    rgb = composite(img)
+    rgb = composite(img, names)
     return resize(rgb, size=THUMB) if rgb.shape[0] > THUMB else rgb
 
 
@@ -211,7 +148,7 @@ def _labels(row, classes) -> str:
     return ", ".join(names) if names else "none"
 
 
-def _summary(page: Page, d: ReportData, y_pred: np.ndarray, thr_note, run: RunFolder) -> dict:
+def _summary(page: Page, d: ReportData, y_pred: np.ndarray, rule, run: RunFolder) -> dict:
     from protloc.core.metrics import classification_summary, macro_f1
 
     s = classification_summary(d.y, y_pred, d.probs, classes=d.classes)
@@ -220,35 +157,31 @@ def _summary(page: Page, d: ReportData, y_pred: np.ndarray, thr_note, run: RunFo
             ("macro F1 at 0.5", f"{f05:.3f}"), ("micro F1", f"{s['micro_f1']:.3f}"),
             ("mAP", "–" if s["mAP"] is None else f"{s['mAP']:.3f}"),
             ("calibration error (ECE)", f"{rp.expected_calibration_error(d.y, d.probs):.3f}")]
+    thr_note = None if rule.fitted else (f"no thresholds.json: 0.5 is used for every class. Run `protloc "
+                                         f"thresholds {run.root}` to tune per-class thresholds.")
     notes = ([thr_note] if thr_note else []) + list(d.notes)
     if s["empty_classes"]:
         notes.append(f"classes with no positive image (left out of macro F1): {', '.join(s['empty_classes'])}")
     body = Page.kpis(kpis) + f"<p>Evaluated on: {esc(d.source)}. Run folder: <code>{esc(run.root)}</code>.</p>"
-    body += f"<p>{esc(_run_facts(run, thr_note))}</p>"
+    body += f"<p>{esc(_run_facts(run, rule))}</p>"
     body += "".join(f'<p class="warn">Note: {esc(n)}</p>' for n in notes)
     page.section(SECTIONS[0], body)
     return s
 
 
-def _run_facts(run: RunFolder, thr_note) -> str:
+def _run_facts(run: RunFolder, rule) -> str:
     """One line: model, image size, channels, folds, threshold method."""
-    import json
-
-    facts = []
+    pre = run.preprocessing()
     try:
-        spec = json.loads(run.model_json.read_text()) if run.model_json.is_file() else {}
-        pre = run.preprocessing()
-        facts.append(f"Model: {spec.get('backbone', '?')} on {pre.size} px {'/'.join(map(str, pre.channels))} images")
-    except (ValueError, InputError):
-        pass
-    n = len(run.model_paths())
+        backbone = run.model_spec().backbone
+    except RunFolderError:
+        backbone = "? (model.json missing or unreadable)"
+    facts = [f"Model: {backbone} on {pre.size} px {'/'.join(map(str, pre.channels))} images"]
+    n = len(run.folds())
     facts.append(f"{n} fold model{'s' if n != 1 else ''}")
-    if not thr_note:
-        try:
-            method = (run.thresholds() or {}).get("method", "?")
-        except ValueError:
-            method = "?"
-        facts.append(f"per-class thresholds from thresholds.json (method {method})")
+    if rule.fitted:
+        facts.append(f"per-class thresholds from thresholds.json (method {rule.method}"
+                     f"{', at least one label per image' if rule.at_least_one else ''})")
     return "; ".join(facts) + "."
 
 
@@ -296,7 +229,7 @@ def _galleries(page: Page, d: ReportData, *, k: int) -> None:
                     missing += 1
                     continue
                 cap = f"{d.ids[i]} · p={d.probs[i, c]:.2f} · true: {_labels(d.y[i], d.classes)}"
-                items.append((_thumb(img), cap))
+                items.append((_thumb(img, d.channels), cap))
             parts.append(cell.format(Page.gallery(items, width=100) if items else "<small>–</small>"))
     if parts:
         head = (cell.format("")
@@ -312,14 +245,15 @@ def _galleries(page: Page, d: ReportData, *, k: int) -> None:
 
 
 def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) -> None:
-    from protloc.reports.explain import explain_image, load_run, overlay, protein_channel
+    from protloc.inference.predictor import Predictor
     from protloc.io.images import resize
+    from protloc.reports.explain import explain_image, overlay, protein_channel
 
     if d.read is None:
         page.section(SECTIONS[8], '<p class="warn">No images available: Grad-CAM skipped.</p>')
         return
     try:
-        pred = load_run(run.root, device=device)
+        pred = Predictor.from_run(run.root, device=device)
     except InputError as e:
         page.section(SECTIONS[8], f'<p class="warn">Models could not be loaded ({esc(e)}): Grad-CAM skipped.</p>')
         return
@@ -337,13 +271,14 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
             continue
         try:
             e = explain_image(pred, pre, img, classes=[c], thresholds=d.thresholds)[0]
-            a = pre.check_array(img)
+            a = pre.prepare(img)
         except InputError:  # e.g. an image with other channels than the run's
             continue
         g = a[..., protein_channel(pre)]
         green = np.stack([np.zeros_like(g), g, np.zeros_like(g)], -1)
         gap = np.full((GRADCAM_PX, 4, 3), 255, np.uint8)
-        panels = [composite(a), overlay(composite(a), e["heatmap"]), overlay(green, e["heatmap"])]
+        rgb = composite(a, pre.channels)
+        panels = [rgb, overlay(rgb, e["heatmap"]), overlay(green, e["heatmap"])]
         row = np.concatenate([x for p in panels for x in (resize(p, size=GRADCAM_PX), gap)][:-1], axis=1)
         items.append((row, f"{d.ids[i]} · {d.classes[c]} · p={e['prob']:.2f} (threshold {e['threshold']:.2f})"))
     body = Page.gallery(items, width=3 * GRADCAM_PX + 8) if items else "<p>No examples.</p>"
@@ -355,19 +290,18 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
 def build_report(run, data: ReportData | None = None, *, gallery_k: int = 3, n_gradcam: int = 8,
                  device=None) -> Page:
     """Build the report :class:`~protloc.reports.html.Page` (``data`` default: :func:`from_oof`)."""
-    from protloc.core.thresholds import apply_thresholds
-
     run = (run if isinstance(run, RunFolder) else RunFolder(run)).check(need_models=False)
     d = data if data is not None else from_oof(run)
     if not len(d.ids):
         raise InputError(fmt_problem(f"{run.root}", expected="at least one image with probabilities",
                                      got="none", fix="check oof.csv or the --csv/--images set"))
-    thr, alo, thr_note = run_thresholds(run, d.classes)
-    d.thresholds, d.at_least_one = thr, alo
-    y_pred = apply_thresholds(d.probs, thr, at_least_one=alo)
+    rule = run.thresholds()
+    thr = rule.values
+    d.thresholds, d.at_least_one = thr, rule.at_least_one
+    y_pred = rule.apply(d.probs)
     name = "/".join(run.root.resolve().parts[-2:])
     page = Page(f"protloc report: {name}", subtitle=f"{len(d.ids)} images · {d.source}")
-    s = _summary(page, d, y_pred, thr_note, run)
+    s = _summary(page, d, y_pred, rule, run)
     _training(page, run, d.metrics)
     _per_class(page, d, s)
     page.section(SECTIONS[3], Page.figure(rp.pr_curves(d.y, d.probs, thr, d.classes), alt="PR curves", dpi=80),

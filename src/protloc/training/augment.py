@@ -9,7 +9,8 @@ Inputs are float (N, C, H, W) in [0, 1] (before mean/std normalisation).
 Ops
 ---
 ``d4``      the 8 flips / 90-degree rotations (the dihedral group of the square); microscopy has
-            no preferred orientation. :func:`d4` is the pure helper TTA reuses.
+            no preferred orientation. The group itself is :func:`protloc.core.tta.d4`, shared
+            with test-time augmentation.
 ``rotate``  small rotations (+-15 deg) with reflect padding.
 ``crop``    random resized crops (scale 0.7-1 of the side), resized back.
 ``jitter``  per-channel brightness, contrast and gamma jitter.
@@ -22,37 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
+from protloc.core.tta import d4
 
 AUG_OPS = ("d4", "flips", "rotate", "crop", "jitter")
-
-
-def d4(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Element ``k`` (0..7) of the dihedral group D4 applied to the last two dims.
-
-    ``k % 4`` quarter turns, then a horizontal flip when ``k >= 4``; ``k = 0`` is identity.
-
-    Examples
-    --------
-    >>> x = torch.arange(4.).reshape(1, 1, 2, 2)
-    >>> d4(x, 1).flatten().tolist(), d4(x, 4).flatten().tolist()
-    ([1.0, 3.0, 0.0, 2.0], [1.0, 0.0, 3.0, 2.0])
-    """
-    if not 0 <= int(k) < 8:
-        raise ValueError(f"d4: k must be in 0..7, got {k}")
-    y = torch.rot90(x, int(k) % 4, dims=(-2, -1)) if k % 4 else x
-    return torch.flip(y, dims=(-1,)) if k >= 4 else y
-
-
-def d4_inverse(k: int) -> int:
-    """Index of the inverse element: ``d4(d4(x, k), d4_inverse(k)) == x``.
-
-    Examples
-    --------
-    >>> [d4_inverse(k) for k in range(8)]
-    [0, 3, 2, 1, 4, 5, 6, 7]
-    """
-    return (4 - k) % 4 if k < 4 else k
 
 
 def random_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -137,8 +111,8 @@ class BatchAugment:
         ops = [] if ops == ["none"] else ops
         bad = [o for o in ops if o not in AUG_OPS]
         if bad:
-            raise InputError(fmt_problem("--augment", expected=f"a comma list of {', '.join(AUG_OPS)} or none",
-                                         got=repr(spec), fix="e.g. --augment d4,rotate,crop,jitter"))
+            raise InputError("--augment", expected=f"a comma list of {', '.join(AUG_OPS)} or none",
+                             got=repr(spec), fix="e.g. --augment d4,rotate,crop,jitter")
         self.ops, self.degrees, self.crop_scale, self.jitter = ops, degrees, crop_scale, jitter
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

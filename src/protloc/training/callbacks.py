@@ -35,7 +35,7 @@ def early_modules(backbone, n_blocks: int) -> list:
         return stem + [getattr(backbone, f"layer{i}") for i in range(1, n_blocks + 1) if hasattr(backbone, f"layer{i}")]
     from protloc.core.errors import InputError
 
-    raise InputError(f"--freeze-blocks: {type(backbone).__name__} has no known stage layout. Fix: use "
+    raise InputError(f"--freeze-blocks: {type(backbone).__name__} has no known stage layout", fix="use "
                      "--freeze-blocks 0 with this model")
 
 

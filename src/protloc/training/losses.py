@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 LOSS_NAMES = ("bce", "focal", "asl", "softf1")
 
@@ -125,14 +125,14 @@ def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
         name = m.group(2) if m else None
         name = {"soft_f1": "softf1", "softf1": "softf1", "wbce": "bce"}.get(name, name)
         if not m or name not in LOSS_NAMES:
-            raise InputError(fmt_problem("--loss", expected=f"terms from {', '.join(LOSS_NAMES)} joined "
-                                         "by + with optional weights", got=repr(spec),
-                                         fix="e.g. --loss bce, --loss asl or --loss bce+0.5*softf1"))
+            raise InputError("--loss", expected=f"terms from {', '.join(LOSS_NAMES)} joined "
+                             "by + with optional weights", got=repr(spec),
+                             fix="e.g. --loss bce, --loss asl or --loss bce+0.5*softf1")
         try:
             w = float(m.group(1)) if m.group(1) else 1.0
         except ValueError:
-            raise InputError(fmt_problem("--loss", expected="numeric weights like 0.5*softf1",
-                                         got=repr(part), fix="write WEIGHT*NAME")) from None
+            raise InputError("--loss", expected="numeric weights like 0.5*softf1",
+                             got=repr(part), fix="write WEIGHT*NAME") from None
         terms.append((w, name))
     return terms
 
@@ -158,9 +158,9 @@ def make_loss(spec: str, *, y_train: np.ndarray | None = None, pos_weight: str =
     pw = None
     if pos_weight not in ("none", "", None):
         if pos_weight != "auto":
-            raise InputError(fmt_problem("--pos-weight", expected="none or auto", got=repr(pos_weight),
-                                         fix="use --pos-weight auto"))
+            raise InputError("--pos-weight", expected="none or auto", got=repr(pos_weight),
+                             fix="use --pos-weight auto")
         if y_train is None:
-            raise InputError("pos_weight=auto needs training labels. Fix: pass y_train")
+            raise InputError("pos_weight=auto needs training labels", fix="pass y_train")
         pw = auto_pos_weight(y_train)
     return CombinedLoss(parse_loss_spec(spec), pos_weight=pw, gamma=gamma)

@@ -1,6 +1,8 @@
 """The LightningModule: uint8 batches -> device augment/normalise -> timm net -> loss; epoch-level
-validation metrics computed once over every validation image (gathered across processes and
-de-duplicated by dataset index, since distributed samplers pad with duplicates).
+validation metrics (:func:`protloc.core.metrics.epoch_metrics`) computed once over every
+validation image (gathered across processes and de-duplicated by dataset index, since
+distributed samplers pad with duplicates). After training, :meth:`LitProtloc.load_trained` +
+:meth:`LitProtloc.inference_net` hand out the network to keep (the EMA copy when EMA is on).
 """
 
 from __future__ import annotations
@@ -12,44 +14,11 @@ import torch
 
 import lightning.pytorch as pl
 
-from protloc.core import metrics as M
-from protloc.training.augment import BatchAugment, d4
+from protloc.core.errors import check_choice
+from protloc.core.metrics import epoch_metrics
+from protloc.core.tta import TTA_MODES, merge_probs, tta_views
+from protloc.training.augment import BatchAugment
 from protloc.training.datamodule import epoch_seed
-
-
-def best_threshold_macro_f1(y: np.ndarray, probs: np.ndarray, *, grid=None) -> tuple[float, np.ndarray]:
-    """Macro F1 with each class at its own best threshold (optimistic: tuned on the same data).
-
-    Examples
-    --------
-    >>> f1, t = best_threshold_macro_f1(np.array([[1, 0], [0, 1]]), np.array([[0.3, 0.1], [0.1, 0.9]]))
-    >>> f1
-    1.0
-    """
-    y = np.asarray(y).astype(bool)
-    grid = np.arange(0.05, 0.96, 0.05) if grid is None else np.asarray(grid)
-    pred = probs[None, :, :] >= grid[:, None, None]                       # (T, N, C)
-    tp = (pred & y[None]).sum(1)
-    fp = (pred & ~y[None]).sum(1)
-    fn = (~pred & y[None]).sum(1)
-    f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)  # (T, C)
-    best = f1.argmax(0)
-    has = y.any(0)
-    per = f1[best, np.arange(y.shape[1])]
-    return (float(per[has].mean()) if has.any() else 0.0), grid[best]
-
-
-def epoch_metrics(y: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -> dict:
-    """The validation numbers of one epoch, from all probabilities at once."""
-    pred = probs >= threshold
-    s = M.classification_summary(y, pred, probs)
-    best, _ = best_threshold_macro_f1(y, probs)
-    out = {"val_macro_f1": s["macro_f1"], "val_macro_f1_best": best, "val_micro_f1": s["micro_f1"],
-           "val_mAP": s["mAP"] if s["mAP"] is not None else 0.0}
-    for pc in s["per_class"]:
-        out[f"val_f1_{pc['id']}"] = pc["f1"] if pc["f1"] is not None else float("nan")
-    out["val_empty_classes"] = M.empty_classes(y)
-    return out
 
 
 class LitProtloc(pl.LightningModule):
@@ -83,8 +52,19 @@ class LitProtloc(pl.LightningModule):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def _eval_net(self):
+    def inference_net(self):
+        """The network to validate and predict with: the EMA copy when EMA is on, else the net."""
         return self.ema.module if self.ema is not None else self.net
+
+    def load_trained(self, checkpoint) -> "LitProtloc":
+        """Load this module's weights (the net and its EMA copy) from a Lightning checkpoint.
+
+        Returns ``self``, so ``module.load_trained(best_ckpt).inference_net()`` is the trained
+        network; callers never need the module's attribute names.
+        """
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        self.load_state_dict(state)
+        return self
 
     # training ----------------------------------------------------------------------------
     def on_train_epoch_start(self):
@@ -123,7 +103,7 @@ class LitProtloc(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         idx, x, y = batch
-        logits = self._eval_net()(self.normalize(self.to_input(x))).float()
+        logits = self.inference_net()(self.normalize(self.to_input(x))).float()
         self._val.append((idx, logits, y.float()))
 
     def on_validation_epoch_end(self):
@@ -205,12 +185,13 @@ def infer_probs(net, images: np.ndarray, *, mean, std, indices=None, batch_size:
                 tta: str = "none", device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
     """Sigmoid probabilities (N, C) for uint8 (N, H, W, C) ``images[indices]``.
 
-    ``tta``: ``none``, ``flip`` (identity + horizontal flip) or ``d4`` (mean over the 8 D4 views).
+    ``tta``: ``none``, ``flip`` (identity + horizontal flip) or ``d4`` (the 8 D4 views); the
+    views' probabilities are averaged (:mod:`protloc.core.tta`).
     """
     from protloc.core.progress import progress_bar
 
+    check_choice("tta", tta, TTA_MODES)
     idx = np.arange(len(images)) if indices is None else np.asarray(indices)
-    ks = {"none": [0], "flip": [0, 4], "d4": list(range(8))}[tta]
     net = net.to(device).eval()
     c = images.shape[-1]
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
@@ -220,7 +201,7 @@ def infer_probs(net, images: np.ndarray, *, mean, std, indices=None, batch_size:
         for s in range(0, len(idx), batch_size):
             b = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx[s:s + batch_size]])).to(device)
             x = (b.permute(0, 3, 1, 2).float() / 255.0 - mean_t) / std_t
-            p = sum(torch.sigmoid(net(d4(x, k)).float()) for k in ks) / len(ks)
-            out.append(p.cpu().numpy())
+            views = [torch.sigmoid(net(v).float()).cpu().numpy() for v in tta_views(x, tta)]
+            out.append(merge_probs(np.stack(views), "mean"))
             advance(len(b))
     return np.concatenate(out) if out else np.zeros((0, net.spec.num_classes), np.float32)

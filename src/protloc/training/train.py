@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ import torch
 from protloc.core.atomic import write_csv, write_json
 from protloc.core.config import TrainConfig
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
-from protloc.core.runfolder import RunFolder
+from protloc.core.runfolder import DataSource, RunFolder
 
 log = logging.getLogger("protloc.training.train")
 
@@ -51,34 +50,15 @@ def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
     log.propagate = False
 
 
-def fold_dir(run: RunFolder, k: int) -> Path:
-    return run.root / "folds" / f"fold{k}"
-
-
 def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool = False) -> np.ndarray:
-    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified.
+    """Validation fold per image (-1 = train only, -2 = unusable), multilabel-stratified with
+    near-duplicates kept together (:func:`protloc.data.split.make_folds`)."""
+    from protloc.data.split import make_folds
 
-    Uses ``protloc.data.split.make_folds`` (near-duplicates kept together) when available.
-    """
-    sub = table.subset(usable)
     holdout = cfg.val_fraction if cfg.folds == 1 else None
-    try:
-        from protloc.data.split import make_folds
-    except ImportError:  # pragma: no cover - split.py is part of the package
-        make_folds = None
-    if make_folds is not None:
-        f = make_folds(sub, cfg.folds, seed=cfg.seed, holdout=holdout, near_dup=cfg.near_dup, progress=progress)
-    else:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
-
-        y, X = sub.y(), np.zeros((len(sub), 1))
-        f = np.full(len(sub), -1)
-        sp = (MultilabelStratifiedShuffleSplit(1, test_size=holdout, random_state=cfg.seed) if holdout
-              else MultilabelStratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed))
-        for k, (_, val) in enumerate(sp.split(X, y)):
-            f[val] = k
     out = np.full(len(table), -2, dtype=int)
-    out[usable] = f
+    out[usable] = make_folds(table.subset(usable), cfg.folds, seed=cfg.seed, holdout=holdout,
+                             near_dup=cfg.near_dup, progress=progress)
     return out
 
 
@@ -142,7 +122,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     from protloc.models.network import build_model
 
     train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
-    ckdir, fdir = run.ckpt_dir(k), fold_dir(run, k)
+    ckdir, fdir = run.ckpt_dir(k), run.fold_dir(k)
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if (resume and last.is_file()) else None
     if ckpt_path:
@@ -188,12 +168,9 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     if not trainer.is_global_zero:
         return None
     best = ckdir / "best.ckpt"
-    src = best if best.is_file() else last
-    state = torch.load(src, map_location="cpu", weights_only=False)["state_dict"]
-    prefix = "ema.module." if cfg.ema else "net."
-    net.load_state_dict({k2[len(prefix):]: v for k2, v in state.items() if k2.startswith(prefix)})
-    from protloc.training.module import epoch_metrics, infer_probs
-    from protloc.core.metrics import classification_summary
+    net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
+    from protloc.core.metrics import classification_summary, epoch_metrics
+    from protloc.training.module import infer_probs
     from protloc.models.network import save_weights
 
     save_weights(net.cpu().eval(), run.model_path(k))
@@ -222,9 +199,9 @@ def merge_folds(run: RunFolder) -> dict:
     """Combine ``folds/fold*/`` into ``oof.csv``, ``metrics.csv`` and ``summary.json``."""
     import json
 
-    from protloc.training.module import epoch_metrics
+    from protloc.core.metrics import epoch_metrics
 
-    dirs = sorted((run.root / "folds").glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+    dirs = [run.fold_dir(k) for k in run.fold_results()]
     done = [d for d in dirs if (d / "summary.json").is_file() and (d / "oof.csv").is_file()]
     if not done:
         raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json). Fix: train "
@@ -242,9 +219,9 @@ def merge_folds(run: RunFolder) -> dict:
     fold_sums = [json.loads((d / "summary.json").read_text()) for d in done]
     y = pre.schema.to_multihot([pre.schema.parse(t) for t in oof["Label"].fillna("").astype(str)])
     cfg = run.config()
-    m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=float(cfg.get("threshold", 0.5)))
-    summary = {"folds_done": [s["fold"] for s in fold_sums], "n_folds": int(cfg.get("folds", 1)),
-               "monitor": cfg.get("monitor"), "oof_images": int(len(oof)), "threshold": cfg.get("threshold", 0.5),
+    m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=cfg.threshold)
+    summary = {"folds_done": [s["fold"] for s in fold_sums], "n_folds": cfg.folds,
+               "monitor": cfg.monitor, "oof_images": int(len(oof)), "threshold": cfg.threshold,
                "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"],
                "val_mAP": m["val_mAP"], "val_micro_f1": m["val_micro_f1"],
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
@@ -264,22 +241,27 @@ def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool
 
 
 def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, echo: bool = True, extra_callbacks=()) -> dict:
+                 progress: bool = True, echo: bool = True, extra_callbacks=(),
+                 data_source: DataSource | None = None) -> dict:
     """Train every requested fold of ``cfg`` on ``table`` into the run folder ``out``.
 
     Returns the merged summary (``summary.json``). See the module docstring for the files.
+    ``data_source`` is recorded as ``RUN/data.json`` (default: what ``table`` knows; the CLI adds
+    the column names it was given).
 
     Examples
     --------
     >>> run_training(TrainConfig.preset("fast"), load_table(data="data/"), "runs/r1")  # doctest: +SKIP
     """
-    from protloc.models.network import ModelSpec
+    from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
+    from protloc.training import check_recipe
 
     import warnings
 
     import lightning.pytorch  # noqa: F401 - configures its loggers on import; quiet them after
 
+    check_recipe(cfg)  # every option (folds included) before the run folder is touched
     run = RunFolder(out)
     setup_logging(run, echo=echo)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
@@ -293,13 +275,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
                                      got="no labels", fix="pass --csv with Image,Label columns"))
-    if cfg.folds < 1:
-        raise InputError(fmt_problem("--folds", expected="1 (holdout) or K >= 2", got=str(cfg.folds),
-                                     fix="e.g. --folds 5"))
-    n_val_folds = 1 if cfg.folds == 1 else cfg.folds
-    if cfg.fold is not None and not 0 <= cfg.fold < n_val_folds:
-        raise InputError(fmt_problem("--fold", expected=f"0 to {n_val_folds - 1}", got=str(cfg.fold),
-                                     fix=f"pick a fold of --folds {cfg.folds}"))
+    n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
     _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
@@ -323,19 +299,17 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         rng = np.random.default_rng(cfg.seed)
         sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
         mean, std = channel_stats(np.asarray(ds.images[sample]))
-        pre = Preprocessing(fmt=table.fmt, channels=tuple(map(str, table.channels)), size=cfg.size,
-                            mean=mean, std=std, schema=table.schema)
+        pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
+                            schema=table.schema)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
     if main:
-        cfg.save(run.config_yaml)
-        write_json(run.schema_json, table.schema.to_dict())
-        pre.save(run.preprocessing_json)
-        write_json(run.model_json, spec.to_dict())
+        run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
+                       data_source=data_source or DataSource.from_table(table))
         keep = folds != -2
         write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
     for j, k in enumerate(todo):
-        if resume and (fold_dir(run, k) / "summary.json").is_file() and run.model_path(k).is_file():
+        if resume and (run.fold_dir(k) / "summary.json").is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)
             continue
         deadline = None
@@ -345,7 +319,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
                          deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
         if res is not None:
-            fdir = fold_dir(run, k)
+            fdir = run.fold_dir(k)
             write_csv(fdir / "oof.csv", res["oof"])
             write_json(fdir / "summary.json", res["summary"])
             s = res["summary"]

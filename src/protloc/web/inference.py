@@ -16,10 +16,12 @@ from contextlib import contextmanager
 import numpy as np
 
 from protloc.core.errors import InputError, fmt_problem
+from protloc.io.images import CHANNEL_ROLES
+from protloc.reports.html import composite, png_data_uri
 from protloc.web.model_card import channel_names, hpa_needed, model_card
-from protloc.web.pictures import CHANNEL_ROLES, PREVIEW_MAX, composite, overlay, png_data_uri, tinted
-from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, decode_image,
-                                 group_hpa, image_id, stack_hpa)
+from protloc.web.pictures import PREVIEW_MAX, overlay, tinted
+from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, csv_safe, decode_image,
+                                 group_hpa, image_id, sniff, stack_hpa)
 
 
 class Service:
@@ -38,7 +40,7 @@ class Service:
         self.predictor = predictor
         self.pre = predictor.preprocessing
         self.classes = list(predictor.classes)
-        self.thresholds = np.asarray(predictor.thresholds, np.float64)
+        self.thresholds = np.asarray(predictor.threshold_rule.values, np.float64)
         self.max_upload = int(max_upload_mb * MB)
         self.max_request = int(max(max_request_mb, max_upload_mb) * MB)
         self.max_files = int(max_files)
@@ -79,43 +81,30 @@ class Service:
     def items_from_uploads(self, uploads) -> list[dict]:
         """[(name, bytes)] -> items {name, id, files, image (H, W, C) uint8}, HPA sets stacked."""
         self.check_count(len(uploads))
-        decoded = []
+        decoded, rgba = [], {}
         for i, (raw_name, data) in enumerate(uploads):
             name = clean_name(raw_name, index=i)
             self.check_upload(name, len(data))
             decoded.append((name, decode_image(data, name, max_pixels=self.max_pixels)))
+            rgba[name] = sniff(data) != "tiff"  # a 4th PNG channel is alpha, a 4th TIFF channel is data
         items = []
         for kind, key, value in group_hpa(decoded):
             if kind == "one":
-                items.append(self._single(key, value))
+                items.append(self._single(key, value, rgba=rgba[key]))
             elif len(value) == 1 and value[0][2].ndim == 3 and value[0][2].shape[2] >= 3:
-                items.append(self._single(value[0][1], value[0][2]))  # an RGB file named *_red.png
+                name = value[0][1]  # an RGB file named *_red.png
+                items.append(self._single(name, value[0][2], rgba=rgba[name]))
             else:
                 items.append(stack_hpa(key, value, hpa_needed(self.pre)))
         return items
 
-    def _single(self, name: str, arr: np.ndarray) -> dict:
-        pre = self.pre
-        a = arr if arr.ndim == 3 else arr[..., None]
-        if a.shape[2] == 4 and pre.in_chans == 3:
-            a = a[..., :3]  # RGBA: drop alpha (or an HPA 4-channel stack: drop yellow), as in training
-        elif a.shape[2] > pre.in_chans and pre.fmt == "tiff":
-            idx = [int(str(c).removeprefix("ch")) for c in pre.channels if str(c).removeprefix("ch").isdigit()]
-            if len(idx) == pre.in_chans and max(idx) < a.shape[2]:
-                a = a[..., idx]
-        opaque_alpha = a.shape[2] == 4 and pre.in_chans == 4 and bool((a[..., 3] == 255).all())
-        if a.shape[2] != pre.in_chans or opaque_alpha:
-            got = "a grayscale image (1 channel)" if a.shape[2] == 1 else f"{a.shape[2]} channels"
-            if opaque_alpha:
-                got = "an RGBA image whose 4th channel is a plain alpha (all 255), not a yellow channel"
-            fix = ("upload an RGB image (red microtubules, green protein, blue nucleus)" if pre.in_chans == 3
-                   else f"upload a {pre.in_chans}-channel TIFF or the HPA channel files "
-                        f"<id>_{'/'.join(hpa_needed(pre))}.png together")
-            if a.shape[2] == 1:
-                fix += ", or all HPA channel files <id>_red|green|blue.png of the image together"
-            raise UploadError(422, "wrong number of channels",
-                              fmt_problem(name, expected=f"{pre.in_chans} channels ({', '.join(self.channel_names)})",
-                                          got=got, fix=fix), file=name)
+    def _single(self, name: str, arr: np.ndarray, *, rgba: bool) -> dict:
+        """One decoded file with the run's channels (the run's rule:
+        :meth:`~protloc.core.preprocessing.Preprocessing.pick_channels`), else 422."""
+        try:
+            a = self.pre.pick_channels(arr, where=name, rgba=rgba)
+        except InputError as e:
+            raise UploadError(422, "wrong number of channels", str(e), file=name) from None
         return {"name": name, "id": image_id(name), "files": [name], "image": a}
 
     # ------------------------------------------------------------------------------------
@@ -132,7 +121,7 @@ class Service:
         batch = []
         for it in items:
             try:
-                batch.append(self.pre.check_array(it["image"], where=it["name"]))
+                batch.append(self.pre.prepare(it["image"], where=it["name"]))
             except InputError as e:
                 raise UploadError(422, "wrong number of channels", str(e), file=it["name"]) from None
         batch = np.stack(batch)
@@ -149,11 +138,7 @@ class Service:
                 "results": results, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     def _labels(self, probs):
-        if hasattr(self.predictor, "labels_from_probs"):
-            return self.predictor.labels_from_probs(probs)
-        hot = probs >= self.thresholds[None]
-        labels = [np.flatnonzero(r).tolist() for r in hot]
-        return labels, [" ".join(map(str, ls)) for ls in labels]
+        return self.predictor.labels_from_probs(probs)
 
     def _explain(self, img: np.ndarray, label_ids, probs) -> dict:
         """{class id: heat (H, W) in [0, 1]} for the predicted classes."""
@@ -204,6 +189,6 @@ class Service:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["Image", "Label", *self.classes])
         for r in result["results"]:
-            image = "'" + r["image"] if r["image"][:1] in ("=", "+", "@") else r["image"]  # no formulas
-            w.writerow([image, r["label"], *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
+            w.writerow([csv_safe(r["image"]), csv_safe(r["label"]),  # no formulas from names
+                        *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
         return buf.getvalue()

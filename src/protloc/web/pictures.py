@@ -1,54 +1,14 @@
-"""Pictures for the page: composite and tinted channel previews, Grad-CAM overlays, PNG data URIs."""
+"""Pictures for the page: tinted channel previews and Grad-CAM overlays (the composite and the
+PNG data URIs come from :mod:`protloc.reports.html`, shared with the reports)."""
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 
-from protloc.web.uploads import HPA_ORDER
-
-#: what each channel shows (the reference data and the HPA layout)
-CHANNEL_ROLES = {"red": "microtubules", "green": "protein of interest", "blue": "nucleus",
-                 "yellow": "endoplasmic reticulum"}
 #: display tint of each named channel
 TINTS = {"red": (1.0, 0.2, 0.2), "green": (0.2, 1.0, 0.3), "blue": (0.3, 0.55, 1.0),
          "yellow": (1.0, 0.9, 0.2)}
 PREVIEW_MAX = 256
-
-
-def png_data_uri(img: np.ndarray) -> str:
-    """uint8 (H, W[, 3]) -> ``data:image/png;base64,...``."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=3)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def composite(img: np.ndarray, names) -> np.ndarray:
-    """(H, W, C) uint8 -> RGB using channel names (red/green/blue, yellow adds to red+green).
-
-    Unnamed channels map to R, G, B in order.
-
-    Examples
-    --------
-    >>> composite(np.full((2, 2, 4), 100, np.uint8), ("red", "green", "blue", "yellow"))[0, 0].tolist()
-    [150, 150, 100]
-    """
-    names = [str(n).lower() for n in names]
-    if not set(names) & set(HPA_ORDER):
-        names = list(HPA_ORDER[:3]) + ["yellow"] * max(0, len(names) - 3)
-    out = np.zeros(img.shape[:2] + (3,), np.float32)
-    for c, n in enumerate(names[: img.shape[2]]):
-        p = img[..., c].astype(np.float32)
-        if n == "yellow":
-            out[..., 0] += 0.5 * p
-            out[..., 1] += 0.5 * p
-        elif n in ("red", "green", "blue"):
-            out[..., "rgb".index(n[0])] += p
-    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def tinted(plane: np.ndarray, name: str, *, autocontrast: bool = True) -> np.ndarray:

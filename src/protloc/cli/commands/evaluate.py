@@ -13,6 +13,9 @@ def register(sub) -> None:
     p.add_argument("--tta", default="d4", choices=("none", "flip", "d4"), help="test-time augmentation")
     p.add_argument("--threshold", default=None, type=float,
                    help="one threshold for every class [default: the run's thresholds.json, else 0.5]")
+    p.add_argument("--at-least-one", action="store_true",
+                   help="give an image with no class above threshold its most probable class "
+                        "[default: as the run's thresholds.json says, like predict]")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", default=None, help="where to save the metrics [default: RUN/evaluation.json]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -23,25 +26,33 @@ def run(args) -> int:
     from pathlib import Path
 
     from protloc.core.atomic import write_json
-    from protloc.reports.evaluate import evaluate_probs, print_summary
-    from protloc.inference.predictor import Predictor
     from protloc.core.runfolder import RunFolder
+    from protloc.inference.inputs import run_channels
+    from protloc.inference.predictor import Predictor
+    from protloc.reports.evaluate import evaluate_probs, print_summary
 
     rf = RunFolder(args.run).check()
     predictor = Predictor.from_run(rf.root)
-    args.schema = predictor.preprocessing.schema  # labels are read in the run's schema
+    pre = predictor.preprocessing
+    args.schema = pre.schema  # labels are read in the run's schema
+    chosen = args.channels is not None
+    if not chosen:
+        args.channels = run_channels(pre, args.format)
     table = table_from_args(args, split="test", labels=True)
-    res = predictor.predict_table(table, tta=args.tta, batch_size=args.batch_size, progress=not args.quiet)
-    thresholds = predictor.thresholds if args.threshold is None else args.threshold
+    res = predictor.predict_table(table, tta=args.tta, batch_size=args.batch_size, progress=not args.quiet,
+                                  channels_chosen=chosen)
+    rule = predictor.threshold_rule
+    at_least_one = True if args.at_least_one else rule.at_least_one  # the rule predict applies
     pos = {iid: i for i, iid in enumerate(table.ids)}
     y = table.y()[[pos[i] for i in res.ids]]
-    s = evaluate_probs(y, res.probs, thresholds=thresholds, classes=predictor.classes)
+    s = evaluate_probs(y, res.probs, thresholds=rule.values if args.threshold is None else args.threshold,
+                       at_least_one=at_least_one, classes=predictor.classes)
+    source = "--threshold" if args.threshold is not None else rule.source
     s.update(run=str(rf.root), csv=str(table.csv_path), images=str(table.images), tta=args.tta,
-             threshold_source="--threshold" if args.threshold is not None else
-             ("thresholds.json" if rf.thresholds_json.is_file() else "0.5 (no thresholds.json)"))
-    out = Path(args.json) if args.json else rf.root / "evaluation.json"
+             threshold_source=source)
+    out = Path(args.json) if args.json else rf.evaluation_json
     write_json(out, s)
     print_summary(s, title=f"{rf.root.name} on {table.csv_path.name if table.csv_path else table.images} "
-                           f"(tta {args.tta}, thresholds {s['threshold_source']})")
+                           f"(tta {args.tta}, thresholds {source}{', at least one label' if at_least_one else ''})")
     print(f"saved {out}")
     return 0

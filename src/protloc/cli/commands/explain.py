@@ -28,9 +28,9 @@ def register(sub) -> None:
 
 
 def read_input(pred, image=None, images=None, image_id=None):
-    """(uint8 image, display id) from IMAGE or --images/--id, with pinned error messages."""
-    from protloc.io import images as imageio
+    """(uint8 image as the run sees it, display id) from IMAGE or --images/--id."""
     from protloc.core.errors import InputError, fmt_problem
+    from protloc.io import images as imageio
 
     pre = pred.preprocessing
     if image is not None and (images or image_id):
@@ -42,9 +42,7 @@ def read_input(pred, image=None, images=None, image_id=None):
                 path.parent, path.name, "green")):
             raise InputError(fmt_problem("IMAGE", expected="an existing image file", got=f"{str(path)!r} "
                                          "(not found)", fix="check the path, or use --images DIR --id ID"))
-        if hasattr(pred, "read_file"):
-            return pred.read_file(path), path.stem if path.is_file() else path.name
-        return imageio.read_array(path), path.stem
+        return pred.read_file(path), path.stem if path.is_file() else path.name
     if not (images and image_id):
         raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
                                      got="neither" if not (images or image_id) else "only one of --images/--id",
@@ -52,21 +50,17 @@ def read_input(pred, image=None, images=None, image_id=None):
     if not Path(images).is_dir():
         raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(str(images)),
                                      fix="check the path"))
-    fmt = pre.fmt if pre.fmt in imageio.FORMATS else "auto"
-    chans = pre.channels if fmt == "hpa-channels" else None
-    if fmt == "tiff":
-        chans = tuple(int(str(c).removeprefix("ch")) for c in pre.channels)
-    return imageio.read_image(images, image_id, fmt=fmt, channels=chans), str(image_id)
+    return pred.read_file(Path(images) / str(image_id)), str(image_id)
 
 
 def run(args) -> int:
     from protloc.core.atomic import write_bytes
-    from protloc.reports.explain import explain_image, load_run, render_explanation, resolve_classes
-    from protloc.core.runfolder import RunFolder
+    from protloc.core.runfolder import RunFolder, parse_folds
+    from protloc.inference.predictor import Predictor
+    from protloc.reports.explain import explain_image, render_explanation, resolve_classes
 
     RunFolder(args.run).check()
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    pred = load_run(args.run, folds=folds, device=args.device)
+    pred = Predictor.from_run(args.run, folds=parse_folds(args.folds), device=args.device)
     if args.classes:  # check names before reading the image
         resolve_classes(args.classes, list(pred.preprocessing.classes))
     img, iid = read_input(pred, args.image, args.images, args.image_id)

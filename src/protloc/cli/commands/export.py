@@ -23,8 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from protloc.inference.onnx import export_onnx, meta_path
 
-    fold = args.fold if args.fold == "all" else args.fold
-    info = export_onnx(args.run, args.onnx, folds=fold, opset=args.opset)
+    info = export_onnx(args.run, args.onnx, folds=args.fold, opset=args.opset)
     print(f"wrote {info['path']} (folds {info['folds']}) and {meta_path(info['path']).name}; "
           f"onnxruntime vs torch max |diff| = {info['max_abs_diff']:.2e}")
     return 0

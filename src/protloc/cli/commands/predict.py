@@ -40,35 +40,27 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from protloc.core.atomic import write_csv
     from protloc.cli.main import table_from_args
+    from protloc.core.atomic import write_csv
     from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.runfolder import RunFolder, parse_folds
+    from protloc.inference.inputs import run_channels
     from protloc.inference.predictor import Predictor
-    from protloc.core.runfolder import RunFolder
 
     if args.batch_size < 1:
         raise InputError(fmt_problem("--batch-size", expected="an integer >= 1", got=str(args.batch_size),
                                      fix="e.g. --batch-size 64"))
     rf = RunFolder(args.run).check(need_models=args.engine == "torch")
-    pre = rf.preprocessing()
-    if args.channels is None and args.format in ("auto", pre.fmt):  # default: the run's channels
-        if pre.fmt == "hpa-channels":
-            args.channels = ",".join(pre.channels)
-        elif pre.fmt == "tiff" and all(str(c).removeprefix("ch").isdigit() for c in pre.channels):
-            args.channels = ",".join(str(c).removeprefix("ch") for c in pre.channels)
-    folds = None
-    if args.folds:
-        try:
-            folds = [int(f) for f in str(args.folds).split(",") if f.strip()]
-        except ValueError:
-            raise InputError(fmt_problem("--folds", expected="comma-separated fold numbers",
-                                         got=repr(args.folds), fix="e.g. --folds 0,1")) from None
+    folds = parse_folds(args.folds)
+    chosen = args.channels is not None
+    if not chosen:  # default: the run's channels (typed; read as in training)
+        args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
                               threads=args.threads)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
-                             at_least_one=True if args.at_least_one else None)
+                             at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
     for _, msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
     sub = res.submission_frame()

@@ -37,9 +37,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from protloc.core.errors import InputError, fmt_problem
-    from protloc.reports.report import _reader, build_report, from_oof, from_table, run_channels
     from protloc.core.runfolder import RunFolder
     from protloc.data.table import load_table
+    from protloc.inference.inputs import run_channels
+    from protloc.reports.report import build_report, folder_reader, from_oof, from_table
 
     t0 = time.time()
     rf = RunFolder(args.run).check(need_models=False)
@@ -49,21 +50,19 @@ def run(args) -> int:
             raise InputError(fmt_problem(f"--{name}", expected="an integer >= 0", got=str(getattr(args, name)),
                                          fix=f"e.g. --{name} 3"))
     if args.csv or args.data:
-        chans = args.channels or (",".join(pre.channels) if pre.fmt == "hpa-channels" else None)
+        chosen = args.channels is not None
         table = load_table(args.csv, args.images, data=args.data, split=args.split, fmt=args.format,
-                           channels=chans, schema=pre.schema, id_col=args.id_col, label_col=args.label_col,
-                           labels=True)
-        data = from_table(rf, table, tta=args.tta, progress=True, device=args.device)
+                           channels=args.channels if chosen else run_channels(pre, args.format),
+                           schema=pre.schema, id_col=args.id_col, label_col=args.label_col, labels=True)
+        data = from_table(rf, table, tta=args.tta, progress=True, device=args.device, channels_chosen=chosen)
     else:
         data = from_oof(rf)
         if args.images:
             if not Path(args.images).is_dir():
                 raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(args.images),
                                              fix="check the path"))
-            fmt, chans = run_channels(pre)
-            fmt = fmt if args.format == "auto" else args.format
             data.notes = [n for n in data.notes if not n.startswith("no images found")]
-            data.read = _reader(Path(args.images), fmt, chans, pre.size)
+            data.read = folder_reader(Path(args.images), pre)
     page = build_report(rf, data, gallery_k=args.gallery, n_gradcam=args.gradcam, device=args.device)
     out = Path(args.out) if args.out else rf.report_html
     page.save(out)

@@ -46,39 +46,33 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from protloc.core.atomic import write_json
     from protloc.core.runfolder import RunFolder
-    from protloc.core.thresholds import ThresholdOptimizer
+    from protloc.core.thresholds import fit_run_thresholds
 
-    rf = RunFolder(args.run).check(need_models=False)
-    pre = rf.preprocessing()
-    ids, probs, y, _ = rf.oof()
-    opt = ThresholdOptimizer(args.method, n_bootstrap=args.n_bootstrap, min_positives=args.min_positives,
+    rf = RunFolder(args.run)
+    opt = fit_run_thresholds(rf, method=args.method, at_least_one=args.at_least_one,
+                             n_bootstrap=args.n_bootstrap, min_positives=args.min_positives,
                              max_threshold_std=args.max_threshold_std, fallback=_fallback(args.fallback),
-                             at_least_one=args.at_least_one, random_state=args.seed)
-    opt.fit(probs, y, classes=list(pre.classes))
-    d = opt.to_dict()
-    d["source"] = {"oof": str(rf.oof_csv.name), "n_images": len(ids)}
-    write_json(rf.thresholds_json, d)
+                             random_state=args.seed)
 
     def f(v, nd=3):
         return "-" if v is None else f"{v:.{nd}f}"
 
-    table = Table(title=f"thresholds ({args.method}) on {len(ids)} out-of-fold images")
+    table = Table(title=f"thresholds ({args.method}) on {opt.n_samples_} out-of-fold images")
     for col, just in (("id", "right"), ("class", "left"), ("pos", "right"), ("thr", "right"),
                       ("F1@0.5", "right"), ("F1 after", "right"), ("thr std", "right"),
                       ("F1 std", "right"), ("fallback", "left")):
         table.add_column(col, justify=just)
-    for r in d["per_class"]:
-        fb = r["fallback"] or ""
+    for r in opt.per_class():
         table.add_row(str(r["id"]), r["class"], str(r["n_positives"]), f(r["threshold"]),
-                      f(r["f1_before"]), f(r["f1_after"]), f(r["threshold_std"]), f(r["f1_std"]), fb)
+                      f(r["f1_before"]), f(r["f1_after"]), f(r["threshold_std"]), f(r["f1_std"]),
+                      r["fallback"] or "")
     con = Console()
     con.print(table)
-    con.print(f"macro F1: {d['macro_f1_before']:.4f} at 0.5 -> {d['macro_f1_after']:.4f} with these "
+    con.print(f"macro F1: {opt.macro_f1_before_:.4f} at 0.5 -> {opt.macro_f1_after_:.4f} with these "
               f"thresholds{' (at least one label)' if args.at_least_one else ''}; "
-              f"global threshold {d['global_threshold']:.3f}")
+              f"global threshold {opt.global_threshold_:.3f}")
     for k, fb in sorted(opt.fallback_classes_.items()):
-        con.print(f"fallback for class {k} ({pre.classes[k]}): {fb['rule']} threshold, because {fb['reason']}")
+        con.print(f"fallback for class {k} ({opt.classes_[k]}): {fb['rule']} threshold, because {fb['reason']}")
     con.print(f"saved {rf.thresholds_json}")
     return 0

@@ -1,92 +1,79 @@
-"""``protloc train``: train (and cross-validate) a model into a run folder."""
+"""``protloc train``: train (and cross-validate) a model into a run folder.
+
+The recipe flags are generated from :class:`protloc.core.config.TrainConfig`: one flag per field
+(``--batch-size`` for ``batch_size``, ``--x/--no-x`` for booleans), with the field's help,
+choices and default, so the command, the config file and the help never drift apart.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
+from protloc.core.config import TrainConfig, field_type, flag_name
 
-#: CLI flag -> (TrainConfig key, type, help)
-FLAGS = {
-    "--model": ("model", str, "any timm model name (tf_efficientnet_lite0 has offline ImageNet weights)"),
-    "--pretrained": ("pretrained", str, "none | auto | offline | hub | PATH to a weights file"),
-    "--size": ("size", int, "image side in pixels the model sees"),
-    "--epochs": ("epochs", int, "maximum epochs per fold"),
-    "--batch-size": ("batch_size", int, "images per batch and process"),
-    "--lr": ("lr", float, "peak learning rate of the head (backbone: lr * --backbone-lr-mult)"),
-    "--backbone-lr-mult": ("backbone_lr_mult", float, "backbone learning-rate factor"),
-    "--weight-decay": ("weight_decay", float, "AdamW weight decay"),
-    "--optimizer": ("optimizer", str, "adamw | adam | sgd"),
-    "--schedule": ("schedule", str, "cosine (warmup + cosine) | onecycle | constant"),
-    "--warmup-epochs": ("warmup_epochs", float, "linear warmup length (cosine schedule)"),
-    "--freeze-epochs": ("freeze_epochs", int, "train the head only for N epochs (-1: always)"),
-    "--freeze-blocks": ("freeze_blocks", int, "keep the stem + first N backbone stages frozen (0 = none)"),
-    "--accumulate": ("accumulate", int, "gradient accumulation steps"),
-    "--ema": ("ema", float, "EMA decay of the weights (0 = off), e.g. 0.998"),
-    "--loss": ("loss", str, "bce | focal | asl | softf1 or a weighted sum like bce+0.5*softf1"),
-    "--pos-weight": ("pos_weight", str, "none | auto (per-class neg/pos for BCE/focal)"),
-    "--sampler": ("sampler", str, "random | balanced (class-balanced sampling)"),
-    "--augment": ("augment", str, "comma list of d4, flips, rotate, crop, jitter, or none"),
-    "--pool": ("pool", str, "avg | max | avgmax | catavgmax"),
-    "--dropout": ("dropout", float, "head dropout"),
-    "--hidden": ("hidden", int, "hidden units of the head (0 = linear head)"),
-    "--monitor": ("monitor", str, "checkpoint/early-stop metric: val_macro_f1 (at --threshold), "
-                                  "val_macro_f1_best, val_mAP or val_loss"),
-    "--patience": ("patience", int, "early stopping patience in epochs (0 = off)"),
-    "--threshold": ("threshold", float, "threshold of the monitored macro F1"),
-    "--folds": ("folds", int, "K-fold cross-validation (1 = one 80/20 holdout stored as fold 0)"),
-    "--fold": ("fold", int, "train only fold k of --folds K (merge later with --merge)"),
-    "--val-fraction": ("val_fraction", float, "holdout fraction when --folds 1"),
-    "--seed": ("seed", int, "random seed (folds, shuffling, augmentation)"),
-    "--accelerator": ("accelerator", str, "auto | cpu | gpu"),
-    "--devices": ("devices", str, "number of devices/processes, e.g. 1, 2, auto or 0,1"),
-    "--strategy": ("strategy", str, "auto | ddp | ddp_spawn | fsdp ... (Lightning strategies)"),
-    "--num-nodes": ("num_nodes", int, "machines for multi-node DDP"),
-    "--precision": ("precision", str, "auto | 32-true | bf16-mixed | 16-mixed"),
-    "--threads": ("threads", int, "torch CPU threads per process (0 = cores / processes)"),
-    "--workers": ("workers", int, "decode workers and DataLoader workers"),
-    "--max-minutes": ("max_minutes", float, "time budget: stop cleanly at an epoch boundary, keep the best"),
+#: help group titles of TrainConfig's field groups (fields of the "run" group join the run options)
+GROUP_TITLES = {
+    "run": "run",
+    "recipe": "recipe",
+    "model": "model", "optimisation": "optimisation", "evaluation": "evaluation and checkpoint selection",
+    "cross-validation": "cross-validation", "hardware / engine": "hardware and engine",
 }
+
+
+def add_config_args(p: argparse.ArgumentParser, groups: dict | None = None) -> None:
+    """One flag per :class:`TrainConfig` field, grouped like the fields (``groups``: existing
+    argument groups by title); a flag not given is absent from the parsed namespace."""
+    defaults, groups = TrainConfig(), dict(groups or {})
+    for f in fields(TrainConfig):
+        meta, typ = f.metadata, field_type(f)
+        title = GROUP_TITLES[meta["group"]]
+        g = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
+        value = getattr(defaults, f.name)
+        text = meta["help"].replace("%", "%%") + (f" (default: {value})" if value not in (None, "") else "")
+        if typ is bool:
+            g.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=text)
+            continue
+        choices = meta.get("choices")
+        g.add_argument(flag_name(f.name), dest=f.name, type=typ, default=argparse.SUPPRESS, help=text,
+                       metavar="{" + ",".join(choices) + "}" if choices else None)
 
 
 def register(sub) -> None:
     p = new_command(sub, "train", help="train a model (optionally K-fold cross-validated) into a run folder",
-                    example="protloc train --data data/ --out runs/r1 --folds 5")
+                    example="protloc train --data data/ --out runs/r1 --folds 5",
+                    description="Train a model (optionally K-fold cross-validated) into a run folder.\n\n"
+                                "Options resolve in order: --preset, then --config FILE, then the flags. "
+                                "The defaults shown\nare the default preset's; RUN/config.yaml records "
+                                "the resolved options.")
     add_data_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder to write")
     g.add_argument("--config", default=None, help="YAML config (e.g. another run's config.yaml)")
-    g.add_argument("--preset", default=None, choices=("default", "seed", "fast"),
-                   help="recipe: default, seed (reference notebook), fast [default: default]")
     g.add_argument("--resume", action="store_true", help="continue from checkpoints/fold{k}/last.ckpt")
     g.add_argument("--overwrite", action="store_true", help="retrain folds that already have checkpoints")
     g.add_argument("--merge", action="store_true", help="only merge finished folds/fold*/ into oof/metrics/summary")
-    g.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (reported)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--no-near-dup", dest="near_dup", action="store_false", default=None,
-                   help="do not group near-duplicate images into one fold")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    h = p.add_argument_group("recipe (override --preset / --config; default: from the preset)")
-    for flag, (key, typ, text) in FLAGS.items():
-        h.add_argument(flag, dest=key, type=typ, default=None, help=text)
+    add_config_args(p, {"run": g})
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
-    from protloc.core.config import TrainConfig
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Preset -> ``--config`` file (or the run's own config.yaml on ``--resume``) -> flags."""
     from protloc.core.runfolder import RunFolder
 
-    flags = {key: getattr(args, key, None) for key, _, _ in FLAGS.values()}
-    flags.update(skip_bad=args.skip_bad, compile=args.compile, near_dup=args.near_dup)
+    flags = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     file = args.config
     if file is None and args.resume and RunFolder(args.out).config_yaml.is_file():
         file = RunFolder(args.out).config_yaml
-    cfg = TrainConfig.resolve(preset=args.preset, file=file, **flags)
-    return cfg
+    return TrainConfig.resolve(file=file, **flags)
 
 
 def run(args) -> int:
     from protloc.core.runfolder import RunFolder
+    from protloc.training import check_recipe
     from protloc.training.train import merge_folds, run_training, setup_logging
 
     if args.merge:
@@ -95,7 +82,7 @@ def run(args) -> int:
         s = merge_folds(run_)
         print(f"merged folds {s['folds_done']}: OOF macro F1 {s['val_macro_f1']:.4f} over {s['oof_images']} images")
         return 0
-    cfg = config_from_args(args)
+    cfg = check_recipe(config_from_args(args))  # every option checked before any file is written
     table = table_from_args(args, labels=True)
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet, echo=not args.quiet)
