@@ -480,29 +480,22 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     cores = len(os.sched_getaffinity(0))
 
-    if args.style_stats:
-        load0 = loadavg()
-        s = style_stats(args)
-        s.update({"command": command, "cores": cores, "load_at_start": load0, "load_at_end": loadavg()})
-        out = Path(args.out or RESULTS / "transfer_styles.json")
+    def measure(fn, default_name: str, to_markdown) -> dict:  # a one-off study: JSON + markdown, then stop
         from protloc.core.atomic import write_json, write_text
 
-        write_json(out, s)
-        write_text(out.with_suffix(".md"), stats_markdown(s))
-        print(stats_markdown(s) + f"wrote {out} and {out.with_suffix('.md')}")
-        return s
-
-    if args.probe:
         load0 = loadavg()
-        r = probe(args, work, cores)
+        r = fn()
         r.update({"command": command, "cores": cores, "load_at_start": load0, "load_at_end": loadavg()})
-        out = Path(args.out or RESULTS / "transfer_probe.json")
-        from protloc.core.atomic import write_json, write_text
-
+        out = Path(args.out or RESULTS / default_name)
         write_json(out, r)
-        write_text(out.with_suffix(".md"), probe_markdown(r))
-        print(probe_markdown(r) + f"wrote {out} and {out.with_suffix('.md')}")
+        write_text(out.with_suffix(".md"), to_markdown(r))
+        print(to_markdown(r) + f"wrote {out} and {out.with_suffix('.md')}")
         return r
+
+    if args.style_stats:
+        return measure(lambda: style_stats(args), "transfer_styles.json", stats_markdown)
+    if args.probe:
+        return measure(lambda: probe(args, work, cores), "transfer_probe.json", probe_markdown)
 
     size_defaults = QUICK if args.quick else FULL
     n_train = args.n_train or size_defaults["n_train"]
