@@ -11,7 +11,7 @@ wait for it, with a timeout and a clear message.
 from __future__ import annotations
 
 from protloc.cluster.handshake import SetupFailed, begin_setup, publish_setup, setup_key, wait_for_setup
-from protloc.cluster.launch import Launch, detect_launch, ensure_launch_id, is_main_process
+from protloc.cluster.launch import Launch, detect_launch, ensure_launch_id, is_main_process, parse_devices
 
 __all__ = ["Launch", "detect_launch", "ensure_launch_id", "is_main_process", "begin_setup", "publish_setup",
-           "wait_for_setup", "setup_key", "SetupFailed"]
+           "wait_for_setup", "setup_key", "SetupFailed", "parse_devices"]

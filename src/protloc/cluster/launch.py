@@ -34,7 +34,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["Launch", "detect_launch", "ensure_launch_id", "is_main_process", "ENV_LAUNCH_ID"]
+__all__ = ["Launch", "detect_launch", "ensure_launch_id", "is_main_process", "parse_devices", "ENV_LAUNCH_ID"]
 
 #: the launch id protloc gives the ranks of Lightning's own launcher (and that a user may set)
 ENV_LAUNCH_ID = "PROTLOC_LAUNCH_ID"
@@ -182,3 +182,19 @@ def is_main_process(*, devices_per_node: int | None = None) -> bool:
     True
     """
     return detect_launch(devices_per_node=devices_per_node).is_main
+
+
+def parse_devices(spec):
+    """Lightning's ``devices`` from text: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` as is.
+
+    Examples
+    --------
+    >>> parse_devices("2"), parse_devices("0,1"), parse_devices("auto"), parse_devices(-1)
+    (2, [0, 1], 'auto', -1)
+    """
+    s = str(spec).strip()
+    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
+        return int(s)
+    if "," in s:
+        return [int(v) for v in s.split(",") if v.strip()]
+    return s

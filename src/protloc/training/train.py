@@ -90,12 +90,9 @@ def load_data(table, cfg: TrainConfig, *, progress: bool, trust: bool | None = N
 
 
 def _devices(spec: str):
-    s = str(spec).strip()
-    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
-        return int(s)
-    if "," in s:
-        return [int(v) for v in s.split(",") if v.strip()]
-    return s
+    from protloc.cluster import parse_devices
+
+    return parse_devices(spec)
 
 
 def _precision(cfg: TrainConfig) -> str:
