@@ -32,6 +32,8 @@ Layout::
       model.onnx(.json)      ONNX export + its preprocessing           onnx_path, onnx_meta_path
                              (protloc export, optional)
       train.log              log
+      logs/{csv,tensorboard}/fold{k}/  --logger csv|tensorboard       logs_dir
+      mlflow/                --logger mlflow: mlflow.db + artifacts    mlflow_dir
       .launch/ID.json        rank 0's "data setup done" marker of     launch_marker(launch)
                              launch ID (protloc.cluster.handshake)
       report.html            evaluation report (protloc report)        report_html
@@ -273,6 +275,8 @@ class RunFolder:
     log = property(lambda self: self.root / "train.log")
     report_html = property(lambda self: self.root / "report.html")
     models_dir = property(lambda self: self.root / "models")
+    logs_dir = property(lambda self: self.root / "logs")
+    mlflow_dir = property(lambda self: self.root / "mlflow")
 
     def ckpt_dir(self, fold: int) -> Path:
         return self.root / "checkpoints" / f"fold{fold}"

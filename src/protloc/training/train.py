@@ -135,6 +135,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.module import LitProtloc
     from protloc.training.losses import make_loss
+    from protloc.training.tracking import make_logger
     from protloc.models.network import build_model
 
     train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
@@ -166,9 +167,12 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     bar = progress and sys.stderr.isatty()
     if bar:
         callbacks.append(RichProgressBar())
+    tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
+    if tracker is not None:
+        tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
     trainer = pl.Trainer(
         **trainer_hardware(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
-        callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
+        callbacks=callbacks, logger=tracker or False, enable_progress_bar=bar, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
     t0 = time.time()
