@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,18 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import make_tiny_dataset
+from helpers import free_port, make_tiny_dataset, run_together
 
 pytestmark = pytest.mark.slow
 
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "PROTLOC_LAUNCH_ID")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(tmp_path, rank_env, *extra):
@@ -45,20 +37,9 @@ def _launch(tmp_path, rank_env, *extra):
     cmd = [str(exe), "train", "--csv", str(csv), "--images", str(images), "--out", str(out), "--model", "test_resnet",
            "--pretrained", "none", "--size", "32", "--batch-size", "4", "--epochs", "2", "--accelerator", "cpu",
            "--devices", "2", "--strategy", "ddp", "--threads", "1", "--val-fraction", "0.2", "--quiet", *extra]
-    procs = [subprocess.Popen(cmd, env={**base, **e}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for e in rank_env]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=240))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    pids, outs = run_together(cmd, [{**base, **e} for e in rank_env])
     writes = [json.loads(line) for line in wlog.read_text().splitlines()]
-    return out, [p.pid for p in procs], [err for _, err in outs], writes
+    return out, pids, [err for _, err in outs], writes
 
 
 def _check_one_writer(out: Path, pids, errs, writes):
@@ -88,7 +69,7 @@ def _check_one_writer(out: Path, pids, errs, writes):
 
 
 def test_slurm_srun_ranks_one_writer_each_image_once(tmp_path):
-    port = _free_port()
+    port = free_port()
     common = dict(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODEID="0",
                   SLURM_JOB_NAME="protloc-test", SLURM_JOB_ID="4242", SLURM_STEP_ID="0", SLURM_NODELIST="localhost",
                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -99,7 +80,7 @@ def test_slurm_srun_ranks_one_writer_each_image_once(tmp_path):
 
 
 def test_torchrun_ranks_one_writer_each_image_once(tmp_path):
-    port = _free_port()
+    port = free_port()
     common = dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                   MASTER_PORT=str(port), TORCHELASTIC_RUN_ID="t-123", TORCHELASTIC_RESTART_COUNT="0")
     envs = [{**common, "RANK": str(r), "LOCAL_RANK": str(r)} for r in (0, 1)]

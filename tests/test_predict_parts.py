@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import make_fake_run, make_tiny_dataset
+from helpers import free_port, make_fake_run, make_tiny_dataset, run_together
 from protloc.cli.main import main
 
 
@@ -115,12 +113,6 @@ def test_unreadable_images_skipped_or_named(setup, tmp_path, capsys):
     assert (tmp_path / "b.csv.parts" / "rows-000000000-000000007.skipped.csv").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
 def test_two_ranks_split_the_parts_one_writer_each(setup, tmp_path, launcher):
@@ -137,19 +129,11 @@ def test_two_ranks_split_the_parts_one_writer_each(setup, tmp_path, launcher):
     if launcher == "lightning":
         envs = [base]
     else:
-        port = str(_free_port())
+        port = str(free_port())
         envs = [{**base, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                  "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
                  "TORCHELASTIC_RUN_ID": "p-1"} for r in (0, 1)]
-    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in envs]
-    try:
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    pids, outs = run_together(cmd, envs)
     assert "wrote " in outs[0][0] and "7 parts" in outs[0][0]
     same_as_plain(setup, out)
     writers = defaultdict(set)
@@ -159,4 +143,14 @@ def test_two_ranks_split_the_parts_one_writer_each(setup, tmp_path, launcher):
     parts = {k: v for k, v in writers.items() if k.startswith("rows-")}
     assert len(parts) == 7 and all(len(v) == 1 for v in parts.values())
     assert len(set().union(*parts.values())) == 2  # both ranks wrote parts
-    assert writers["sub.csv"] == {procs[0].pid} == writers["sub_probs.csv"]  # rank 0 merged
+    assert writers["sub.csv"] == {pids[0]} == writers["sub_probs.csv"]  # rank 0 merged
+
+
+def test_hardware_options_checked_before_any_file(setup, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    assert predict(setup, out, "--devices", "two") == 2
+    assert "--devices: expected a count >= 1, auto, -1 (all) or device indices like 0,1, got 'two'" in \
+        capsys.readouterr().err
+    assert predict(setup, out, "--devices", "0,1", "--device", "cpu") == 2  # GPU indices on the CPU
+    assert "Lightning refuses them on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "sub.csv.parts").exists() and not out.exists()

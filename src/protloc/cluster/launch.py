@@ -184,17 +184,29 @@ def is_main_process(*, devices_per_node: int | None = None) -> bool:
     return detect_launch(devices_per_node=devices_per_node).is_main
 
 
-def parse_devices(spec):
-    """Lightning's ``devices`` from text: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` as is.
+def parse_devices(spec, *, flag: str = "--devices"):
+    """Lightning's ``devices`` from text: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` and -1 as is.
 
     Examples
     --------
     >>> parse_devices("2"), parse_devices("0,1"), parse_devices("auto"), parse_devices(-1)
     (2, [0, 1], 'auto', -1)
+    >>> parse_devices("two")
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: --devices: expected a count >= 1, auto, -1 (all) or device indices like 0,1, got 'two'. Fix: e.g. --devices 2.
     """
+    if isinstance(spec, (list, tuple)):
+        return [int(v) for v in spec]
     s = str(spec).strip()
-    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
+    if s == "-1" or (s.isascii() and s.isdigit() and int(s) >= 1):
         return int(s)
-    if "," in s:
-        return [int(v) for v in s.split(",") if v.strip()]
-    return s
+    if s == "auto":
+        return s
+    parts = [v.strip() for v in s.split(",")]
+    if "," in s and all(v.isascii() and v.isdigit() for v in parts if v) and any(parts):
+        return [int(v) for v in parts if v]
+    from protloc.core.errors import InputError
+
+    raise InputError(flag, expected="a count >= 1, auto, -1 (all) or device indices like 0,1", got=repr(s),
+                     fix=f"e.g. {flag} 2")

@@ -505,6 +505,8 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     pre = rf.preprocessing()
     check_table(table, pre)
     folder = parts_dir(out)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: the parts folder of --out is a file", fix="move it away or choose another --out")
     try:
         prior = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
     except (OSError, ValueError):
@@ -512,22 +514,24 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     rows = int(part_rows or (prior.get("part_rows") if prior.get("n") == len(table) else 0) or
                default_part_rows(len(table)))
     plan = PartPlan(len(table), rows)
-    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = shard[1] if shard else None
+    parts = plan.shard(*shard) if shard else range(plan.n_parts)
+    job = None if merge_only else _trainer(run_root, table, pre, plan, parts, folder, kw, tta=tta, merge=merge,
+                                           batch_size=batch_size, at_least_one=at_least_one, on_error=on_error,
+                                           channels_chosen=channels_chosen, devices=devices, num_nodes=num_nodes,
+                                           accelerator=accelerator, workers=workers, progress=progress, say=say)
+    folder.mkdir(parents=True, exist_ok=True)  # the first file written: every option is checked by now
     check_manifest(folder, _manifest(rf, table, part_rows=rows, tta=tta, merge=merge, folds=kw.get("folds"),
                                      at_least_one=at_least_one))
-    n_shards = shard[1] if shard else None
     if merge_only:
         return merge_parts(plan, folder, out, probs_out=probs_out, n_shards=n_shards)
-    parts = plan.shard(*shard) if shard else range(plan.n_parts)
     res = PartsResult(n_parts=plan.n_parts)
     res.done_before = len(parts) - len(missing_parts(plan, folder, parts))
     t0 = time.time()
     if res.done_before < len(parts):
-        main = _run_trainer(run_root, table, pre, plan, parts, folder, kw, tta=tta, merge=merge,
-                            batch_size=batch_size, at_least_one=at_least_one, on_error=on_error,
-                            channels_chosen=channels_chosen, devices=devices, num_nodes=num_nodes,
-                            accelerator=accelerator, workers=workers, progress=progress, say=say)
-        if not main:
+        trainer, module, data = job
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        if not trainer.is_global_zero:
             return PartsResult(main=False)
     res.predicted = len(parts) - res.done_before
     res.seconds = time.time() - t0
@@ -540,9 +544,10 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     return merged
 
 
-def _run_trainer(run_root, table, pre, plan, parts, folder, kw, *, tta, merge, batch_size, at_least_one, on_error,
-                 channels_chosen, devices, num_nodes, accelerator, workers, progress, say) -> bool:
-    """``Trainer.predict`` over the missing ``parts``; True on global rank 0."""
+def _trainer(run_root, table, pre, plan, parts, folder, kw, *, tta, merge, batch_size, at_least_one, on_error,
+             channels_chosen, devices, num_nodes, accelerator, workers, progress, say):
+    """``(trainer, module, datamodule)`` for ``Trainer.predict`` over the missing ``parts``;
+    Lightning's complaint about the hardware options becomes an InputError."""
     import logging
 
     import lightning.pytorch as pl
@@ -558,14 +563,20 @@ def _run_trainer(run_root, table, pre, plan, parts, folder, kw, *, tta, merge, b
     PartsModule, PartsData, PartWriter = _lightning_parts()
     launch = detect_launch()
     d = parse_devices(devices)
-    many = launch.external or int(num_nodes) > 1 or not (d == 1 or d == [0] or (isinstance(d, list) and len(d) == 1))
-    trainer = pl.Trainer(accelerator=accelerator, devices=d, num_nodes=int(num_nodes),
-                         strategy="ddp" if many else "auto", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False,
-                         callbacks=[PartWriter(plan, folder, table.ids, pre.classes,
-                                               say=say if progress else (lambda m: None))])
+    one_here = d == 1 or (isinstance(d, list) and len(d) == 1)
+    many = (launch.external and (launch.world_size or 1) > 1) or int(num_nodes) > 1 or not one_here
+    try:
+        trainer = pl.Trainer(accelerator=accelerator, devices=d, num_nodes=int(num_nodes),
+                             strategy="ddp" if many else "auto", logger=False, enable_checkpointing=False,
+                             enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False,
+                             callbacks=[PartWriter(plan, folder, table.ids, pre.classes,
+                                                   say=say if progress else (lambda m: None))])
+    except Exception as e:  # noqa: BLE001 - Lightning raises ValueError, RuntimeError, MisconfigurationException...
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--devices {devices} --num-nodes {num_nodes} (accelerator {accelerator}): Lightning "
+                         f"refuses them on this machine: {why}",
+                         fix="pick devices this machine (or launcher) has, e.g. --devices 1, or --device cpu") from None
     module = PartsModule(run_root, kw, tta=tta, merge=merge, at_least_one=at_least_one, on_error=on_error)
     data = PartsData(table, pre, plan, parts, folder, batch_size=batch_size, workers=workers,
                      channels_chosen=channels_chosen)
-    trainer.predict(module, datamodule=data, return_predictions=False)
-    return trainer.is_global_zero
+    return trainer, module, data

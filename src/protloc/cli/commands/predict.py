@@ -82,12 +82,13 @@ def run(args) -> int:
 # --------------------------------------------------------------------------------------------
 def add_parts_args(p) -> None:
     from protloc.cli.options import from_function, nonneg_int
+    from protloc.cluster import parse_devices
     from protloc.inference.distributed import parse_shard
 
     g = p.add_argument_group("scale out", "Any of these predicts in parts of rows written next to --out "
                              "(OUT.parts/), streamed and resumable: a rerun skips finished parts, and the parts "
                              "are merged in input order when all are done (docs/scale.md).")
-    g.add_argument("--devices", default=None, metavar="N",
+    g.add_argument("--devices", type=from_function(parse_devices, "devices"), default=None, metavar="N",
                    help="processes (CPU) or GPUs per node for Lightning's Trainer.predict, e.g. 1, 4, auto or 0,1; "
                         "under srun/torchrun: the tasks per node")
     g.add_argument("--num-nodes", type=positive_int, default=None, metavar="M", help="machines (multi-node DDP)")
