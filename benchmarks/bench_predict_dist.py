@@ -14,6 +14,9 @@ What happens:
 2. The same command runs again: it skips the finished parts, predicts the rest, merges.
 3. Checks: the merged file has every id once, in CSV order.
 
+``--shards K`` instead runs K single-process jobs ``--shard i/K`` at once (what a job array does on a
+CPU cluster; ``--engine onnx`` exports the run first), without a kill; the last one to finish merges.
+
 Every process of the group is sampled every 0.5 s (``/proc/PID/status``: VmRSS, VmHWM); the
 peak per role (rank 0, rank 1, their decode workers) and the RSS at 20% and 90% of the parts
 (flat = RAM does not grow with the images done) go to the JSON with the load average.
@@ -193,6 +196,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="model threads per rank")
     ap.add_argument("--part-rows", type=int, default=None)
     ap.add_argument("--kill-at", type=float, default=0.5, help="fraction of parts done when SIGKILL hits (0: no kill)")
+    ap.add_argument("--shards", type=int, default=0, help="run K shard jobs (--shard i/K) at once instead")
+    ap.add_argument("--engine", default="torch", choices=("torch", "onnx"))
     ap.add_argument("--timeout", type=float, default=3 * 3600)
     ap.add_argument("--work", default=None, help="working folder (default: a temp folder)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/predict_dist.json"))
@@ -218,10 +223,15 @@ def main() -> None:
     n_parts = PartPlan(args.n, rows).n_parts
     exe = Path(sys.executable).with_name("protloc")
     cmd = [str(exe), "predict", str(run), "--csv", str(csv), "--images", str(data / "train"), "--out", str(out),
-           "--devices", str(args.devices), "--device", "cpu", "--threads", str(args.threads), "--workers",
-           str(args.workers), "--batch-size", str(args.batch_size), "--part-rows", str(rows), "--engine", "torch"]
+           "--device", "cpu", "--threads", str(args.threads), "--workers", str(args.workers),
+           "--batch-size", str(args.batch_size), "--part-rows", str(rows), "--engine", args.engine]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = {"command": " ".join(cmd), "n": args.n, "part_rows": rows, "n_parts": n_parts, "model": args.model,
+    if args.engine == "onnx" and not (run / "model.onnx").is_file():
+        subprocess.run([str(exe), "export", str(run)], check=True, env=env)
+    if args.shards:
+        return shards(args, cmd, env, parts, n_parts, out, csv, rows)
+    cmd += ["--devices", str(args.devices)]
+    result = {"command": " ".join(cmd), "engine": args.engine, "n": args.n, "part_rows": rows, "n_parts": n_parts, "model": args.model,
               "size": args.size, "devices": args.devices, "workers_per_rank": args.workers,
               "threads_per_rank": args.threads, "cpus": os.cpu_count(), "runs": []}
     if args.kill_at:
@@ -243,6 +253,36 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["check"]), "images/s", result["images_per_s_overall"], "->", args.out)
+
+
+def shards(args, cmd, env, parts: Path, n_parts: int, out: Path, csv: Path, rows: int) -> None:
+    """K job-array tasks at once (``--shard i/K``), each one process; the last one merges."""
+    import pandas as pd
+
+    t0, load0 = time.time(), _load()
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/{args.shards}"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in range(args.shards)]
+    samplers = [Sampler(p.pid, parts, n_parts) for p in procs]
+    for sm in samplers:
+        sm.start()
+    outs = [p.communicate(timeout=args.timeout)[0] for p in procs]
+    secs = time.time() - t0
+    for sm in samplers:
+        sm.stop.set()
+        sm.join()
+    sub = pd.read_csv(out, dtype={"Image": str})
+    ids = pd.read_csv(csv, dtype=str)["Image"]
+    peaks = [sm.summary()["peak_rss_mb"] for sm in samplers]
+    result = {"command": " ".join(cmd) + " --shard i/K", "engine": args.engine, "n": args.n, "part_rows": rows,
+              "n_parts": n_parts, "model": args.model, "size": args.size, "shards": args.shards,
+              "workers_per_shard": args.workers, "threads_per_shard": args.threads, "cpus": os.cpu_count(),
+              "seconds": round(secs, 1), "images_per_s": round(args.n / secs, 1), "load_start": load0,
+              "load_end": _load(), "rc": [p.returncode for p in procs], "peak_rss_mb_per_shard": peaks,
+              "tails": [o.strip().splitlines()[-1:] for o in outs],
+              "check": {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids))}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

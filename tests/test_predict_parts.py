@@ -154,3 +154,25 @@ def test_hardware_options_checked_before_any_file(setup, tmp_path, capsys):
     assert predict(setup, out, "--devices", "0,1", "--device", "cpu") == 2  # GPU indices on the CPU
     assert "Lightning refuses them on this machine" in capsys.readouterr().err
     assert not (tmp_path / "sub.csv.parts").exists() and not out.exists()
+
+
+def test_onnx_shard_task_runs_without_torch(setup, tmp_path):
+    """A job-array task (one process, --shard, ONNX engine) runs the parts loop without Lightning's
+    Trainer and never imports torch (RSS ~0.1 GB instead of ~1.2 GB per task)."""
+    import shutil
+    import subprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    assert main(["export", str(run)]) == 0
+    out = tmp_path / "sub.csv"
+    code = ("import sys; from protloc.cli.main import main; "
+            f"rc = main(['predict', {str(run)!r}, '--csv', {str(setup['csv'])!r}, '--images', "
+            f"{str(setup['images'])!r}, '--out', {str(out)!r}, '--shard', '0/1', '--engine', 'onnx', "
+            "'--part-rows', '16', '--no-progress']); "
+            "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split()[-3:] == ["0", "False", "False"], r.stdout + r.stderr[-2000:]
+    got = pd.read_csv(out, dtype={"Image": str})
+    ref = pd.read_csv(pd.io.common.StringIO(setup["ref"]), dtype={"Image": str})
+    assert list(got["Image"]) == list(ref["Image"]) and (got["Label"].fillna("") == ref["Label"].fillna("")).mean() > 0.9

@@ -14,11 +14,14 @@ The input table is cut into **parts** of consecutive rows (``--part-rows``, defa
 **Work split.** Lightning's ``Trainer.predict`` runs the ranks (``--devices N --num-nodes M``,
 or whatever torchrun/SLURM started; :mod:`protloc.cluster`); rank 0 lists the parts that are
 not on disk yet and broadcasts the list, and rank ``r`` of ``W`` takes every ``W``-th of them. A
-:class:`~lightning.pytorch.callbacks.BasePredictionWriter` (:class:`PartWriter`) buffers one
-part and writes it when its last batch is done. Images are decoded in the DataLoader workers
-(``--workers``); a rank holds one part and a few batches, whatever the number of images.
-``--shard i/n`` first narrows the parts to the ``i``-th of ``n`` equal blocks (job arrays on CPU
-clusters, e.g. on the ONNX engine); the shards share the parts folder.
+:class:`~lightning.pytorch.callbacks.BasePredictionWriter` hands each batch to a
+:class:`PartSink`, which buffers one part and writes it when its last batch is done. Images are
+decoded in the DataLoader workers (``--workers``); a rank holds one part and a few batches,
+whatever the number of images. ``--shard i/n`` first narrows the parts to the ``i``-th of ``n``
+equal blocks (job arrays on CPU clusters, e.g. on the ONNX engine); the shards share the parts
+folder. **One process** (``--devices 1`` or a ``--shard`` task, no launcher around it) runs the
+same batches through the same :class:`PartSink` without a Trainer (decoding in
+:func:`protloc.data.workers.worker_map` processes): on the ONNX engine it never imports torch.
 
 **Resume.** A killed prediction (``kill -9``, a preempted job) loses at most the part each rank
 was on: a rerun of the same command skips the parts on disk. **Merge.** When every part is on
@@ -247,6 +250,109 @@ def _cores() -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# one batch, one part
+# --------------------------------------------------------------------------------------------
+_NOTED: set = set()
+
+
+def predict_batch(predictor, batch, *, tta: str, merge: str, at_least_one, on_error: str):
+    """A decoded batch of :class:`_Rows` -> ``(start, stop, ok rows, probs, label strings, errors)``
+    with the predictor's public methods; an unreadable image raises unless ``on_error='skip'``."""
+    start, stop, ok, imgs, errs, note = batch
+    if note and "resize" not in _NOTED:
+        _NOTED.add("resize")
+        warnings.warn(f"{note} (shown once)", UserWarning, stacklevel=2)
+    if errs and on_error == "raise":
+        raise InputError(errs[0][1], fix="check --images and the ids, or pass --skip-bad")
+    probs = predictor.predict_array(imgs, tta=tta, merge=merge, batch_size=max(1, len(imgs))) \
+        if len(imgs) else np.zeros((0, len(predictor.classes)), np.float32)
+    _, labels = predictor.labels_from_probs(probs, at_least_one=at_least_one)
+    return start, stop, ok, probs, labels, errs
+
+
+class PartSink:
+    """Collects the predicted batches of one part (they arrive in row order and never straddle
+    parts) and writes the part when its last batch is in: the skipped list first, then
+    ``rows-A-B.csv`` (Image, Label, probabilities ``%.6f``), each atomically."""
+
+    def __init__(self, plan: PartPlan, folder: Path, ids, classes, *, say):
+        self.plan, self.folder, self.ids, self.classes, self.say = plan, folder, ids, list(classes), say
+        self.part, self.seen, self.buf, self.errs = None, 0, [], []
+        self.written, self.images, self.t0, self.who = 0, 0, time.time(), ""
+
+    def start(self, who: str) -> None:
+        self.who, self.t0 = who, time.time()
+
+    def add(self, start, stop, ok, probs, labels, errs) -> None:
+        p = start // self.plan.part_rows
+        if self.part is not None and p != self.part:  # pragma: no cover - batches never straddle parts
+            raise RuntimeError(f"part {self.part} unfinished when rows {start}-{stop} arrived")
+        self.part = p
+        self.seen += stop - start
+        self.buf.append((ok, probs, labels))
+        self.errs.extend(errs)
+        a, b = self.plan.bounds(p)
+        if self.seen == b - a:
+            self._flush(p)
+
+    def _flush(self, p: int) -> None:
+        from protloc.core.atomic import atomic_path
+
+        if self.errs:  # the skipped list first: a part on disk is complete with it
+            with atomic_path(self.folder / self.plan.skipped_name(p)) as tmp, \
+                    open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f, lineterminator="\n")
+                w.writerow(["Image", "message"])
+                w.writerows((self.ids[i], msg) for i, msg in self.errs)
+        with atomic_path(self.folder / self.plan.name(p)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["Image", "Label", *self.classes])
+            for ok, probs, labels in self.buf:
+                for i, lab, row in zip(ok, labels, probs):
+                    w.writerow([self.ids[i], lab, *(f"{v:.6f}" for v in row)])
+        a, b = self.plan.bounds(p)
+        self.written += 1
+        self.images += b - a
+        rate = self.images / max(time.time() - self.t0, 1e-9)
+        self.say(f"{self.who}: part rows {a}-{b - 1} done ({self.written} parts, {rate:.0f} images/s)")
+        self.part, self.seen, self.buf, self.errs = None, 0, [], []
+
+    def close(self) -> None:
+        if self.buf:  # pragma: no cover - every part ends with its last batch
+            raise RuntimeError("unfinished part at the end of prediction")
+
+
+# --------------------------------------------------------------------------------------------
+# one process, no Lightning: --devices 1 and --shard job-array tasks (torch-free on the onnx engine)
+# --------------------------------------------------------------------------------------------
+_ROWS = None  # the dataset the decode worker processes inherit (fork): jobs are tiny row ranges
+
+
+def _decode(rows):
+    return _ROWS.__getitems__(rows)
+
+
+def _predict_local(run_root, table, pre, plan, todo, sink: PartSink, kw, *, tta, merge, batch_size, at_least_one,
+                   on_error, channels_chosen, workers) -> None:
+    """The parts ``todo`` in this process: decoding in ``workers`` processes (1: here), in order."""
+    global _ROWS
+    from protloc.data.workers import worker_map
+    from protloc.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(run_root, **kw)
+    _ROWS = _Rows(table, pre, channels_chosen=channels_chosen)
+    w = max(1, min(4, _cores() // 2)) if workers < 0 else int(workers)
+    sink.start("rank 0")
+    try:
+        for batch in worker_map(_decode, _PartBatches(plan, todo, batch_size), w):
+            sink.add(*predict_batch(predictor, batch, tta=tta, merge=merge, at_least_one=at_least_one,
+                                    on_error=on_error))
+        sink.close()
+    finally:
+        _ROWS = None
+
+
+# --------------------------------------------------------------------------------------------
 # Lightning pieces
 # --------------------------------------------------------------------------------------------
 def _lightning_parts():
@@ -262,7 +368,6 @@ def _lightning_parts():
             self.run_root, self.predictor_kw = run_root, dict(predictor_kw)
             self.tta, self.merge_how, self.at_least_one, self.on_error = tta, merge, at_least_one, on_error
             self.predictor = None
-            self._noted = False
 
         def setup(self, stage):
             from protloc.inference.predictor import Predictor
@@ -275,17 +380,8 @@ def _lightning_parts():
             self.predictor = Predictor.from_run(self.run_root, **kw)
 
         def predict_step(self, batch, batch_idx):
-            start, stop, ok, imgs, errs, note = batch
-            if note and not self._noted:
-                self._noted = True
-                warnings.warn(f"{note} (shown once)", UserWarning, stacklevel=2)
-            if errs and self.on_error == "raise":
-                raise InputError(errs[0][1], fix="check --images and the ids, or pass --skip-bad")
-            p = self.predictor
-            probs = p.predict_array(imgs, tta=self.tta, merge=self.merge_how, batch_size=max(1, len(imgs))) \
-                if len(imgs) else np.zeros((0, len(p.classes)), np.float32)
-            _, labels = p.labels_from_probs(probs, at_least_one=self.at_least_one)
-            return start, stop, ok, probs, labels, errs
+            return predict_batch(self.predictor, batch, tta=self.tta, merge=self.merge_how,
+                                 at_least_one=self.at_least_one, on_error=self.on_error)
 
     class PartsData(pl.LightningDataModule):
         """Rank 0 lists the parts not on disk and broadcasts them; rank r takes every W-th."""
@@ -317,58 +413,21 @@ def _lightning_parts():
             return _Batches(loader)
 
     class PartWriter(BasePredictionWriter):
-        """Buffers the batches of one part; writes the part (atomically) after its last batch."""
+        """Hands every batch to a :class:`PartSink` (one part buffered, written after its last batch)."""
 
-        def __init__(self, plan: PartPlan, folder: Path, ids, classes, *, say):
+        def __init__(self, sink: "PartSink"):
             super().__init__(write_interval="batch")
-            self.plan, self.folder, self.ids, self.classes, self.say = plan, folder, ids, list(classes), say
-            self.part, self.seen, self.buf, self.errs = None, 0, [], []
-            self.written, self.images, self.t0 = 0, 0, time.time()
+            self.sink = sink
+
+        def on_predict_start(self, trainer, pl_module):
+            self.sink.start(f"rank {trainer.global_rank}")
 
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                                dataloader_idx):
-            start, stop, ok, probs, labels, errs = prediction
-            p = start // self.plan.part_rows
-            if self.part is not None and p != self.part:  # pragma: no cover - batches never straddle parts
-                raise RuntimeError(f"part {self.part} unfinished when rows {start}-{stop} arrived")
-            self.part = p
-            self.seen += stop - start
-            self.buf.append((ok, probs, labels))
-            self.errs.extend(errs)
-            a, b = self.plan.bounds(p)
-            if self.seen == b - a:
-                self._flush(trainer, p)
-
-        def _flush(self, trainer, p: int) -> None:
-            from protloc.core.atomic import atomic_path
-
-            if self.errs:  # the skipped list first: a part on disk is complete with it
-                with atomic_path(self.folder / self.plan.skipped_name(p)) as tmp, \
-                        open(tmp, "w", newline="", encoding="utf-8") as f:
-                    w = csv.writer(f, lineterminator="\n")
-                    w.writerow(["Image", "message"])
-                    w.writerows((self.ids[i], msg) for i, msg in self.errs)
-            with atomic_path(self.folder / self.plan.name(p)) as tmp, \
-                    open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(["Image", "Label", *self.classes])
-                for ok, probs, labels in self.buf:
-                    for i, lab, row in zip(ok, labels, probs):
-                        w.writerow([self.ids[i], lab, *(f"{v:.6f}" for v in row)])
-            a, b = self.plan.bounds(p)
-            self.written += 1
-            self.images += b - a
-            rate = self.images / max(time.time() - self.t0, 1e-9)
-            self.say(f"rank {trainer.global_rank}: part rows {a}-{b - 1} done ({self.written} parts, "
-                     f"{rate:.0f} images/s)")
-            self.part, self.seen, self.buf, self.errs = None, 0, [], []
-
-        def on_predict_start(self, trainer, pl_module):
-            self.t0 = time.time()
+            self.sink.add(*prediction)
 
         def on_predict_end(self, trainer, pl_module):
-            if self.buf:  # pragma: no cover - every part ends with its last batch
-                raise RuntimeError("unfinished part at the end of prediction")
+            self.sink.close()
             trainer.strategy.barrier("protloc-parts-written")  # all parts on disk before rank 0 merges
 
     return PartsModule, PartsData, PartWriter
@@ -480,7 +539,7 @@ def merge_parts(plan: PartPlan, folder: Path, out, *, probs_out=None, n_shards: 
 # --------------------------------------------------------------------------------------------
 def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | None = None, tta: str = "none",
                   merge: str = "mean", batch_size: int = 64, at_least_one: bool | None = None,
-                  on_error: str = "raise", channels_chosen: bool = True, devices="auto", num_nodes: int = 1,
+                  on_error: str = "raise", channels_chosen: bool = True, devices=1, num_nodes: int = 1,
                   accelerator: str = "auto", shard: tuple[int, int] | None = None, part_rows: int | None = None,
                   workers: int = -1, merge_only: bool = False, progress: bool = True, say=None) -> PartsResult:
     """Predict ``table`` with the run at ``run_root`` in parts (module docstring); merge when complete.
@@ -516,24 +575,31 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     plan = PartPlan(len(table), rows)
     n_shards = shard[1] if shard else None
     parts = plan.shard(*shard) if shard else range(plan.n_parts)
-    job = None if merge_only else _trainer(run_root, table, pre, plan, parts, folder, kw, tta=tta, merge=merge,
-                                           batch_size=batch_size, at_least_one=at_least_one, on_error=on_error,
-                                           channels_chosen=channels_chosen, devices=devices, num_nodes=num_nodes,
-                                           accelerator=accelerator, workers=workers, progress=progress, say=say)
+    sink = PartSink(plan, folder, table.ids, pre.classes, say=say if progress else (lambda m: None))
+    local = merge_only or _one_process(devices, num_nodes)
+    job = None if local else _trainer(run_root, table, pre, plan, parts, folder, kw, sink, tta=tta, merge=merge,
+                                      batch_size=batch_size, at_least_one=at_least_one, on_error=on_error,
+                                      channels_chosen=channels_chosen, devices=devices, num_nodes=num_nodes,
+                                      accelerator=accelerator, workers=workers)
     folder.mkdir(parents=True, exist_ok=True)  # the first file written: every option is checked by now
     check_manifest(folder, _manifest(rf, table, part_rows=rows, tta=tta, merge=merge, folds=kw.get("folds"),
                                      at_least_one=at_least_one))
     if merge_only:
         return merge_parts(plan, folder, out, probs_out=probs_out, n_shards=n_shards)
     res = PartsResult(n_parts=plan.n_parts)
-    res.done_before = len(parts) - len(missing_parts(plan, folder, parts))
+    todo = missing_parts(plan, folder, parts)
+    res.done_before = len(parts) - len(todo)
     t0 = time.time()
-    if res.done_before < len(parts):
+    if todo and local:
+        _predict_local(run_root, table, pre, plan, todo, sink, kw, tta=tta, merge=merge, batch_size=batch_size,
+                       at_least_one=at_least_one, on_error=on_error, channels_chosen=channels_chosen,
+                       workers=workers)
+    elif todo:
         trainer, module, data = job
         trainer.predict(module, datamodule=data, return_predictions=False)
         if not trainer.is_global_zero:
             return PartsResult(main=False)
-    res.predicted = len(parts) - res.done_before
+    res.predicted = len(todo)
     res.seconds = time.time() - t0
     res.missing = missing_parts(plan, folder)
     if res.missing:
@@ -544,15 +610,24 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     return merged
 
 
-def _trainer(run_root, table, pre, plan, parts, folder, kw, *, tta, merge, batch_size, at_least_one, on_error,
-             channels_chosen, devices, num_nodes, accelerator, workers, progress, say):
+def _one_process(devices, num_nodes) -> bool:
+    """One process on one node, no launcher around it: the parts loop runs without a Trainer."""
+    from protloc.cluster import parse_devices
+
+    d = parse_devices(devices)
+    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "SLURM_NTASKS"))
+    return int(num_nodes) == 1 and (d == 1 or (isinstance(d, list) and len(d) == 1)) and world == 1
+
+
+def _trainer(run_root, table, pre, plan, parts, folder, kw, sink, *, tta, merge, batch_size, at_least_one, on_error,
+             channels_chosen, devices, num_nodes, accelerator, workers):
     """``(trainer, module, datamodule)`` for ``Trainer.predict`` over the missing ``parts``;
     Lightning's complaint about the hardware options becomes an InputError."""
     import logging
 
     import lightning.pytorch as pl
 
-    from protloc.cluster import detect_launch, parse_devices
+    from protloc.cluster import parse_devices
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -561,16 +636,12 @@ def _trainer(run_root, table, pre, plan, parts, folder, kw, *, tta, merge, batch
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
     PartsModule, PartsData, PartWriter = _lightning_parts()
-    launch = detect_launch()
     d = parse_devices(devices)
-    one_here = d == 1 or (isinstance(d, list) and len(d) == 1)
-    many = (launch.external and (launch.world_size or 1) > 1) or int(num_nodes) > 1 or not one_here
     try:
         trainer = pl.Trainer(accelerator=accelerator, devices=d, num_nodes=int(num_nodes),
-                             strategy="ddp" if many else "auto", logger=False, enable_checkpointing=False,
+                             strategy="ddp", logger=False, enable_checkpointing=False,
                              enable_model_summary=False, enable_progress_bar=False, use_distributed_sampler=False,
-                             callbacks=[PartWriter(plan, folder, table.ids, pre.classes,
-                                                   say=say if progress else (lambda m: None))])
+                             callbacks=[PartWriter(sink)])
     except Exception as e:  # noqa: BLE001 - Lightning raises ValueError, RuntimeError, MisconfigurationException...
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"--devices {devices} --num-nodes {num_nodes} (accelerator {accelerator}): Lightning "

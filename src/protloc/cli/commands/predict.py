@@ -117,7 +117,7 @@ def run_parts(args, rf, table, *, channels_chosen: bool) -> int:
         raise InputError("--device", expected="cpu or cuda with --devices", got=str(device),
                          fix="choose GPUs with --devices (e.g. --devices 0,1), not --device cuda:N")
     accelerator = "auto" if not device else ("cpu" if str(device) == "cpu" else "gpu")
-    kw = dict(engine=args.engine, folds=args.folds, threads=args.threads)
+    kw = dict(device=device, engine=args.engine, folds=args.folds, threads=args.threads)
     for extra in ("int8",):  # options of newer predictors, passed on when this command has them
         if getattr(args, extra, None) is not None:
             kw[extra] = getattr(args, extra)
