@@ -180,7 +180,8 @@ def run_once(cmd, env, parts: Path, n_parts: int, *, kill_at: float | None, time
         left = _alive(p.pid)
     res = {"seconds": round(time.time() - t0, 1), "killed": killed, "rc": p.returncode,
            "parts_before": before, "parts_after": after, "survivors_after_kill": left,
-           "load_start": load0, "load_end": _load(), **sampler.summary(before), "tail": [ln.rstrip() for ln in lines[-4:]]}
+           "load_start": load0, "load_end": _load(), **sampler.summary(before),
+           "tail": [ln.rstrip() for ln in lines[-4:]]}
     return res
 
 
@@ -231,8 +232,8 @@ def main() -> None:
     if args.shards:
         return shards(args, cmd, env, parts, n_parts, out, csv, rows)
     cmd += ["--devices", str(args.devices)]
-    result = {"command": " ".join(cmd), "engine": args.engine, "n": args.n, "part_rows": rows, "n_parts": n_parts, "model": args.model,
-              "size": args.size, "devices": args.devices, "workers_per_rank": args.workers,
+    result = {"command": " ".join(cmd), "engine": args.engine, "n": args.n, "part_rows": rows, "n_parts": n_parts,
+              "model": args.model, "size": args.size, "devices": args.devices, "workers_per_rank": args.workers,
               "threads_per_rank": args.threads, "cpus": os.cpu_count(), "runs": []}
     if args.kill_at:
         r = run_once(cmd, env, parts, n_parts, kill_at=args.kill_at, timeout=args.timeout)

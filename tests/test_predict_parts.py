@@ -25,7 +25,8 @@ def setup(tmp_path_factory):
     ref, ref_p = root / "ref.csv", root / "ref_probs.csv"
     assert main(["predict", str(run), "--csv", str(csv), "--images", str(images), "--out", str(ref),
                  "--probs", str(ref_p), "--no-progress", "--threads", "1"]) == 0
-    return dict(run=run, csv=csv, images=images, ref=ref.read_text(), ref_probs=pd.read_csv(ref_p, dtype={"Image": str}))
+    return dict(run=run, csv=csv, images=images, ref=ref.read_text(),
+                ref_probs=pd.read_csv(ref_p, dtype={"Image": str}))
 
 
 def predict(s, out, *extra, probs=True):
@@ -169,10 +170,11 @@ def test_onnx_shard_task_runs_without_torch(setup, tmp_path):
     code = ("import sys; from protloc.cli.main import main; "
             f"rc = main(['predict', {str(run)!r}, '--csv', {str(setup['csv'])!r}, '--images', "
             f"{str(setup['images'])!r}, '--out', {str(out)!r}, '--shard', '0/1', '--engine', 'onnx', "
-            "'--part-rows', '16', '--no-progress']); "
+            "'--device', 'cpu', '--part-rows', '16', '--no-progress']); "
             "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split()[-3:] == ["0", "False", "False"], r.stdout + r.stderr[-2000:]
     got = pd.read_csv(out, dtype={"Image": str})
     ref = pd.read_csv(pd.io.common.StringIO(setup["ref"]), dtype={"Image": str})
-    assert list(got["Image"]) == list(ref["Image"]) and (got["Label"].fillna("") == ref["Label"].fillna("")).mean() > 0.9
+    assert list(got["Image"]) == list(ref["Image"])
+    assert (got["Label"].fillna("") == ref["Label"].fillna("")).mean() > 0.9  # ONNX = torch within 1e-6

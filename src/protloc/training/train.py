@@ -383,7 +383,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     if main:
         log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
                  cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
-        for note in table.notes:  # rows left out of the table (e.g. --from-schema hpa28 mapping): on screen and in the log
+        for note in table.notes:  # rows left out (e.g. --from-schema hpa28 mapping): on screen and in the log
             log.warning("note: %s", note)
         if handshake:
             begin_setup(marker)
