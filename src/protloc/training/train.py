@@ -407,7 +407,9 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             keep = folds != -2
             write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
         except BaseException as e:
-            if handshake:  # the waiting ranks stop with rank 0's error instead of timing out
+            # ranks started by srun/torchrun wait now: they stop with rank 0's error instead of timing
+            # out (the marker keeps the run folder; Lightning's own launcher starts no rank before fit)
+            if handshake and launch.external:
                 publish_setup(marker, launch, key=key, error=str(e) or type(e).__name__)
             raise
         if handshake:
