@@ -125,3 +125,32 @@ def test_marker_of_another_launch_or_key(tmp_path):
     # a launch id that can repeat (static torchrun): an old marker with another key is ignored
     with pytest.raises(SetupFailed, match="within"):
         wait_for_setup(path, _launch(unique=False), key="k", timeout=0.2, poll=0.05, say=lambda m: None)
+
+
+def test_rank0_setup_error_stops_every_rank(tmp_path):
+    """Both ranks started at once (torchrun's variables); rank 0's setup fails (a fold that already
+    has checkpoints): rank 1 stops with rank 0's error instead of waiting for the timeout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import free_port, make_tiny_dataset
+
+    csv, images = make_tiny_dataset(tmp_path / "data", n=16, size=16)
+    out = tmp_path / "run"
+    (out / "checkpoints" / "fold0").mkdir(parents=True)
+    (out / "checkpoints" / "fold0" / "last.ckpt").write_bytes(b"x")
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    base.update(PROTLOC_SETUP_TIMEOUT="120", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", GROUP_RANK="0",
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), TORCHELASTIC_RUN_ID="fail-1")
+    cmd = [str(Path(sys.executable).with_name("protloc")), "train", "--csv", str(csv), "--images", str(images),
+           "--out", str(out), "--model", "test_resnet", "--pretrained", "none", "--size", "16", "--accelerator",
+           "cpu", "--devices", "2", "--strategy", "ddp", "--quiet"]
+    procs = [subprocess.Popen(cmd, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert "fold 0 already has checkpoints" in errs[0]
+    assert "rank 1 of 2 (torchelastic, node 0, local rank 1): rank 0 stopped during the data setup" in errs[1]
+    assert "fold 0 already has checkpoints" in errs[1]
