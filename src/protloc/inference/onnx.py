@@ -30,8 +30,9 @@ fold weights (an ONNX-only copy) uses its ``model.onnx`` as it is.
 Quantised models
 ----------------
 ``export_onnx(run, int8=True)`` (``protloc export RUN --int8``) writes ``model.int8.onnx``: ORT
-static quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on
-training images of the run's data source) and records in ``model.onnx.json['int8']`` the
+static quantisation (QDQ, per-channel int8 weights in 7 bits (``reduce_range``: AVX2 without
+VNNI overflows with 8), uint8 activations, MinMax calibration on training images of the run's
+data source; QOperator and percentile calibration measured no better, docs/speed.md) and records in ``model.onnx.json['int8']`` the
 macro F1 of fp32 and int8 on held-out images (out-of-fold images of the run not used for
 calibration, each predicted by the fold that did not train on it, at the run's thresholds).
 :func:`cached_onnx` picks the int8 model only when the recorded drop is at most
@@ -110,6 +111,40 @@ def _ensemble_module(models):
     return Ensemble(models).eval()
 
 
+def _static_same_padding(net, x) -> int:
+    """Replace timm's dynamic TF-'same' convolutions (``Conv2dSame``: pads computed from the input
+    shape at run time) by a constant ``ZeroPad2d`` + ``Conv2d`` for the input ``x``'s size, in
+    place; returns how many were replaced. The graph then has no shape arithmetic: onnxruntime
+    fuses the pads and the int8 quantiser can handle it. Same numbers (the run's size is fixed).
+    """
+    import torch
+    from torch import nn
+
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same_arg
+    except ImportError:  # pragma: no cover - other timm versions
+        return 0
+    sizes = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(m, tuple(a[0].shape[-2:])))
+             for m in net.modules() if isinstance(m, Conv2dSame)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    done = 0
+    for parent in list(net.modules()):
+        for name, m in list(parent.named_children()):
+            if m in sizes:
+                conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, 0, m.dilation, m.groups,
+                                 bias=m.bias is not None)
+                conv.weight, conv.bias = m.weight, m.bias
+                pad = pad_same_arg(list(sizes[m]), list(m.weight.shape[-2:]), m.stride, m.dilation)
+                setattr(parent, name, nn.Sequential(nn.ZeroPad2d(pad), conv))
+                done += 1
+    return done
+
+
 def _stamp(path: Path, fingerprint: str) -> None:
     """Write the fingerprint into the graph's metadata (in place)."""
     import onnx
@@ -158,6 +193,7 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     models = [load_weights(rf.model_path(f)) for f in use]
     net = _ensemble_module(models)
     x = torch.zeros(2, pre.in_chans, pre.size, pre.size)
+    _static_same_padding(net, x)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["probs", "fold_probs"],
@@ -192,6 +228,10 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
         meta["max_abs_diff"] = float(np.abs(ref - got).max())
     if int8:
         meta["int8"] = quantize_int8(rf, out, use, n_calib=calib_images, progress=progress)
+    else:  # a re-export of the same weights keeps the int8 record (the int8 file stays valid)
+        old = (_read_meta(out) or {}).get("int8")
+        if old and old.get("fingerprint") == fp["key"]:
+            meta["int8"] = old
     write_json(meta_path(out), meta)
     if every and out.resolve() != rf.onnx_path.resolve():
         with atomic_path(rf.onnx_path) as tmp:
@@ -281,7 +321,7 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
             quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
             quantize_static(str(prep), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method=CalibrationMethod.MinMax, reduce_range=True,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         finally:
             prep.unlink(missing_ok=True)
@@ -299,8 +339,9 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
         f1[name] = float(macro_f1(y, rule.apply(probs)))
         f1[name + "_probs"] = probs
     drop = f1["fp32"] - f1["int8"]
-    return {"path": out.name, "method": "onnxruntime static quantisation, QDQ, per-channel int8 weights, "
-                                         "uint8 activations, MinMax calibration",
+    return {"path": out.name, "method": "onnxruntime static quantisation, QDQ, per-channel 7-bit weights "
+                                         "(reduce_range: no u8s8 overflow on AVX2 without VNNI), uint8 "
+                                         "activations, MinMax calibration",
             "calibration": f"{len(cal_ids)} out-of-fold training images (seeded sample)",
             "evaluation": f"{len(ev_ids)} other out-of-fold images, each by the fold that held it out, "
                           f"at the run's thresholds ({rule.source})",
@@ -391,12 +432,12 @@ def cached_onnx(run, folds=None, *, int8: str = "auto", note=_note_stderr) -> tu
         return path, meta
     ipath = rf.onnx_file(None if every else use, int8=True)
     rec = meta.get("int8")
-    if not ipath.is_file() or rec is None:
+    if not ipath.is_file():
         if int8 == "on":
             raise InputError("--int8: no quantised model of this run", fix=f"run `protloc export {rf.root} --int8` first")
         return path, meta
     reason = None
-    if rec.get("fingerprint") != fp["key"] or _graph_fingerprint(ipath) != fp["key"]:
+    if rec is None or rec.get("fingerprint") != fp["key"] or _graph_fingerprint(ipath) != fp["key"]:
         reason = f"{ipath.name} is stale (the weights changed since `protloc export --int8`)"
     elif not rec.get("usable"):
         reason = (f"{ipath.name} lowers the held-out macro F1 by {-rec['macro_f1_change']:.4f} "

@@ -24,13 +24,17 @@ def register(sub) -> None:
                    help="test-time augmentation: d4 = 8 flips/rotations")
     p.add_argument("--merge", default="mean", choices=("mean", "max"),
                    help="how probabilities are merged over TTA views and fold models")
-    p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
-                   help="onnx uses RUN/model.onnx (see `protloc export`)")
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto: onnxruntime on CPU (the run's ONNX model, exported once and cached in the run "
+                        "folder), torch on CUDA; torch: PyTorch")
+    p.add_argument("--int8", default="auto", choices=("auto", "on", "off"),
+                   help="the int8 model of `protloc export --int8`: auto uses it when its recorded held-out "
+                        "macro-F1 drop is <= 0.005")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--folds", default=None, help="comma-separated fold numbers to ensemble; all folds when not given")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; cuda when available if not given")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")
+    p.add_argument("--threads", default=None,
+                   help="CPU worker threads (each decodes and predicts its own batches); one per core if not given")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
@@ -45,11 +49,12 @@ def run(args) -> int:
     from protloc.core.errors import InputError, fmt_problem
     from protloc.core.runfolder import RunFolder, parse_folds
     from protloc.inference.inputs import run_channels
-    from protloc.inference.predictor import Predictor
+    from protloc.inference.predictor import Predictor, check_threads
 
     if args.batch_size < 1:
         raise InputError(fmt_problem("--batch-size", expected="an integer >= 1", got=str(args.batch_size),
                                      fix="e.g. --batch-size 64"))
+    threads = check_threads(args.threads)
     rf = RunFolder(args.run).check(need_models=args.engine == "torch")
     folds = parse_folds(args.folds)
     chosen = args.channels is not None
@@ -57,7 +62,9 @@ def run(args) -> int:
         args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
-                              threads=args.threads)
+                              threads=threads, int8=args.int8)
+    if not args.no_progress:
+        print(f"engine: {pred.describe()}", file=sys.stderr)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
