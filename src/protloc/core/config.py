@@ -116,7 +116,9 @@ class TrainConfig:
     pos_weight: str = _optim("none", "per-class positive weight of BCE/focal (auto: neg/pos, clipped to [1, 10])",
                              choices=("none", "auto"))
     focal_gamma: float = _optim(2.0, "focusing exponent of the focal loss (0 = BCE)", ge=0)
-    sampler: str = _optim("random", "batch sampling (balanced: class-balanced)", choices=("random", "balanced"))
+    sampler: str = _optim("random", "batch sampling (balanced: class-balanced; shard-block: reads the cache "
+                          "store a few shards at a time, for data larger than RAM or on shared file systems)",
+                          choices=("random", "balanced", "shard-block"))
     augment: str = _optim("d4,rotate,crop,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
     # evaluation / selection
     monitor: str = _eval("val_macro_f1", "checkpoint/early-stop metric (val_macro_f1 at --threshold, "

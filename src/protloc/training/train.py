@@ -63,7 +63,11 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
 
 
 def load_data(table, cfg: TrainConfig, *, progress: bool):
-    """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad."""
+    """Decoded images (the sharded cache store, read by index) and the usable rows.
+
+    Bad images refuse training unless skip_bad. The store's location and trust come from
+    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``).
+    """
     from protloc.data.cache import load_cached
 
     try:
@@ -71,6 +75,7 @@ def load_data(table, cfg: TrainConfig, *, progress: bool):
                          skip_bad=cfg.skip_bad)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
+    log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
     usable = np.setdiff1d(np.arange(len(table)), np.asarray(ds.bad, dtype=int))
     for i, msg in zip(ds.bad, ds.bad_messages):
         log.warning("skipping unreadable image %s: %s", table.where(i), msg)

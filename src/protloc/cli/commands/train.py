@@ -56,6 +56,9 @@ def register(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="retrain folds that already have checkpoints")
     g.add_argument("--merge", action="store_true", help="only merge finished folds/fold*/ into oof/metrics/summary")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    from protloc.cli.commands.cache import add_store_args
+
+    add_store_args(g)
     add_config_args(p, {"run": g})
     p.set_defaults(func=run)
 
@@ -82,7 +85,10 @@ def run(args) -> int:
         s = merge_folds(run_)
         print(f"merged folds {s['folds_done']}: OOF macro F1 {s['val_macro_f1']:.4f} over {s['oof_images']} images")
         return 0
+    from protloc.cli.commands.cache import apply_store_args
+
     cfg = check_recipe(config_from_args(args))  # every option checked before any file is written
+    apply_store_args(args)
     table = table_from_args(args, labels=True)
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet, echo=not args.quiet)
