@@ -67,17 +67,18 @@ def protloc_round(images, y, args, *, channels_last: bool, compile: bool) -> dic
 
     class Clock(pl.Callback):
         def __init__(self):
-            self.start, self.end, self.steps, self.waits = None, None, [], []
+            self.start, self.end, self.steps, self.waits, self.cpu = None, None, [], [], []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             t = time.perf_counter()
             if self.end is not None:
                 self.waits.append(t - self.end)
-            self.start = t
+            self.start, self.c0 = t, time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.end = time.perf_counter()
             self.steps.append(self.end - self.start)
+            self.cpu.append(time.process_time() - self.c0)
 
     clock = Clock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.warmup + args.steps, limit_val_batches=0,
@@ -86,7 +87,7 @@ def protloc_round(images, y, args, *, channels_last: bool, compile: bool) -> dic
     trainer.fit(module, datamodule=dm)
     steps = np.array(clock.steps[args.warmup:])
     waits = np.array(clock.waits[args.warmup:])
-    return _summary(steps, waits, cfg.batch_size)
+    return _summary(steps, waits, cfg.batch_size, np.array(clock.cpu[args.warmup:]))
 
 
 def plain_round(images, y, args, *, channels_last: bool, compile: bool) -> dict:
@@ -109,7 +110,7 @@ def plain_round(images, y, args, *, channels_last: bool, compile: bool) -> dict:
     loader = DataLoader(TensorDataset(torch.from_numpy(np.asarray(images)), torch.from_numpy(y)),
                         batch_size=cfg.batch_size, shuffle=True, drop_last=True)
     net.train()
-    steps, waits, g = [], [], torch.Generator().manual_seed(0)
+    steps, waits, cpu, g = [], [], [], torch.Generator().manual_seed(0)
     it, end = iter(loader), None
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -118,7 +119,7 @@ def plain_round(images, y, args, *, channels_last: bool, compile: bool) -> dict:
         except StopIteration:
             it = iter(loader)
             xb, yb = next(it)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         x = xb.permute(0, 3, 1, 2).float().div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -130,15 +131,19 @@ def plain_round(images, y, args, *, channels_last: bool, compile: bool) -> dict:
         t2 = time.perf_counter()
         if i >= args.warmup:
             steps.append(t2 - t1)
+            cpu.append(time.process_time() - c1)
             waits.append(t1 - t0 + ((t0 - end) if end is not None else 0.0))
         end = t2
-    return _summary(np.array(steps), np.array(waits), cfg.batch_size)
+    return _summary(np.array(steps), np.array(waits), cfg.batch_size, np.array(cpu))
 
 
-def _summary(steps, waits, batch: int) -> dict:
+def _summary(steps, waits, batch: int, cpu) -> dict:
+    """Wall images/s (step + loader wait) and images per CPU-second of the step (the process's
+    CPU time: independent of the other load on a shared machine)."""
     step = float(np.median(steps))
     wait = float(np.median(waits)) if len(waits) else 0.0
     return {"images_per_s": round(batch / (step + wait), 1), "step_ms": round(1000 * step, 1),
+            "images_per_cpu_s": round(batch / float(np.median(cpu)), 1), "step_cpu_ms": round(1000 * float(np.median(cpu)), 1),
             "loader_wait_ms": round(1000 * wait, 2), "loader_wait_fraction": round(wait / (step + wait), 4),
             "load_1min": round(os.getloadavg()[0], 2)}
 
@@ -185,11 +190,16 @@ def main(argv=None) -> dict:
             for side, fn, kw in sides:
                 res = fn(images, y, args, **{"channels_last": False, "compile": False, **kw})
                 rows.append({"round": r, "side": side, **res})
-                print(f"  round {r} {side:22s}: {res['images_per_s']:6.1f} images/s, step {res['step_ms']:.0f} ms, "
+                print(f"  round {r} {side:22s}: {res['images_per_s']:6.1f} images/s ({res['images_per_cpu_s']:.1f} per "
+                      f"CPU-s), step {res['step_ms']:.0f} ms, "
                       f"loader wait {100 * res['loader_wait_fraction']:.2f} % (load {res['load_1min']})", flush=True)
     med = {side: float(np.median([r["images_per_s"] for r in rows if r["side"] == side])) for side, _, _ in sides}
-    summary = {"images_per_s": med, "protloc_over_plain": round(med["protloc"] / med["plain"], 3),
+    cpu = {side: float(np.median([r["images_per_cpu_s"] for r in rows if r["side"] == side])) for side, _, _ in sides}
+    summary = {"images_per_s": med, "images_per_cpu_s": cpu,
+               "protloc_over_plain": round(med["protloc"] / med["plain"], 3),
+               "protloc_over_plain_cpu": round(cpu["protloc"] / cpu["plain"], 3),
                **{f"{v}_over_plain": round(med[f"plain+{v}"] / med["plain"], 3) for v in variants},
+               **{f"{v}_over_plain_cpu": round(cpu[f"plain+{v}"] / cpu["plain"], 3) for v in variants},
                "protloc_loader_wait_fraction": float(np.median([r["loader_wait_fraction"] for r in rows
                                                                 if r["side"] == "protloc"]))}
     print(summary)

@@ -39,14 +39,14 @@ def test_auto_engine_uses_onnx_and_reexports_when_weights_change(run):
     b = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3)).astype(np.uint8)
     p1 = Predictor.from_run(run, note=notes.append)
     assert p1.engine == "onnx" and p1.model_file == RunFolder(run).onnx_path
-    assert len(notes) == 1 and "exporting the run's ONNX model once" in notes[0]
+    assert len(notes) == 1 and "exported the run's ONNX model once" in notes[0]
     meta = json.loads(RunFolder(run).onnx_meta_path.read_text())
     assert meta["fingerprint"] == run_fingerprint(run, [0]) and meta["thresholds"] == [0.5] * 10
     Predictor.from_run(run, note=notes.append)
     assert len(notes) == 1  # cached: no second export
     _retrain(run, seed=11)
     p2 = Predictor.from_run(run, note=notes.append)
-    assert "model.onnx: the fold weights changed since it was exported; re-exporting" in notes[-1]
+    assert "model.onnx: the fold weights changed since it was exported; re-exported" in notes[-1]
     ref = Predictor.from_run(run, engine="torch").predict_array(b)
     np.testing.assert_allclose(p2.predict_array(b), ref, atol=1e-4)
     assert np.abs(p1.predict_array(b) - ref).max() > 1e-3  # the stale model would have been wrong
@@ -179,7 +179,7 @@ def test_cli_predict_threads_and_engine_flags(run, tmp_path, capsys):
     assert "error: --threads: expected an integer >= 1" in capsys.readouterr().err
     assert main(["predict", str(run), "--images", str(images), "--out", str(out), "--threads", "2"]) == 0
     err = capsys.readouterr().err
-    assert "exporting the run's ONNX model once" in err and "engine: onnx (model.onnx), 1 fold model(s), 2 thread(s)" in err
+    assert "exported the run's ONNX model once" in err and "engine: onnx (model.onnx), 1 fold model(s), 2 thread(s)" in err
     assert main(["predict", str(run), "--images", str(images), "--out", str(out), "--engine", "torch",
                  "--no-progress"]) == 0
     assert main(["predict", str(run), "--images", str(images), "--out", str(out), "--int8", "on"]) == 2

@@ -421,12 +421,12 @@ def cached_onnx(run, folds=None, *, int8: str = "auto", note=_note_stderr) -> tu
         return path, meta
     fp = run_fingerprint(rf, use)
     why = _why_stale(path, fp)
-    if why is not None:
-        if why != "missing":
-            note(f"{path.name}: {why}; re-exporting it from models/")
-        elif every:
-            note(f"exporting the run's ONNX model once (cached as {path}; `--engine torch` skips it)")
+    if why is not None:  # said once it worked (a failure has its own message)
         export_onnx(rf.root, path, folds="all" if every else use)
+        if why == "missing":
+            note(f"exported the run's ONNX model once (cached as {path}; `--engine torch` skips it)")
+        else:
+            note(f"{path.name}: {why}; re-exported it from models/")
     meta = _read_meta(path) or {}
     if int8 == "off":
         return path, meta

@@ -300,7 +300,8 @@ class Predictor:
             notes.append(message)
             (note or _note_stderr)(message)
 
-        run = RunFolder(path).check(need_models=engine == "torch")
+        run = RunFolder(path)
+        run.check(need_models=engine == "torch" or (onnx_path is None and not run.onnx_path.is_file()))
         pre = run.preprocessing()
         rule = run.thresholds()
         use = resolve_engine(engine, device)

@@ -61,13 +61,16 @@ def run(args) -> int:
     if not chosen:  # default: the run's channels (typed; read as in training)
         args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
+    notes: list[str] = []  # printed once predict worked (an error is then the only line)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
-                              threads=threads, int8=args.int8)
-    if not args.no_progress:
-        print(f"engine: {pred.describe()}", file=sys.stderr)
+                              threads=threads, int8=args.int8, note=notes.append)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
+    for msg in notes:
+        print(f"note: {msg}", file=sys.stderr)
+    if not args.no_progress:
+        print(f"engine: {pred.describe()}", file=sys.stderr)
     for _, msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
     sub = res.submission_frame()
