@@ -173,11 +173,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved protloc/plain rounds")
     ap.add_argument("--variants", default="channels_last", help="plain-loop variants: channels_last, compile")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = the cores available)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = free cores, as protloc train)")
     ap.add_argument("--out", default=str(RESULTS / "bench_train.json"))
     args = ap.parse_args(argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(args.threads or cores)
+    from protloc.core.cpu import available_cores, free_cores
+
+    cores = available_cores()
+    torch.set_num_threads(args.threads or free_cores())  # what `protloc train --threads 0` picks
     rows = []
     variants = [v for v in args.variants.split(",") if v != "base"]
     sides = [("protloc", protloc_round, {}), ("plain", plain_round, {})] + [

@@ -184,3 +184,19 @@ def test_cli_predict_threads_and_engine_flags(run, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert main(["predict", str(run), "--images", str(images), "--out", str(out), "--int8", "on"]) == 2
     assert "no quantised model" in capsys.readouterr().err
+
+
+def test_train_threads_are_the_free_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from protloc.core.config import TrainConfig
+    from protloc.core.cpu import available_cores
+    from protloc.training.train import set_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # a busy machine: one thread
+    assert set_threads(TrainConfig()) == 1 == torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle: every core
+    assert set_threads(TrainConfig()) == available_cores()
+    assert set_threads(TrainConfig(threads=3)) == 3  # --threads wins
