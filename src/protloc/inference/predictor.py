@@ -119,8 +119,8 @@ def resolve_engine(engine: str = "auto", device=None) -> str:
     check_choice("engine", engine, ENGINES)
     if engine != "auto":
         return engine
-    if device is not None:
-        return "torch" if str(device).startswith("cuda") else "onnx"
+    if device is not None and str(device).strip() not in ("", "auto"):
+        return "torch" if str(device).strip().startswith("cuda") else "onnx"
     return "torch" if _cuda_present() else "onnx"
 
 
@@ -229,7 +229,9 @@ class Predictor:
 
             if not self._models:
                 raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
-            self.device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            from protloc.models.device import resolve_device
+
+            self.device = resolve_device(device)  # 'bogus' or 'cuda' without a GPU: an InputError
             self._cuda = self.device.startswith("cuda")
             for m in self._models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
                 m.eval().to(self.device).to(memory_format=torch.channels_last)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
+from protloc.cli.options import OutDir, declare_paths, integer, nonneg_int
 
 
 def register(sub) -> None:
@@ -12,16 +13,18 @@ def register(sub) -> None:
                     example="protloc cache --csv train.csv --images train/ --size 128")
     add_data_args(p)  # label options accepted (ignored) so every data command takes the same flags
     g = p.add_argument_group("cache")
-    g.add_argument("--size", type=int, default=128, help="image side length in pixels after resizing")
+    g.add_argument("--size", default=128, help="image side length in pixels after resizing",
+                   type=integer(min=8, max=4096, expected="8 to 4096 pixels", fix="e.g. --size 128"))
     g.add_argument("--info", action="store_true", help="list cache entries (of this dataset if given)")
     g.add_argument("--clear", action="store_true", help="delete cache entries (of this dataset if given, else all)")
     g.add_argument("--skip-bad", action="store_true",
                    help="cache unreadable images as black and list them instead of stopping")
-    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     g.add_argument("--compress", choices=("none", "zstd"), default=None,
                    help="shard compression of a new entry: none (fastest reads) or zstd (~1.8x smaller; "
                         "train then reuses it) [default: none]")
     add_store_args(g)
+    declare_paths(p, OutDir("cache_dir", "cache folder"))
     p.set_defaults(func=run)
 
 
@@ -88,11 +91,6 @@ def run(args) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     apply_store_args(args)
-    if args.size < 8 or args.size > 4096:
-        from protloc.core.errors import InputError, fmt_problem
-
-        raise InputError(fmt_problem("--size", expected="8 to 4096 pixels", got=str(args.size),
-                                     fix="e.g. --size 128"))
     has_data = bool(args.csv or args.images or args.data)
     table = table_from_args(args, labels=False) if has_data else None
     for note in (table.notes if table is not None else []):  # never drop rows silently

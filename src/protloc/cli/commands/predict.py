@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command
+from protloc.cli.options import OutFile, declare_paths, device, folds, positive_int, run_folder
 
 
 def register(sub) -> None:
@@ -30,40 +31,37 @@ def register(sub) -> None:
     p.add_argument("--int8", default="auto", choices=("auto", "on", "off"),
                    help="the int8 model of `protloc export --int8`: auto uses it when its recorded held-out "
                         "macro-F1 drop is <= 0.005")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--folds", default=None, help="comma-separated fold numbers to ensemble; all folds when not given")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; cuda when available if not given")
-    p.add_argument("--threads", default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--folds", default=None, type=folds,
+                   help="comma-separated fold numbers to ensemble; all folds when not given")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:1; cuda when available if not given")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU worker threads (each decodes and predicts its own batches); one per core if not given")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
                    help="report unreadable/missing images and leave them out instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    declare_paths(p, run_folder(), OutFile("out"), OutFile("probs"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from protloc.cli.main import table_from_args
     from protloc.core.atomic import write_csv
-    from protloc.core.errors import InputError, fmt_problem
-    from protloc.core.runfolder import RunFolder, parse_folds
+    from protloc.core.runfolder import RunFolder
     from protloc.inference.inputs import run_channels
-    from protloc.inference.predictor import Predictor, check_threads
+    from protloc.inference.predictor import Predictor
 
-    if args.batch_size < 1:
-        raise InputError(fmt_problem("--batch-size", expected="an integer >= 1", got=str(args.batch_size),
-                                     fix="e.g. --batch-size 64"))
-    threads = check_threads(args.threads)
     rf = RunFolder(args.run).check(need_models=args.engine == "torch")
-    folds = parse_folds(args.folds)
+    folds = args.folds
     chosen = args.channels is not None
     if not chosen:  # default: the run's channels (typed; read as in training)
         args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
     notes: list[str] = []  # printed once predict worked (an error is then the only line)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
-                              threads=threads, int8=args.int8, note=notes.append)
+                              threads=args.threads, int8=args.int8, note=notes.append)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
