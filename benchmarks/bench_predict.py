@@ -394,16 +394,19 @@ def main(argv=None) -> int:
         if "model" not in args.skip:
             print("model alone (one thread, in memory)", flush=True)
             result["model_alone"] = bench_model(copy_run(run, tmp / "run_model", onnx=True), seconds=args.seconds)
+            write_json(args.out, result)  # partial results survive an interrupted run
         if "threads" not in args.skip:
             print("threads (predict_table on the PNGs; +hog: busy machine)", flush=True)
             trun = copy_run(run, tmp / "run_threads", onnx=True)
             result["threads"] = bench_threads(trun, images, csv, n=min(n, 500), threads=args.threads,
                                               hogs=[0, args.hog], seconds=args.seconds)
+            write_json(args.out, result)  # partial results survive an interrupted run
         if "e2e" not in args.skip:
             print("end to end: protloc predict", flush=True)
             result["end_to_end"] = bench_end_to_end(tmp, run, images, csv, n=n, n_d4=min(args.n_d4, n),
                                                     repeats=args.repeats,
                                                     before=Path(args.before) if args.before else None, hog=0)
+            write_json(args.out, result)  # partial results survive an interrupted run
         if args.stream and "stream" not in args.skip:
             print("streaming memory: protloc predict on a PNG folder", flush=True)
             result["stream"] = {"rows": bench_stream(tmp, args.stream),
