@@ -153,15 +153,18 @@ def bench_infer(args) -> dict:
     from protloc.training.module import infer_probs
 
     net = build_model(ModelSpec("tf_efficientnet_lite0", in_chans=3, num_classes=10)).eval()
+    net = net.to(memory_format=torch.channels_last)  # as the trained net (LitProtloc, channels_last)
     imgs = np.random.default_rng(2).integers(0, 255, (128, args.size, args.size, 3), dtype=np.uint8)
     out = {}
     for tta in ("none", "d4"):
         n = len(imgs) if tta == "none" else len(imgs) // 4
         infer_probs(net, imgs[:16], mean=(0.1,) * 3, std=(0.2,) * 3, batch_size=16)  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         infer_probs(net, imgs[:n], mean=(0.1,) * 3, std=(0.2,) * 3, batch_size=64, tta=tta)
         out[f"infer_images_per_s_tta_{tta}"] = round(n / (time.perf_counter() - t0), 1)
-    out["d4_cost_x_single_view"] = round(out["infer_images_per_s_tta_none"] / out["infer_images_per_s_tta_d4"], 2)
+        out[f"infer_images_per_cpu_s_tta_{tta}"] = round(n / (time.process_time() - c0), 1)
+    out["d4_cost_x_single_view"] = round(out["infer_images_per_cpu_s_tta_none"]
+                                         / out["infer_images_per_cpu_s_tta_d4"], 2)
     return out
 
 
@@ -182,7 +185,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads or free_cores())  # what `protloc train --threads 0` picks
     rows = []
     variants = [v for v in args.variants.split(",") if v != "base"]
-    sides = [("protloc", protloc_round, {}), ("plain", plain_round, {})] + [
+    # protloc runs its defaults (channels_last on): compare it with plain+channels_last
+    sides = [("protloc", protloc_round, {"channels_last": True}), ("plain", plain_round, {})] + [
         (f"plain+{v}", plain_round, {"channels_last": v == "channels_last", "compile": v == "compile"})
         for v in variants]
     with tempfile.TemporaryDirectory() as d:
@@ -200,6 +204,8 @@ def main(argv=None) -> dict:
     summary = {"images_per_s": med, "images_per_cpu_s": cpu,
                "protloc_over_plain": round(med["protloc"] / med["plain"], 3),
                "protloc_over_plain_cpu": round(cpu["protloc"] / cpu["plain"], 3),
+               **({"protloc_over_plain_channels_last_cpu": round(cpu["protloc"] / cpu["plain+channels_last"], 3)}
+                  if "channels_last" in variants else {}),
                **{f"{v}_over_plain": round(med[f"plain+{v}"] / med["plain"], 3) for v in variants},
                **{f"{v}_over_plain_cpu": round(cpu[f"plain+{v}"] / cpu["plain"], 3) for v in variants},
                "protloc_loader_wait_fraction": float(np.median([r["loader_wait_fraction"] for r in rows
