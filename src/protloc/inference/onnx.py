@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -477,17 +476,17 @@ def cached_onnx(run, folds=None, *, int8: str = "auto", note=_note_stderr) -> tu
 # sessions
 # --------------------------------------------------------------------------------------------
 def default_threads() -> int:
-    """CPU threads this process may use: the cores it is allowed to run on.
+    """CPU threads this process may use: the cores it is allowed to run on
+    (:func:`protloc.core.cpu.available_cores`).
 
     Examples
     --------
     >>> default_threads() >= 1
     True
     """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
+    from protloc.core.cpu import available_cores
+
+    return available_cores()
 
 
 def session_options(threads: int = 1):
