@@ -150,8 +150,8 @@ class TrainConfig:
     num_nodes: int = _engine(1, "machines for multi-node DDP", ge=1)
     precision: str = _engine("auto", "auto = bf16-mixed on CUDA, 32-true on CPU", choices=PRECISIONS)
     compile: bool = _engine(False, "torch.compile the model")
-    channels_last: bool = _engine(True, "channels-last memory layout on CUDA")
-    threads: int = _engine(0, "torch CPU threads per process (0 = cores / processes)", ge=0)
+    channels_last: bool = _engine(True, "channels-last memory layout (CPU and CUDA; faster on both)")
+    threads: int = _engine(0, "torch CPU threads per process (0 = free cores: cores minus load average, / processes)", ge=0)
     workers: int = _engine(0, "decode workers and DataLoader workers (memmapped uint8 data needs none)", ge=0)
     max_minutes: float = _engine(0.0, "time budget: stop cleanly at an epoch boundary, keep the best (0 = none)",
                                  ge=0)

@@ -29,8 +29,11 @@ Layout::
       thresholds.json        per-class thresholds + diagnostics        thresholds() -> RunThresholds
                              (protloc thresholds; absent: 0.5 for every class, said so)
       evaluation.json        last `protloc evaluate` result (optional) evaluation_json
-      model.onnx(.json)      ONNX export + its preprocessing           onnx_path, onnx_meta_path
-                             (protloc export, optional)
+      model.onnx(.json)      ONNX export + its preprocessing and the   onnx_path, onnx_meta_path,
+                             fingerprint of the weights it came from    onnx_file(folds, int8=)
+                             (protloc export, or cached by predict;
+                             model.int8.onnx: quantised, export --int8;
+                             model.folds-0-2.onnx: a fold subset)
       train.log              log
       report.html            evaluation report (protloc report)        report_html
 
@@ -271,6 +274,19 @@ class RunFolder:
     log = property(lambda self: self.root / "train.log")
     report_html = property(lambda self: self.root / "report.html")
     models_dir = property(lambda self: self.root / "models")
+
+    def onnx_file(self, folds=None, *, int8: bool = False) -> Path:
+        """The ONNX export of ``folds`` (None: every fold, ``model.onnx``; a subset:
+        ``model.folds-0-2.onnx``); ``int8``: its quantised copy (``model.int8.onnx``...).
+
+        Examples
+        --------
+        >>> rf = RunFolder("r")
+        >>> rf.onnx_file().name, rf.onnx_file([2, 0]).name, rf.onnx_file(int8=True).name
+        ('model.onnx', 'model.folds-0-2.onnx', 'model.int8.onnx')
+        """
+        stem = "model" if folds is None else "model.folds-" + "-".join(str(int(f)) for f in sorted(folds))
+        return self.root / f"{stem}{'.int8' if int8 else ''}.onnx"
 
     def ckpt_dir(self, fold: int) -> Path:
         return self.root / "checkpoints" / f"fold{fold}"

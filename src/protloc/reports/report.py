@@ -250,7 +250,7 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
         page.section(SECTIONS[8], '<p class="warn">No images available: Grad-CAM skipped.</p>')
         return
     try:
-        pred = Predictor.from_run(run.root, device=device)
+        pred = Predictor.from_run(run.root, device=device, engine="torch")  # Grad-CAM needs torch
     except InputError as e:
         page.section(SECTIONS[8], f'<p class="warn">Models could not be loaded ({esc(e)}): Grad-CAM skipped.</p>')
         return

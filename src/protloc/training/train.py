@@ -113,13 +113,13 @@ def trainer_hardware(cfg: TrainConfig) -> dict:
 
 
 def set_threads(cfg: TrainConfig) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        cores = os.cpu_count() or 1
+    """torch intra-op threads per process: ``--threads``, else the free cores / processes
+    (:func:`protloc.core.cpu.free_cores`: more threads than free cores is many times slower)."""
+    from protloc.core.cpu import free_cores
+
     d = _devices(cfg.devices)
     procs = d if isinstance(d, int) and d > 0 and not torch.cuda.is_available() else 1
-    n = cfg.threads or max(1, cores // procs)
+    n = cfg.threads or max(1, free_cores() // procs)
     torch.set_num_threads(n)
     return n
 

@@ -25,14 +25,18 @@ def register(sub) -> None:
                    help="test-time augmentation: d4 = 8 flips/rotations")
     p.add_argument("--merge", default="mean", choices=("mean", "max"),
                    help="how probabilities are merged over TTA views and fold models")
-    p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
-                   help="onnx uses RUN/model.onnx (see `protloc export`)")
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto: onnxruntime on CPU (the run's ONNX model, exported once and cached in the run "
+                        "folder), torch on CUDA; torch: PyTorch")
+    p.add_argument("--int8", default="auto", choices=("auto", "on", "off"),
+                   help="the int8 model of `protloc export --int8`: auto uses it when its recorded held-out "
+                        "macro-F1 drop is <= 0.005")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--folds", default=None, type=folds,
                    help="comma-separated fold numbers to ensemble; all folds when not given")
     p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:1; cuda when available if not given")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")
+                   help="CPU worker threads (each decodes and predicts its own batches); one per core if not given")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
@@ -55,11 +59,16 @@ def run(args) -> int:
     if not chosen:  # default: the run's channels (typed; read as in training)
         args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
+    notes: list[str] = []  # printed once predict worked (an error is then the only line)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
-                              threads=args.threads)
+                              threads=args.threads, int8=args.int8, note=notes.append)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
+    for msg in notes:
+        print(f"note: {msg}", file=sys.stderr)
+    if not args.no_progress:
+        print(f"engine: {pred.describe()}", file=sys.stderr)
     for _, msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
     sub = res.submission_frame()
