@@ -29,7 +29,7 @@ class DemoPlan:
     epochs: int | None = None  # None: the preset's
 
 
-FULL = DemoPlan(n_train=2000, n_test=500, size=128, preset="default", max_minutes=6.0, tta="d4")
+FULL = DemoPlan(n_train=2000, n_test=500, size=128, preset="default", max_minutes=5.5, tta="d4")
 QUICK = DemoPlan(n_train=800, n_test=200, size=64, preset="fast", max_minutes=1.0, tta="flip", epochs=10)
 
 
