@@ -99,7 +99,7 @@ class TimeBudget(pl.Callback):
         self.planner = None
         self.stopped = False            # the budget changed the run (fewer epochs than --epochs, or a mid-epoch stop)
         self.stopped_mid_epoch = False
-        self.shrunk_to = None
+        self._planned = None
         self.max_epochs = None
         self._epoch_end = None
 
@@ -153,19 +153,19 @@ class TimeBudget(pl.Callback):
     def _apply(self, trainer, plan) -> None:
         epochs = int(trainer.strategy.broadcast(plan.epochs + (1 if plan.partial else 0), src=0))
         total = int(trainer.strategy.broadcast(plan.total_steps, src=0))
-        first = len(self.planner.history) <= 1 and self.shrunk_to is None
-        if epochs != self.shrunk_to:
+        first = len(self.planner.history) <= 1 and self._planned is None
+        if epochs != self._planned:
             trainer.fit_loop.max_epochs = max(epochs, trainer.current_epoch + 1)
             if epochs < self.max_epochs:
                 self.stopped = True
             msg = ("time budget: %s%d epochs fit (%.2f s per step, %.1f s validation, %.0f s left); schedule ends at "
-                   "step %d" % ("" if first else "re-planned: ", plan.epochs if not plan.partial else plan.epochs,
-                                self.planner.step_s, self.planner.val_s, self.deadline - self.clock(),
-                                total // self._acc))
+                   "step %d" % ("" if first else "re-planned: ", plan.epochs, self.planner.step_s, self.planner.val_s,
+                                self.deadline - self.clock(), total // self._acc))
             if plan.partial:
-                msg += f" (a partial epoch: {total} of {(plan.epochs + 1) * self.planner.steps_per_epoch} steps)"
+                msg += f" (epoch {plan.epochs} stops after {total - plan.epochs * self.planner.steps_per_epoch} of " \
+                       f"{self.planner.steps_per_epoch} steps)"
             log.info(msg)
-        self.shrunk_to = epochs
+        self._planned = epochs
         for cfg in trainer.lr_scheduler_configs:
             for fn in getattr(cfg.scheduler, "lr_lambdas", []):
                 if hasattr(fn, "total"):
