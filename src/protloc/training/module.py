@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from protloc.core.errors import check_choice
 from protloc.core.metrics import epoch_metrics
 from protloc.core.tta import TTA_MODES, merge_probs, tta_views
-from protloc.training.augment import BatchAugment
+from protloc.training.augment import BatchAugment, mix_batch
 from protloc.training.datamodule import epoch_seed
 
 
@@ -83,6 +83,10 @@ class LitProtloc(pl.LightningModule):
             g = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, batch_idx,
                                                          self.global_rank, 1))
             x = self.augment(x, g)
+        if self.cfg.mix != "none":
+            g = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, batch_idx,
+                                                         self.global_rank, 3))
+            x, y = mix_batch(x, y, g, mode=self.cfg.mix, alpha=self.cfg.mix_alpha, prob=self.cfg.mix_prob)
         loss = self.loss_fn(self._fwd(self.normalize(x)), y)
         self._train_sum += float(loss.detach()) * len(y)
         self._train_n += len(y)

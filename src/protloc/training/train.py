@@ -85,6 +85,20 @@ def load_data(table, cfg: TrainConfig, *, progress: bool):
     return ds, usable
 
 
+def load_unlabeled(cfg: TrainConfig, table, *, progress: bool):
+    """Decoded ``--unlabeled`` images (same format and channels as the training table)."""
+    from protloc.data.cache import load_cached
+    from protloc.data.table import load_table
+
+    unl = load_table(None, cfg.unlabeled, fmt=table.fmt, channels=table.channels, schema=table.schema, labels=False)
+    ds = load_cached(unl, size=cfg.size, workers=cfg.workers or None, progress=progress, skip_bad=True)
+    keep = np.setdiff1d(np.arange(len(unl)), np.asarray(ds.bad, dtype=int))
+    if ds.bad:
+        log.warning("--unlabeled: %d unreadable images left out", len(ds.bad))
+    log.info("unlabeled images for pseudo-labelling: %s (%d)", cfg.unlabeled, len(keep))
+    return ds.images if len(keep) == len(unl) else np.asarray(ds.images[keep])
+
+
 def _devices(spec: str):
     s = str(spec).strip()
     if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
@@ -124,13 +138,63 @@ def set_threads(cfg: TrainConfig) -> int:
     return n
 
 
-def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, folds, pre, spec,
-               deadline: float | None, resume: bool, progress: bool, extra_callbacks=()) -> dict | None:
-    """Fit fold ``k``; on rank 0 export weights, OOF probabilities and the fold summary."""
+def max_epochs(cfg: TrainConfig) -> int:
+    """The most epochs of a fold: ``--epochs``, or for ``--epochs 0`` (auto) as many as the time
+    budget allows (up to :data:`protloc.training.budget.AUTO_MAX_EPOCHS`; the budget planner picks
+    how many) or :data:`AUTO_EPOCHS` without a budget."""
+    from protloc.training.budget import AUTO_MAX_EPOCHS
+
+    if cfg.epochs:
+        return int(cfg.epochs)
+    return AUTO_MAX_EPOCHS if cfg.max_minutes else AUTO_EPOCHS
+
+
+#: epochs of ``--epochs 0`` (auto) without a time budget
+AUTO_EPOCHS = 15
+
+
+def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path, reserve_s, progress,
+               extra_callbacks, mode, best_name="best", epoch_offset=0, phase_name=None):
+    """One ``trainer.fit`` of fold ``k`` (checkpoints, freezing, time budget, metrics rows)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     from protloc.training.callbacks import AtomicCheckpointIO, EpochRecorder, FreezeBackbone, TimeBudget
+
+    ckdir = run.ckpt_dir(k)
+    budget = TimeBudget(deadline, reserve_s=reserve_s)
+    callbacks = [ModelCheckpoint(dirpath=ckdir, filename=best_name, monitor=cfg.monitor, mode=mode, save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
+                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
+                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows, epoch_offset=epoch_offset, phase=phase_name),
+                 *extra_callbacks]
+    if cfg.patience > 0:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
+    bar = progress and sys.stderr.isatty()
+    if bar:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        **trainer_hardware(cfg), max_epochs=max_epochs, accumulate_grad_batches=cfg.accumulate,
+        callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
+        if trainer.interrupted:
+            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
+            raise KeyboardInterrupt from None
+        raise
+    return trainer, budget
+
+
+def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, folds, pre, spec,
+               deadline: float | None, resume: bool, progress: bool, extra_callbacks=(),
+               reserve_s: float = 3.0, unlabeled=None) -> dict | None:
+    """Fit fold ``k``; on rank 0 export weights, OOF probabilities and the fold summary."""
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.module import LitProtloc
     from protloc.training.losses import make_loss
@@ -151,33 +215,22 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     mode = "min" if cfg.monitor.endswith("loss") else "max"
     hist = run.fold_metrics(k) if ckpt_path else None
     rows = hist.to_dict("records") if hist is not None else []
-    budget = TimeBudget(deadline)
-    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
-                                 auto_insert_metric_name=False, enable_version_counter=False),
-                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
-                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                                 auto_insert_metric_name=False, enable_version_counter=False),
-                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
-                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows),
-                 *extra_callbacks]
-    if cfg.patience > 0:
-        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
-    bar = progress and sys.stderr.isatty()
-    if bar:
-        callbacks.append(RichProgressBar())
-    trainer = pl.Trainer(
-        **trainer_hardware(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
-        callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
-        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
+    phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode)
     t0 = time.time()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
-        if trainer.interrupted:
-            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
-            raise KeyboardInterrupt from None
-        raise
+    teacher_deadline, epochs = deadline, max_epochs(cfg)
+    if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
+        from protloc.training.semi import teacher_share
+
+        teacher_deadline, epochs = teacher_share(cfg, deadline, epochs, now=t0)
+    trainer, budget = _fit_phase(module, dm, deadline=teacher_deadline, max_epochs=epochs, rows=rows,
+                                 ckpt_path=ckpt_path, reserve_s=reserve_s, **phase)
+    if unlabeled is not None:
+        from protloc.training.semi import student_phase
+
+        module, trainer, budget = student_phase(module, trainer, images=images, y=y, unlabeled=unlabeled,
+                                                train_idx=train_idx, val_idx=val_idx, pre=pre, deadline=deadline,
+                                                reserve_s=reserve_s, fit_phase=_fit_phase, phase=phase,
+                                                main=trainer.is_global_zero)
     if not trainer.is_global_zero:
         return None
     best = ckdir / "best.ckpt"
@@ -201,6 +254,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     summary = {"fold": k, "best_epoch": int(ep["epoch"]), "monitor": cfg.monitor,
                "best_score": float(ep[cfg.monitor]), "epochs_run": int(len(hist)),
                "stopped_by_time_budget": budget.stopped, "fit_seconds": round(time.time() - t0, 1),
+               "max_epochs": max_epochs(cfg), **({"budget": budget.summary()} if deadline else {}),
+               **getattr(module, "semi_summary", {}),
                "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"], "val_mAP": m["val_mAP"],
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
@@ -311,6 +366,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # student phase
     main = is_main_process()
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
@@ -320,11 +376,13 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
     t_start = time.time()
-    log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
-             cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
+    log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
+             cfg.preset, cfg.model, cfg.size, cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss, threads,
+             f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
     for note in table.notes:  # rows left out of the table (e.g. --from-schema hpa28 mapping): on screen and in the log
         log.warning("note: %s", note)
     ds, usable = load_data(table, cfg, progress=progress and main)
+    unlabeled = load_unlabeled(cfg, table, progress=progress and main) if cfg.unlabeled else None
     y = table.y()
     sp = run.splits() if (resume or cfg.fold is not None) else None
     if sp is not None:
@@ -359,7 +417,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             left = t_start + cfg.max_minutes * 60 - time.time()
             deadline = time.time() + max(left, 0) / (len(todo) - j)
         res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
-                         deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
+                         deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks,
+                         unlabeled=unlabeled)
         if res is not None:
             write_csv(run.fold_oof_csv(k), res["oof"])
             write_json(run.fold_summary_json(k), res["summary"])
@@ -371,6 +430,15 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
         return {}
     summary = merge_folds(run)
     summary["wall_seconds"] = round(time.time() - t_start, 1)
+    if cfg.max_minutes:
+        sums = summary.get("fold_summaries", [])
+        summary["budget"] = {"max_minutes": cfg.max_minutes, "used_minutes": round(summary["wall_seconds"] / 60, 2),
+                             "used_fraction": round(summary["wall_seconds"] / 60 / cfg.max_minutes, 3),
+                             "epochs_planned": [s.get("budget", {}).get("planned_epochs") for s in sums],
+                             "epochs_run": [s.get("epochs_run") for s in sums]}
+        b = summary["budget"]
+        log.info("time budget: %.1f of %.1f minutes used (%.0f%%); epochs planned %s, run %s", b["used_minutes"],
+                 cfg.max_minutes, 100 * b["used_fraction"], b["epochs_planned"], b["epochs_run"])
     write_json(run.summary_json, summary)
     log.info("run %s: OOF macro F1 %.4f over %d images (folds %s) in %.0f s", run.root, summary["val_macro_f1"],
              summary["oof_images"], summary["folds_done"], summary["wall_seconds"])
