@@ -1,10 +1,12 @@
 """Decode once: a memory-mapped cache of decoded, resized uint8 images.
 
-One ``.npy`` file per (dataset files, format, channels, size) key under the cache folder
+One ``.npy`` file per (dataset files, format, channels, size, reading) key under the cache folder
 (``$PROTLOC_CACHE_DIR`` or ``~/.cache/protloc``). The key hashes every file's name, size and
 modification time, so editing, adding or removing an image invalidates the cache. The array is
 opened with ``mmap_mode='r'``: a 100k-image dataset never has to fit in RAM, and epochs read
-straight from the page cache instead of decoding PNGs.
+straight from the page cache instead of decoding PNGs. The reading (intensity rule, Z projection,
+axes, pixel sizes: :class:`~protloc.core.preprocessing.Reading`) is part of the key, so changing
+any of them decodes again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from protloc.io.images import read_image
 CACHE_VERSION = 1
 
 
+def _reading_key(reading, pixel_size) -> dict:
+    """The reading facts an entry depends on (the default reading when none is given)."""
+    from protloc.core.preprocessing import default_reading
+
+    return {**(reading or default_reading()).to_dict(), "input_pixel_size_um": pixel_size}
+
+
 @dataclass
 class DecodedSet:
     """Decoded images of a DataTable: ``images`` (N, H, W, C) uint8 (memmap when cached) and
@@ -40,11 +49,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PROTLOC_CACHE_DIR") or Path.home() / ".cache" / "protloc")
 
 
-def cache_key(table, *, size: int) -> str:
-    """Hash of what the decoded array depends on (file stats, format, channels, size)."""
+def cache_key(table, *, size: int, reading=None, pixel_size: float | None = None) -> str:
+    """Hash of what the decoded array depends on (file stats, format, channels, size, reading)."""
     h = hashlib.sha1()
     h.update(json.dumps([CACHE_VERSION, table.fmt, list(map(str, table.channels)), int(size),
-                         str(Path(table.images).resolve())]).encode())
+                         str(Path(table.images).resolve()), _reading_key(reading, pixel_size)],
+                        sort_keys=True).encode())
     for i in range(len(table)):
         h.update(table.ids[i].encode() + b"\0")
         for f in table.files(i):
@@ -57,11 +67,12 @@ def cache_key(table, *, size: int) -> str:
 
 
 def _decode_chunk(args):
-    folder, ids, fmt, channels, size = args
+    folder, ids, fmt, channels, size, reading, pixel_size = args
     out, errors = [], []
     for iid in ids:
         try:
-            out.append(read_image(folder, iid, fmt=fmt, channels=channels, size=size))
+            out.append(read_image(folder, iid, fmt=fmt, channels=channels, size=size, reading=reading,
+                                  pixel_size=pixel_size))
             errors.append(None)
         except InputError as e:
             out.append(None)
@@ -111,8 +122,13 @@ def worker_map(fn, jobs, workers: int):
 
 
 def decode_table(table, *, size: int, workers: int | None = None, progress: bool = True,
-                 skip_bad: bool = False, out: np.ndarray | None = None, write=None) -> DecodedSet:
+                 skip_bad: bool = False, out: np.ndarray | None = None, write=None, reading=None,
+                 pixel_size: float | None = None) -> DecodedSet:
     """Decode every image of ``table`` into ``out`` (or a new array), in parallel.
+
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+    projection, axes, pixel size; default: the ``auto`` rule); ``pixel_size``: the images' pixel
+    size in µm given by the user (overrides the files').
 
     ``write(start, block)``, if given, receives each decoded chunk (N_chunk, size, size, C)
     in row order instead of ``out`` (the cache streams it to disk). Raises InputError naming
@@ -129,7 +145,7 @@ def decode_table(table, *, size: int, workers: int | None = None, progress: bool
             arr[start:start + len(block)] = block
     workers = workers or min(4, os.cpu_count() or 1)
     chunk = 64
-    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size)
+    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size, reading, pixel_size)
             for s in range(0, n, chunk)]
     bad, msgs = [], []
     with progress_bar(total=n, description="decoding images", enable=progress) as advance:
@@ -159,15 +175,16 @@ def _entries(d: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def _identity(table, size: int) -> dict:
+def _identity(table, size: int, reading=None, pixel_size: float | None = None) -> dict:
     """What makes two cache entries versions of the same dataset (only file stats differ).
 
     The id list is part of it, so a subset of a table (``DataTable.subset``) never replaces
-    the full table's entry."""
+    the full table's entry; so is the reading, so entries of two intensity rules coexist."""
     ids = hashlib.sha1("\0".join(table.ids).encode()).hexdigest()[:16]
     return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
             "channels": list(map(str, table.channels)), "ids": ids,
-            "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None}
+            "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None,
+            "reading": _reading_key(reading, pixel_size)}
 
 
 def remove_entry(meta: Path) -> int:
@@ -190,7 +207,7 @@ def cache_info(table=None, *, size: int | None = None) -> list[dict]:
     for meta, info in _entries(d):
         if table is not None:
             ident = _identity(table, info.get("size", 0))
-            if any(info.get(k) != v for k, v in ident.items() if k != "size"):
+            if any(info.get(k) != v for k, v in ident.items() if k not in ("size", "reading")):
                 continue
             if size and info.get("size") != size:
                 continue
@@ -215,7 +232,8 @@ def clear_cache(table=None) -> tuple[int, int]:
 
 
 def load_cached(table, *, size: int, workers: int | None = None, progress: bool = True,
-                skip_bad: bool = False, use_cache: bool = True) -> DecodedSet:
+                skip_bad: bool = False, use_cache: bool = True, reading=None,
+                pixel_size: float | None = None) -> DecodedSet:
     """Decoded images of ``table`` at ``size``, from the cache when it is up to date.
 
     The first call decodes in parallel and streams chunks straight into the ``.npy`` file (RAM
@@ -229,9 +247,10 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
     (15389, 128, 128, 3)
     """
     if not use_cache:
-        return decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad)
+        return decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad,
+                            reading=reading, pixel_size=pixel_size)
     d = cache_dir()
-    key = cache_key(table, size=size)
+    key = cache_key(table, size=size, reading=reading, pixel_size=pixel_size)
     npy, meta = d / f"{key}.npy", d / f"{key}.json"
     hit = _read_hit(npy, meta, skip_bad)
     if hit is not None:
@@ -241,7 +260,8 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         hit = _read_hit(npy, meta, skip_bad)
         if hit is not None:
             return hit
-        return _build(table, size, key, d, workers=workers, progress=progress, skip_bad=skip_bad)
+        return _build(table, size, key, d, workers=workers, progress=progress, skip_bad=skip_bad,
+                      reading=reading, pixel_size=pixel_size)
 
 
 def _read_hit(npy: Path, meta: Path, skip_bad: bool) -> DecodedSet | None:
@@ -271,7 +291,8 @@ def _build_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(table, size: int, key: str, d: Path, *, workers, progress, skip_bad) -> DecodedSet:
+def _build(table, size: int, key: str, d: Path, *, workers, progress, skip_bad, reading=None,
+           pixel_size=None) -> DecodedSet:
     npy, meta = d / f"{key}.npy", d / f"{key}.json"
     shape = (len(table), size, size, len(table.channels))
     tmp = d / f".{key}.{os.getpid()}.npy"
@@ -288,14 +309,14 @@ def _build(table, size: int, key: str, d: Path, *, workers, progress, skip_bad) 
                 f.write(np.ascontiguousarray(block).tobytes())
 
             ds = decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad,
-                              write=write)
+                              write=write, reading=reading, pixel_size=pixel_size)
         os.replace(tmp, npy)
     finally:
         if tmp.exists():
             tmp.unlink()
     from protloc.core.atomic import write_json
 
-    ident = _identity(table, size)
+    ident = _identity(table, size, reading, pixel_size)
     for old, info in _entries(d):  # stale versions of this dataset
         if old.stem != key and all(info.get(k) == v for k, v in ident.items()):
             remove_entry(old)
