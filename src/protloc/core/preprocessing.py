@@ -106,7 +106,8 @@ class Reading:
 
         ``pixel_size`` (µm) overrides the file's (``--pixel-size``); ``on_resize(message)`` is
         called when a plain resize enlarges or stretches the image. ``facts`` says what was done
-        (``intensity``, ``pixel_size_um`` and its ``pixel_size_source``, ``geometry``, ``notes``).
+        (``intensity``, ``pixel_size_um`` and its ``pixel_size_source``, ``geometry``, ``notes``:
+        sentences that hold for every image read this way, without the image's name).
         """
         meta = meta or ImageMeta()
         out, how = self.intensity.apply(a, bits=meta.bits)
@@ -127,11 +128,11 @@ class Reading:
             out, facts["geometry"] = fit_field(out, scale=(pyx[0] / model_px, pyx[1] / model_px), size=size)
             return out, facts
         if self.pixel_size is not None and pyx is None:
-            facts["notes"].append(f"{where}: pixel size unknown, so the image is resized by pixel count (the run "
-                                  f"was trained at {self.pixel_size:g} µm/px; pass --pixel-size)")
+            facts["notes"].append(f"pixel size unknown, so images are resized by pixel count (the run was trained "
+                                  f"at {self.pixel_size:g} µm/px; pass --pixel-size)")
         elif self.pixel_size is None and pyx is not None:
-            facts["notes"].append(f"{where}: the run records no training pixel size, so the image's "
-                                  f"{facts['pixel_size_um']:g} µm/px is not used; it is resized by pixel count")
+            facts["notes"].append("the run records no training pixel size, so the images' own pixel size is not "
+                                  "used; they are resized by pixel count")
         h, w = out.shape[:2]
         if on_resize is not None and (min(h, w) < size or h != w):
             on_resize(f"{where}: image size {w}x{h} differs from the run's {size}x{size}; images are resized")

@@ -27,11 +27,20 @@ from protloc.io.images import read_image
 CACHE_VERSION = 1
 
 
-def _reading_key(reading, pixel_size) -> dict:
-    """The reading facts an entry depends on (the default reading when none is given)."""
+def effective_reading(table, reading=None):
+    """The reading a table is decoded with: ``reading`` (default: the ``auto`` rule), with the
+    table's ``--axes`` for TIFFs that do not declare theirs."""
+    from dataclasses import replace
+
     from protloc.core.preprocessing import default_reading
 
-    return {**(reading or default_reading()).to_dict(), "input_pixel_size_um": pixel_size}
+    r = reading or default_reading()
+    return replace(r, axes=table.axes) if getattr(table, "axes", None) else r
+
+
+def _reading_key(reading, pixel_size) -> dict:
+    """The reading facts an entry depends on."""
+    return {**reading.to_dict(), "input_pixel_size_um": pixel_size}
 
 
 @dataclass
@@ -53,7 +62,8 @@ def cache_key(table, *, size: int, reading=None, pixel_size: float | None = None
     """Hash of what the decoded array depends on (file stats, format, channels, size, reading)."""
     h = hashlib.sha1()
     h.update(json.dumps([CACHE_VERSION, table.fmt, list(map(str, table.channels)), int(size),
-                         str(Path(table.images).resolve()), _reading_key(reading, pixel_size)],
+                         str(Path(table.images).resolve()),
+                         _reading_key(effective_reading(table, reading), pixel_size)],
                         sort_keys=True).encode())
     for i in range(len(table)):
         h.update(table.ids[i].encode() + b"\0")
@@ -145,6 +155,7 @@ def decode_table(table, *, size: int, workers: int | None = None, progress: bool
             arr[start:start + len(block)] = block
     workers = workers or min(4, os.cpu_count() or 1)
     chunk = 64
+    reading = effective_reading(table, reading)
     jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size, reading, pixel_size)
             for s in range(0, n, chunk)]
     bad, msgs = [], []
@@ -184,7 +195,7 @@ def _identity(table, size: int, reading=None, pixel_size: float | None = None) -
     return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
             "channels": list(map(str, table.channels)), "ids": ids,
             "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None,
-            "reading": _reading_key(reading, pixel_size)}
+            "reading": _reading_key(effective_reading(table, reading), pixel_size)}
 
 
 def remove_entry(meta: Path) -> int:

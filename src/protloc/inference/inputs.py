@@ -90,6 +90,7 @@ def read_table_row(table, i: int, pre, *, channels_chosen: bool = True, on_resiz
     from protloc.io import images as imageio
 
     where = f"{table.where(i)} ({table.files(i)[0]})"
+    pre = pre.with_reading(axes=getattr(table, "axes", None))  # the user's --axes for undeclared TIFFs
     if table.fmt == "hpa-channels":
         raw, meta = imageio.read_hpa_raw(table.images, table.ids[i], channels=table.channels, reading=pre.reading)
         return pre.prepare(raw, where=where, on_resize=on_resize, meta=meta, pixel_size=pixel_size, info=info)

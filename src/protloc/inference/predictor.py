@@ -27,6 +27,15 @@ memory layout on both; always under ``torch.inference_mode()``. ``onnx``: onnxru
 ``protloc export`` (float NCHW normalised input, sigmoid probabilities out); same numbers as
 torch within 1e-4.
 
+Reading and out-of-distribution scores
+--------------------------------------
+Files are read with the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+projection, pixel size; ``from_run(z=, axes=, pixel_size=)`` change the projection, the axes of
+undeclared TIFFs and the input images' pixel size). When the run holds an out-of-distribution
+reference per fold (``models/fold{k}.ood.npz``, :mod:`protloc.core.ood`), every prediction
+also gets ``ood_score`` (1.0 = the flag threshold; the mean over the fold models, computed on
+the un-augmented image) and ``ood_flag`` (score > 1): the image is unlike the training images.
+
 Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views and merging in
 :mod:`protloc.core.tta`; their public names are re-exported here.
 """
@@ -70,6 +79,9 @@ class PredictionResult:
     label_strings : list of str    the competition's ``"1 4"`` strings ('' when none)
     classes : list of str
     skipped : list of (id, message)  unreadable images left out (only with ``on_error='skip'``)
+    ood_score : ndarray (N,) float32 or None   out-of-distribution score (> 1: flagged); None
+                                    when the run has no OOD reference
+    notes : list of str             what the reading did that holds for many images (with counts)
     """
 
     ids: list
@@ -78,9 +90,16 @@ class PredictionResult:
     label_strings: list
     classes: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    ood_score: np.ndarray | None = None
+    notes: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def ood_flag(self) -> np.ndarray | None:
+        """True where the image is unlike the training images (``ood_score > 1``)."""
+        return None if self.ood_score is None else np.asarray(self.ood_score) > 1.0
 
     def submission_frame(self):
         """``Image,Label`` DataFrame in the competition format."""
@@ -89,11 +108,14 @@ class PredictionResult:
         return pd.DataFrame({"Image": list(self.ids), "Label": list(self.label_strings)})
 
     def probs_frame(self):
-        """``Image`` + one column per class name."""
+        """``Image`` + one column per class name (+ ``ood_score``, ``ood_flag`` when scored)."""
         import pandas as pd
 
         df = pd.DataFrame(self.probs, columns=list(self.classes))
         df.insert(0, "Image", list(self.ids))
+        if self.ood_score is not None:
+            df["ood_score"] = np.round(np.asarray(self.ood_score, np.float64), 4)
+            df["ood_flag"] = self.ood_flag.astype(int)
         return df
 
 
@@ -114,11 +136,14 @@ class Predictor:
     models : list of nn.Module  (torch engine; empty for onnx)
     folds : list of int         fold numbers in the ensemble
     engine, device : str
+    ood : list of OODDetector or None   one per fold model (``RUN/models/fold{k}.ood.npz``)
+    pixel_size : float or None  the input images' pixel size in µm given by the user (overrides
+                                the files'; ``--pixel-size``)
     """
 
     def __init__(self, preprocessing: Preprocessing, models=(), *, thresholds=None,
                  at_least_one: bool = False, device=None, engine: str = "torch", onnx_session=None,
-                 folds=None, root: Path | None = None):
+                 folds=None, root: Path | None = None, ood=None, pixel_size: float | None = None):
         check_choice("engine", engine, ENGINES)
         self.preprocessing = preprocessing
         self.classes = list(preprocessing.classes)
@@ -137,6 +162,12 @@ class Predictor:
         self.root = root
         self._session = onnx_session
         self._warned_resize = False
+        self.ood = list(ood) if ood else None
+        self.pixel_size = None if pixel_size is None else float(pixel_size)
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise InputError("--pixel-size", expected="a pixel size in µm > 0", got=str(pixel_size),
+                             fix="e.g. --pixel-size 0.1")
+        self._notes: dict[str, int] = {}
         if engine == "torch":
             import torch
 
@@ -151,6 +182,10 @@ class Predictor:
             self._cuda = False
             if onnx_session is None:
                 raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+            if self.ood and "features" not in {o.name for o in onnx_session.get_outputs()}:
+                self.ood = None  # an export made before features were exported: no OOD score
+                self._notes["the ONNX export has no features output (re-export with `protloc export`): "
+                            "no out-of-distribution scores"] = 1
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -172,8 +207,13 @@ class Predictor:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, path, *, device=None, engine: str = "torch", folds=None,
-                 onnx_path=None, threads: int | None = None) -> "Predictor":
-        """Load ``RUN``: preprocessing, fold models (all by default) and thresholds.
+                 onnx_path=None, threads: int | None = None, z: str | None = None, axes: str | None = None,
+                 pixel_size: float | None = None) -> "Predictor":
+        """Load ``RUN``: preprocessing, fold models (all by default), thresholds and the
+        out-of-distribution references.
+
+        ``z``, ``axes``: another Z projection / the axes of TIFFs that do not declare theirs (else
+        the run's); ``pixel_size``: the input images' pixel size in µm (overrides the files').
 
         ``folds``: None (all), an int or a list of fold numbers. ``engine='onnx'`` loads
         ``RUN/model.onnx`` (or ``onnx_path``) written by ``protloc export`` and never imports
@@ -185,6 +225,7 @@ class Predictor:
         run = RunFolder(path).check(need_models=engine == "torch")
         pre = run.preprocessing()
         rule = run.thresholds()
+        read = dict(z=z, axes=axes, pixel_size=pixel_size)
         if engine == "torch":
             from protloc.models.network import load_weights
 
@@ -202,7 +243,15 @@ class Predictor:
                                                      "(preprocessing.json)",
                                                      got=f"{m.spec.in_chans} and {m.spec.num_classes}",
                                                      fix="keep the run folder's files together"))
-            return cls(pre, models, thresholds=rule, device=device, engine="torch", folds=use, root=run.root)
+            ood = run.ood(use)
+            if ood is not None:
+                feats = [int(m.backbone.num_features * (2 if m.spec.pool == "catavgmax" else 1)) for m in models]
+                if any(d.n_features != n for d, n in zip(ood, feats)):
+                    raise RunFolderError(f"{run.ood_path(use[0])}: OOD reference of {ood[0].n_features} features "
+                                         f"does not fit the model's {feats[0]}",
+                                         fix="keep the run folder's files together (or delete the .ood.npz files)")
+            return cls._with_reading(pre, models, thresholds=rule, device=device, engine="torch", folds=use,
+                                     root=run.root, ood=ood, **read)
         from protloc.core.runfolder import parse_folds
         from protloc.inference.onnx import load_onnx
 
@@ -218,8 +267,12 @@ class Predictor:
             raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
                                              got="a different one (exported from another run?)",
                                              fix=f"re-export with `protloc export {run.root}`"))
-        return cls(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
-                   folds=have, root=run.root)
+        return cls._with_reading(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
+                                 folds=have, root=run.root, ood=run.ood(have) if have else None, **read)
+
+    @classmethod
+    def _with_reading(cls, pre, models, *, z, axes, pixel_size, **kw) -> "Predictor":
+        return cls(pre.with_reading(z=z, axes=axes), models, pixel_size=pixel_size, **kw)
 
     # ------------------------------------------------------------------------------------
     def _warn_resize(self, message: str) -> None:
@@ -228,13 +281,38 @@ class Predictor:
             self._warned_resize = True
             warnings.warn(f"{message} (shown once)", UserWarning, stacklevel=5)
 
+    def _note(self, info: dict) -> None:
+        for n in info.get("notes", ()):
+            self._notes[n] = self._notes.get(n, 0) + 1
+
+    def notes(self) -> list[str]:
+        """What the reading did that holds for many images so far, with counts."""
+        return [n if c <= 1 else f"{n} ({c} images)" for n, c in self._notes.items()]
+
     def _prepare(self, img, where: str) -> np.ndarray:
         """One (H, W, C) array -> the run's input (:meth:`Preprocessing.prepare`; warns once if enlarging)."""
-        return self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize)
+        info: dict = {}
+        out = self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                                         info=info)
+        self._note(info)
+        return out
 
-    def read_file(self, path) -> np.ndarray:
-        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans)."""
-        return read_for_run(path, self.preprocessing, on_resize=self._warn_resize)
+    def read_file(self, path, *, info: dict | None = None) -> np.ndarray:
+        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans).
+
+        ``info`` (a dict) receives what the reading did (intensity rule, pixel size, notes)."""
+        info = {} if info is None else info
+        out = read_for_run(path, self.preprocessing, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                           info=info)
+        self._note(info)
+        return out
+
+    def _read_row(self, table, i: int, *, channels_chosen: bool) -> np.ndarray:
+        info: dict = {}
+        out = read_table_row(table, i, self.preprocessing, channels_chosen=channels_chosen,
+                             on_resize=self._warn_resize, pixel_size=self.pixel_size, info=info)
+        self._note(info)
+        return out
 
     def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
         """Paths / arrays (see :func:`protloc.inference.inputs.as_items`) -> (ids, uint8 batch)."""
@@ -250,10 +328,11 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------
     def predict_array(self, batch, *, tta: str = "none", merge: str = "mean",
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, with_ood: bool = False):
         """uint8 (N, H, W, C) -> probabilities (N, C) float32 (the core; web/explain use it).
 
         Images of another size are resized (one warning); a wrong channel count raises.
+        ``with_ood``: return ``(probs, ood_score (N,) or None)``.
         """
         check_choice("tta", tta, TTA_MODES)
         check_choice("merge", merge, MERGES)
@@ -267,30 +346,51 @@ class Predictor:
         if b.shape[1:] != (pre.size, pre.size, pre.in_chans) or b.dtype != np.uint8:
             b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
         out = np.empty((len(b), len(self.classes)), np.float32)
+        ood = np.empty(len(b), np.float32) if (with_ood and self.ood) else None
         bs = max(1, int(batch_size))
         for s in range(0, len(b), bs):
-            out[s:s + bs] = self._forward(b[s:s + bs], tta=tta, merge=merge)
-        return out
+            out[s:s + bs], o = self._forward(b[s:s + bs], tta=tta, merge=merge, ood=ood is not None)
+            if ood is not None:
+                ood[s:s + bs] = o
+        return (out, ood) if with_ood else out
 
-    def _forward(self, b: np.ndarray, *, tta: str, merge: str) -> np.ndarray:
+    def _ood_scores(self, b: np.ndarray, feats: list) -> np.ndarray:
+        """The images' OOD score from each fold model's pooled features (:mod:`protloc.core.ood`)."""
+        from protloc.core.ood import combine_folds, image_stats
+
+        stats = image_stats(b)
+        return combine_folds([d.score(f, stats) for d, f in zip(self.ood, feats)])
+
+    def _forward(self, b: np.ndarray, *, tta: str, merge: str, ood: bool = False):
+        """Probabilities (N, C) of a uint8 batch, and its OOD scores (N,) when ``ood`` (else None)."""
         x = self.preprocessing.normalize(b)
+        ood = bool(ood and self.ood)
         if self.engine == "onnx":
-            stack = []
-            for v in tta_views(x, tta):
-                fold_probs = self._session.run(["fold_probs"], {"input": np.ascontiguousarray(v)})[0]
-                stack.extend(np.moveaxis(fold_probs, 1, 0))
-            return merge_probs(np.stack(stack), merge)
+            stack, feats = [], None
+            for k, v in enumerate(tta_views(x, tta)):
+                names = ["fold_probs", "features"] if (ood and k == 0) else ["fold_probs"]
+                got = self._session.run(names, {"input": np.ascontiguousarray(v)})
+                stack.extend(np.moveaxis(got[0], 1, 0))
+                if len(got) > 1:
+                    feats = list(np.moveaxis(got[1], 1, 0))
+            return merge_probs(np.stack(stack), merge), (self._ood_scores(b, feats) if ood else None)
         import torch
 
         with torch.inference_mode():
             xt = torch.from_numpy(x).to(self.device, non_blocking=True)
             acc = None
             n = 0
-            for v in tta_views(xt, tta):
+            feats = []
+            for k, v in enumerate(tta_views(xt, tta)):
                 v = v.contiguous(memory_format=torch.channels_last)
                 for m in self.models:
                     with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
-                        p = torch.sigmoid(m(v).float())
+                        if ood and k == 0:  # the un-augmented view: the features OOD compares
+                            logits, f = m.forward_with_features(v)
+                            feats.append(f.float().cpu().numpy())
+                        else:
+                            logits = m(v)
+                        p = torch.sigmoid(logits.float())
                     if acc is None:
                         acc = p.clone()
                     elif merge == "mean":
@@ -300,7 +400,8 @@ class Predictor:
                     n += 1
             if merge == "mean":
                 acc /= n
-            return acc.cpu().numpy().astype(np.float32)
+            probs = acc.cpu().numpy().astype(np.float32)
+        return probs, (self._ood_scores(b, feats) if ood else None)
 
     # ------------------------------------------------------------------------------------
     def labels_from_probs(self, probs, *, at_least_one: bool | None = None):
@@ -309,10 +410,11 @@ class Predictor:
         labels = [np.flatnonzero(r).tolist() for r in hot]
         return labels, [" ".join(map(str, ls)) for ls in labels]
 
-    def _result(self, ids, probs, *, at_least_one, skipped=()) -> PredictionResult:
+    def _result(self, ids, probs, *, at_least_one, skipped=(), ood=None) -> PredictionResult:
         labels, strings = self.labels_from_probs(probs, at_least_one=at_least_one)
         return PredictionResult(ids=list(ids), probs=probs, labels=labels, label_strings=strings,
-                                classes=list(self.classes), skipped=list(skipped))
+                                classes=list(self.classes), skipped=list(skipped), ood_score=ood,
+                                notes=self.notes())
 
     def predict(self, images, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                 progress: bool = False, at_least_one: bool | None = None) -> PredictionResult:
@@ -332,12 +434,15 @@ class Predictor:
         ids, seq = as_items(images)
         bs = max(1, int(batch_size))
         probs = np.empty((len(seq), len(self.classes)), np.float32)
+        ood = np.empty(len(seq), np.float32) if self.ood else None
         with progress_bar(total=len(seq), description="predict", enable=progress) as advance:
             for s in range(0, len(seq), bs):
                 _, b = self._as_batch(seq[s:s + bs])
-                probs[s:s + bs] = self._forward(b, tta=tta, merge=merge)
+                probs[s:s + bs], o = self._forward(b, tta=tta, merge=merge, ood=ood is not None)
+                if ood is not None:
+                    ood[s:s + bs] = o
                 advance(len(b))
-        return self._result(ids, probs, at_least_one=at_least_one)
+        return self._result(ids, probs, at_least_one=at_least_one, ood=ood)
 
     def predict_table(self, table, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                       progress: bool = False, on_error: str = "raise", at_least_one: bool | None = None,
@@ -365,10 +470,10 @@ class Predictor:
             from protloc.data.table import normalize_channels
 
             channels_chosen = tuple(table.channels) != normalize_channels(table.fmt, None)
-        read = partial(read_table_row, pre=self.preprocessing, channels_chosen=channels_chosen,
-                       on_resize=self._warn_resize)
+        read = partial(self._read_row, channels_chosen=channels_chosen)
         load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, read=read)
         probs = np.full((n, len(self.classes)), np.nan, np.float32)
+        ood = np.full(n, np.nan, np.float32) if self.ood else None
         ok = np.zeros(n, bool)
         with progress_bar(total=n, description="predict", enable=progress) as advance, \
                 cf.ThreadPoolExecutor(1) as pool:
@@ -379,7 +484,9 @@ class Predictor:
                 fut = pool.submit(load, starts[j + 1]) if j + 1 < len(starts) else None
                 skipped.extend(errs)
                 if b is not None:
-                    probs[keep] = self._forward(b, tta=tta, merge=merge)
+                    probs[keep], o = self._forward(b, tta=tta, merge=merge, ood=ood is not None)
+                    if ood is not None:
+                        ood[keep] = o
                     ok[keep] = True
                 advance(min(bs, n - s))
         if not ok.any():
@@ -389,4 +496,4 @@ class Predictor:
         pos = {iid: k for k, iid in enumerate(table.ids)}
         skipped.sort(key=lambda t: pos.get(t[0], 0))
         return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
-                            skipped=skipped)
+                            skipped=skipped, ood=None if ood is None else ood[idx])

@@ -232,7 +232,7 @@ def _project(arr: np.ndarray, axes: str, *, z: str, where: str) -> tuple[np.ndar
             arr = np.round(m).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else m.astype(arr.dtype)
         axes = axes.replace("Z", "")
         facts["z_planes"] = int(n)
-        facts["notes"] = (f"{where}: {n} Z planes, {z} projection",)
+        facts["notes"] = (f"Z stacks are reduced by a {z} projection",)
     chan = [c for c in axes if c in "CS"]
     order = [axes.index("Y"), axes.index("X")] + [axes.index(c) for c in chan]
     arr = np.transpose(arr, order)
@@ -273,7 +273,7 @@ def _read_tiff(src, where: str, *, axes: str | None = None, z: str = "max") -> t
     arr, _, proj = _project(arr, use, z=z, where=where)
     notes = tuple(facts.get("notes", ())) + tuple(proj.get("notes", ()))
     if n_series > 1:
-        notes += (f"{where}: the file holds {n_series} images; the first is used",)
+        notes += ("a TIFF holding several images: the first is used",)
     names = facts.get("channel_names")
     n_chan = arr.shape[2] if arr.ndim == 3 else 1
     if names is not None and len(names) != n_chan:

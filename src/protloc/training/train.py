@@ -62,13 +62,65 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def load_data(table, cfg: TrainConfig, *, progress: bool):
-    """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad."""
+def training_reading(cfg: TrainConfig, table, *, sample: int = 32):
+    """How the run reads its images: ``(Reading, channel names or None, notes)``.
+
+    The intensity rule and Z projection come from ``cfg``; the axes of undeclared TIFFs from the
+    table (``--axes``). The training images' pixel size is ``cfg.pixel_size`` when given, else
+    the median of what the headers of up to ``sample`` files declare (unknown when none does);
+    ``field`` is their median side in pixels at that pixel size. TIFF channel names (OME) are
+    the first file's, for the run's channels.
+    """
+    from protloc.core.pixels import Intensity
+    from protloc.core.preprocessing import Reading
+    from protloc.io.images import ImageReadError, read_meta
+
+    rows = np.linspace(0, len(table) - 1, min(sample, len(table))).round().astype(int)
+    sides, sizes, names = [], [], None
+    for i in np.unique(rows):
+        f = table.files(int(i))[0]
+        try:
+            (h, w), meta = read_meta(f)
+        except (ImageReadError, OSError):
+            continue
+        sides.append(float(np.sqrt(h * w)))
+        sizes.append(meta.um_per_px)
+        if names is None and meta.channel_names and table.fmt == "tiff":
+            chans = list(table.channels)
+            names = tuple(meta.channel_names[c] for c in chans) if max(chans) < len(meta.channel_names) else None
+    notes = []
+    known = [v for v in sizes if v]
+    if cfg.pixel_size:
+        px, source = float(cfg.pixel_size), "--pixel-size"
+    elif known:
+        px, source = float(np.median(known)), "file metadata"
+        if len(known) < len(sizes):
+            notes.append(f"{len(sizes) - len(known)} of {len(sizes)} sampled training files declare no pixel size")
+    else:
+        px, source = None, None
+        notes.append("the training images declare no pixel size (pass --pixel-size to record one): new images "
+                     "are resized by pixel count")
+    field = None
+    if sides:
+        scaled = [s * (v / px) if (px and v and not cfg.pixel_size) else s for s, v in zip(sides, sizes)]
+        field = int(round(float(np.median(scaled))))
+    if px:
+        notes.append(f"training pixel size {px:g} µm ({source}), typical image {field} px")
+    reading = Reading(Intensity(cfg.intensity), z=cfg.z, axes=table.axes, pixel_size=px,
+                      field=field if px else None)
+    return reading, names, notes
+
+
+def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
+    """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad.
+
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+    projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size."""
     from protloc.data.cache import load_cached
 
     try:
         ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
-                         skip_bad=cfg.skip_bad)
+                         skip_bad=cfg.skip_bad, reading=reading, pixel_size=cfg.pixel_size or None)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
     usable = np.setdiff1d(np.arange(len(table)), np.asarray(ds.bad, dtype=int))
@@ -177,6 +229,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     device = module.device if module.device.type != "meta" else "cpu"
     probs = infer_probs(net, images, mean=pre.mean, std=pre.std, indices=val_idx, batch_size=cfg.batch_size * 2,
                         device=device)
+    fit_ood(net, images, train_idx, val_idx, pre=pre, path=run.ood_path(k), batch_size=cfg.batch_size * 2,
+            device=device, seed=cfg.seed + k)
     classes = list(pre.classes)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
@@ -193,6 +247,44 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
                "val": classification_summary(y[val_idx], probs >= cfg.threshold, probs, classes=classes)}
     return {"oof": oof, "summary": summary}
+
+
+def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="cpu"):
+    """``(pooled features (N, F), image statistics (N, 3C))`` of ``images[indices]``, no augmentation."""
+    from protloc.core.ood import image_stats
+
+    net = net.to(device).eval()
+    feats, stats = [], []
+    with torch.inference_mode():
+        for s in range(0, len(indices), batch_size):
+            b = np.stack([np.asarray(images[i]) for i in indices[s:s + batch_size]])
+            x = torch.from_numpy(pre.normalize(b)).to(device)
+            feats.append(net.pooled(x).float().cpu().numpy())
+            stats.append(image_stats(b))
+    return np.concatenate(feats), np.concatenate(stats)
+
+
+def fit_ood(net, images, train_idx, val_idx, *, pre, path, batch_size: int = 64, device="cpu", seed: int = 0,
+            max_train: int = 4000):
+    """Fit fold ``k``'s :class:`~protloc.core.ood.OODDetector` on (up to ``max_train``) training
+    images and calibrate its threshold on the fold's validation images; save it to ``path``.
+
+    Skipped (logged) with fewer than 8 training or validation images."""
+    from protloc.core.ood import OODDetector
+
+    if len(train_idx) < 8 or len(val_idx) < 8:
+        log.info("out-of-distribution reference skipped: %d training / %d validation images (8 needed)",
+                 len(train_idx), len(val_idx))
+        return None
+    rng = np.random.default_rng(seed)
+    use = np.sort(rng.choice(train_idx, min(len(train_idx), max_train), replace=False))
+    ft, st = pooled_features(net, images, use, pre=pre, batch_size=batch_size, device=device)
+    fv, sv = pooled_features(net, images, np.asarray(val_idx), pre=pre, batch_size=batch_size, device=device)
+    det = OODDetector().fit(ft, st).calibrate(fv, sv)
+    det.save(path)
+    log.info("out-of-distribution reference: %d features, %d training / %d validation images, threshold %.3f",
+             det.n_features, det.n_train_, det.n_val_, det.threshold_)
+    return det
 
 
 def merge_folds(run: RunFolder) -> dict:
@@ -282,7 +374,15 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     t_start = time.time()
     log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
              cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
-    ds, usable = load_data(table, cfg, progress=progress and main)
+    resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
+    if resumed:
+        reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
+    else:
+        reading, names, notes = training_reading(cfg, table)
+    for note in notes:
+        log.info("images: %s", note)
+    log.info("intensity: %s", reading.intensity.describe())
+    ds, usable = load_data(table, cfg, progress=progress and main, reading=reading)
     y = table.y()
     if run.splits_csv.is_file() and (resume or cfg.fold is not None):
         sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
@@ -293,14 +393,14 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
                 folds[pos[iid]] = int(f)
     else:
         folds = assign_folds(table, cfg, usable, progress=progress and main)
-    if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
+    if resumed:
         pre = run.preprocessing()
     else:
         rng = np.random.default_rng(cfg.seed)
         sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
         mean, std = channel_stats(np.asarray(ds.images[sample]))
         pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
-                            schema=table.schema)
+                            schema=table.schema, reading=reading, channel_names=names)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
     if main:
