@@ -258,7 +258,10 @@ def test_model_card_of_trained_run(trained_run):
 def live_server(fake_run, predictor):
     from helpers import start_server
 
-    server, t, url = start_server(create_app(fake_run, predictor=predictor), timeout_keep_alive=5)
+    from protloc.web.guard import guarded_protocol
+
+    server, t, url = start_server(create_app(fake_run, predictor=predictor), timeout_keep_alive=5,
+                                  http=guarded_protocol())  # as `protloc serve` runs it
     yield url
     server.should_exit = True
     t.join(timeout=10)

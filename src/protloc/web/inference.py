@@ -20,7 +20,7 @@ from protloc.io.images import CHANNEL_ROLES
 from protloc.reports.html import composite, png_data_uri
 from protloc.web.model_card import channel_names, hpa_needed, model_card
 from protloc.web.pictures import PREVIEW_MAX, overlay, tinted
-from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, decode_image,
+from protloc.web.uploads import (MB, UploadError, check_count, check_upload, clean_name, csv_safe, decode_image,
                                  group_hpa, image_id, sniff, stack_hpa)
 
 
@@ -189,6 +189,6 @@ class Service:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["Image", "Label", *self.classes])
         for r in result["results"]:
-            image = "'" + r["image"] if r["image"][:1] in ("=", "+", "@") else r["image"]  # no formulas
-            w.writerow([image, r["label"], *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
+            w.writerow([csv_safe(r["image"]), csv_safe(r["label"]),  # no formulas from names
+                        *(f"{r['probabilities'][c]:.5f}" for c in self.classes)])
         return buf.getvalue()

@@ -6,9 +6,14 @@ never used as paths. Every problem is an :class:`UploadError` (a 4xx/5xx JSON an
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import threading
+import time
 import warnings
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +62,23 @@ def clean_name(name, *, index: int = 0) -> str:
     return s[:120] or f"upload-{index}"
 
 
+#: first characters that make a spreadsheet read a cell as a formula (OWASP CSV injection)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text) -> str:
+    """A text cell for a CSV export that no spreadsheet runs as a formula: a leading ``= + - @``,
+    tab or CR (also after spaces) gets a ``'`` in front.
+
+    Examples
+    --------
+    >>> [csv_safe(s) for s in ("=HYPERLINK(1)", "-2+3", " @x", "cell_1", "1 4")]
+    ["'=HYPERLINK(1)", "'-2+3", "' @x", 'cell_1', '1 4']
+    """
+    s = str(text)
+    return "'" + s if s.lstrip(" ")[:1] in FORMULA_PREFIXES and s.strip(" ") else s
+
+
 def image_id(name: str) -> str:
     """The id of a file name as ``protloc predict`` writes it (the name without extension).
 
@@ -101,11 +123,200 @@ def _describe(data: bytes) -> str:
         return f"unknown bytes {head.hex(' ')}"
 
 
+def _pil_cost(mode: str, bands: int) -> tuple[int, int]:
+    """(working bytes per pixel while decoding, uint8 channels kept) for a PIL image mode.
+
+    Working bytes: PIL's own buffer (1 byte per pixel for 1/L/P, 2 for 16 bit, 4 otherwise), a
+    converted copy (P, CMYK, YCbCr, LA, 1), the numpy array twice (``np.asarray`` goes through
+    ``tobytes``, which joins its chunks), and ``to_uint8``'s float32 temporaries for 16/32-bit
+    images. Measured peaks (3000x3000 PNG, fresh process): L 3.0, RGB 10.0, RGBA 12.0, I;16 12.0
+    bytes per pixel; this gives 3, 10, 12 and 15.
+    """
+    internal = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    converted = {"P": 4, "CMYK": 4, "YCbCr": 4, "LA": 1, "1": 1}.get(mode, 0)
+    channels = {"P": 4, "CMYK": 3, "YCbCr": 3, "LA": 1, "1": 1}.get(mode, bands)
+    item = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    floats = 9 * channels if item > 1 else 0
+    return internal + converted + 2 * channels * item + floats, channels
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image file declares before any decoding: its size and the memory decoding takes.
+
+    ``out_bytes``: the uint8 array kept for the request; ``work_bytes``: the peak while this one
+    image decodes (decoder buffers, conversions, the array).
+    """
+
+    kind: str
+    shape: str
+    pixels: int
+    out_bytes: int
+    work_bytes: int
+
+
+def read_header(data: bytes, name: str, *, max_pixels: int) -> Header | None:
+    """Read an image's declared size from its header only (PIL ``Image.open``, tifffile's series
+    shape), never decoding pixels. 413 :class:`UploadError` above ``max_pixels`` pixels per image;
+    None when the header cannot be read (decoding then says what is wrong).
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (2000, 1000)).save(buf, "PNG")
+    >>> len(buf.getvalue()) < 20_000, read_header(buf.getvalue(), "big.png", max_pixels=10**7).out_bytes
+    (True, 6000000)
+    >>> read_header(buf.getvalue(), "big.png", max_pixels=10**6)
+    Traceback (most recent call last):
+    ...
+    protloc.web.uploads.UploadError: big.png: expected at most 1,000,000 pixels per image, got 2000x1000 pixels. Fix: downscale or crop the image first.
+    """
+    kind = sniff(data)
+    if kind is None:
+        return None
+
+    def too_big(shape) -> UploadError:
+        return UploadError(413, "image too large", fmt_problem(name, expected=f"at most {max_pixels:,} pixels per "
+                                                                "image", got=f"{shape}",
+                                                                fix="downscale or crop the image first"), file=name)
+
+    if kind == "tiff":
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                series = tif.series[0]
+                shape = tuple(int(v) for v in series.shape)
+                item = int(np.dtype(series.dtype).itemsize)
+                uint8 = np.dtype(series.dtype) == np.uint8
+        except Exception:  # noqa: BLE001 - tifffile raises many types on bad files; decoding reports it
+            return None
+        samples = int(np.prod(shape, dtype=np.int64)) if shape else 0
+        pixels = samples // max(1, min(shape) if len(shape) > 2 else 1)
+        if pixels > max_pixels or samples > 8 * max_pixels:
+            raise too_big(shape)
+        work = samples * item + (0 if uint8 else 9 * samples)
+        return Header(kind, f"{shape} {series.dtype}", pixels, samples, work)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[kind.upper()]) as im:
+                width, height, mode, bands = im.width, im.height, im.mode, len(im.getbands())
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise too_big("a decompression bomb") from None
+    except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        return None
+    pixels = width * height
+    if pixels > max_pixels:
+        raise too_big(f"{width}x{height} pixels")
+    per_pixel, channels = _pil_cost(mode, bands)
+    return Header(kind, f"{width}x{height} pixels, mode {mode}", pixels, pixels * channels, pixels * per_pixel)
+
+
+def request_cost(headers) -> int:
+    """Peak bytes of decoded pixels for one request: every image's uint8 array is kept until the
+    answer is built, and the largest decoding's working memory comes on top.
+
+    Examples
+    --------
+    >>> request_cost([Header("png", "", 100, 300, 700), Header("png", "", 10, 30, 70)])
+    730
+    """
+    headers = [h for h in headers if h is not None]
+    if not headers:
+        return 0
+    return sum(h.out_bytes for h in headers) + max(h.work_bytes - h.out_bytes for h in headers)
+
+
+def check_request_pixels(uploads, *, max_pixels: int, max_bytes: int) -> int:
+    """Read every upload's header and return the request's :func:`request_cost`; 413 naming the
+    file at which it passes ``max_bytes`` (nothing decoded yet).
+
+    ``uploads``: [(name, bytes)] with cleaned names.
+    """
+    headers = []
+    for k, (name, data) in enumerate(uploads):
+        headers.append(read_header(data, name, max_pixels=max_pixels))
+        cost = request_cost(headers)
+        if cost > max_bytes:
+            h = headers[-1]
+            one = request_cost([h])
+            fix = ("downscale or crop the image, or start the server with a larger --max-decoded-mb" if one > max_bytes
+                   else f"send at most {max(1, k)} image(s) like these per request, or smaller images")
+            raise UploadError(413, "images too large to decode",
+                              fmt_problem(name, expected=f"the images of one request to decode to at most "
+                                          f"{max_bytes / MB:g} MB", got=f"{cost / MB:,.0f} MB with the first {k + 1} "
+                                          f"of {len(uploads)} files (this one: {h.shape}, {one / MB:,.0f} MB)",
+                                          fix=fix), file=name)
+    return request_cost(headers)
+
+
+class PixelBudget:
+    """Server-wide memory for decoded pixels, shared by all requests (a semaphore counted in bytes).
+
+    ``take`` waits (first come, first served) until the request's bytes fit, at most ``timeout_s``,
+    then answers 503; ``give`` returns them when the request ends.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> b = PixelBudget(100)
+    >>> asyncio.run(b.take(60, timeout_s=0)), b.used
+    (60, 60)
+    >>> asyncio.run(b.take(60, timeout_s=0.05))
+    Traceback (most recent call last):
+    ...
+    protloc.web.uploads.UploadError: the server is decoding other requests' images (60 of 100 bytes in use; this request needs 60). Fix: retry in a moment, or send fewer or smaller images per request.
+    """
+
+    def __init__(self, total: int):
+        self.total = int(total)
+        self.used = 0
+        self._lock = threading.Lock()
+        self._queue: deque = deque()
+
+    def _try(self, n: int, ticket) -> bool:
+        with self._lock:
+            if self._queue and self._queue[0] is not ticket:
+                return False
+            if self.used + n > self.total and self.used > 0:
+                return False
+            self.used += n
+            return True
+
+    async def take(self, n: int, *, timeout_s: float) -> int:
+        ticket = object()
+        with self._lock:
+            self._queue.append(ticket)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not self._try(n, ticket):
+                if time.monotonic() >= deadline:
+                    unit = "bytes" if self.total < MB else "MB"
+                    div = 1 if unit == "bytes" else MB
+                    raise UploadError(503, "server busy",
+                                      f"the server is decoding other requests' images ({self.used / div:,.0f} of "
+                                      f"{self.total / div:,.0f} {unit} in use; this request needs {n / div:,.0f}). "
+                                      "Fix: retry in a moment, or send fewer or smaller images per request.")
+                await asyncio.sleep(0.02)
+            return n
+        finally:
+            with self._lock:
+                if ticket in self._queue:
+                    self._queue.remove(ticket)
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - int(n))
+
+
 def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     """Decode PNG/JPEG/TIFF bytes (in memory) to uint8 (H, W) or (H, W, C).
 
-    Raises :class:`UploadError`: 400 empty, 415 not PNG/JPEG/TIFF, 413 too many pixels,
-    422 corrupt or undecodable.
+    Raises :class:`UploadError`: 400 empty, 415 not PNG/JPEG/TIFF, 413 too many pixels (read from
+    the header, before decoding), 422 corrupt or undecodable.
 
     Examples
     --------
@@ -124,14 +335,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
         raise UploadError(415, "unsupported file type",
                           fmt_problem(name, expected="a PNG, JPEG or TIFF image", got=_describe(data),
                                       fix="export the image as PNG or TIFF"), file=name)
-    too_big = UploadError(413, "image too large", "", file=name)
-
-    def check_pixels(n_pixels: int, shape) -> None:
-        if n_pixels > max_pixels:
-            too_big.detail = fmt_problem(name, expected=f"at most {max_pixels:,} pixels per image",
-                                         got=f"{shape}", fix="downscale or crop the image first")
-            raise too_big
-
+    read_header(data, name, max_pixels=max_pixels)  # 413 before any pixel is decoded
     corrupt = (f"{name}: unreadable, corrupt or truncated {kind.upper()} image ({{}}). "
                "Fix: re-export the file as PNG or TIFF")
     if kind == "tiff":
@@ -139,14 +343,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
 
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                series = tif.series[0]
-                shape = tuple(int(v) for v in series.shape)
-                check_pixels(int(np.prod(shape)) // max(1, min(shape) if len(shape) > 2 else 1), shape)
-                if int(np.prod(shape)) > 8 * max_pixels:
-                    check_pixels(max_pixels + 1, shape)
-                arr = series.asarray()
-        except UploadError:
-            raise
+                arr = tif.series[0].asarray()
         except Exception as e:  # noqa: BLE001 - tifffile raises many types on bad files
             raise UploadError(422, "corrupt image", corrupt.format(type(e).__name__), file=name) from None
         arr = np.squeeze(arr)
@@ -159,7 +356,6 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data), formats=[kind.upper()]) as im:
-                    check_pixels(im.width * im.height, f"{im.width}x{im.height} pixels")
                     im.load()
                     mode = im.mode
                     if mode == "P":
@@ -169,10 +365,6 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
                     elif mode in ("LA", "1"):
                         im = im.convert("L")
                     arr = np.asarray(im)
-        except UploadError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            check_pixels(max_pixels + 1, "a decompression bomb")
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
             raise UploadError(422, "corrupt image", corrupt.format(type(e).__name__), file=name) from None
     if arr.ndim not in (2, 3) or arr.size == 0:

@@ -25,6 +25,17 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted file")
     p.add_argument("--max-request-mb", type=float, default=100, help="largest accepted request (all files)")
     p.add_argument("--max-files", type=int, default=64, help="most files in one request")
+    p.add_argument("--max-decoded-mb", type=float, default=512,
+                   help="memory the decoded pixels of one request may take, read from the file headers "
+                        "before decoding (413 above)")
+    p.add_argument("--max-decoded-total-mb", type=float, default=768,
+                   help="memory the decoded pixels of all requests at once may take (others wait, then 503)")
+    p.add_argument("--header-timeout", type=float, default=10,
+                   help="seconds a client has to send its request line and headers (stalled clients are closed)")
+    p.add_argument("--body-timeout", type=float, default=30, help="longest pause (seconds) inside an upload")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections in all (the oldest idle one is closed to make room)")
+    p.add_argument("--max-connections-per-client", type=int, default=64, help="open connections from one address")
     p.add_argument("--workers", type=int, default=1, help="model calls running at the same time")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=run)
@@ -33,10 +44,14 @@ def register(sub) -> None:
 def _check(args) -> None:
     if not 0 < args.port < 65536:
         raise InputError(fmt_problem("--port", expected="a port 1-65535", got=str(args.port), fix="use e.g. 8000"))
-    for opt in ("max_upload_mb", "max_request_mb", "max_files", "workers"):
+    for opt in ("max_upload_mb", "max_request_mb", "max_files", "workers", "max_decoded_mb", "max_decoded_total_mb",
+                "header_timeout", "body_timeout", "max_connections", "max_connections_per_client"):
         if getattr(args, opt) <= 0:
             raise InputError(fmt_problem(f"--{opt.replace('_', '-')}", expected="a positive number",
                                          got=str(getattr(args, opt)), fix="drop the option to use the default"))
+    if args.threads < 0:
+        raise InputError("--threads", expected="0 (torch's default) or a positive number", got=str(args.threads),
+                         fix="drop the option to use the default")
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,9 +91,14 @@ def run(args) -> int:
     import uvicorn
 
     from protloc.web.app import create_app
+    from protloc.web.guard import ConnectionLimits, guarded_protocol
 
     app = create_app(args.run, max_upload_mb=args.max_upload_mb, max_request_mb=args.max_request_mb,
-                     max_files=args.max_files, workers=args.workers)
+                     max_files=args.max_files, max_decoded_mb=args.max_decoded_mb,
+                     max_decoded_total_mb=args.max_decoded_total_mb, workers=args.workers)
+    protocol = guarded_protocol(ConnectionLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                                                 max_connections=args.max_connections,
+                                                 max_per_client=args.max_connections_per_client))
     card = app.state.service.card
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"protloc: serving run '{card['run']}' ({len(card['classes'])} classes, "
@@ -87,6 +107,8 @@ def run(args) -> int:
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}: other computers can reach this server; there is no "
               "login. Use --host 127.0.0.1 unless it is behind a firewall.", file=sys.stderr)
+    # no uvicorn limit_concurrency: it counts open connections, so stalled ones made /health 503;
+    # the guarded protocol caps connections (closing idle ones first) and times out slow clients
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
-                limit_concurrency=64, server_header=False)
+                server_header=False, http=protocol)
     return 0

@@ -326,7 +326,7 @@
 
   function csvCell(v) {
     var s = String(v);
-    if (/^[=+@]/.test(s)) s = "'" + s;            // no spreadsheet formulas from file names
+    if (/^ *[=+\-@\t\r]/.test(s)) s = "'" + s;  // no spreadsheet formulas (as protloc.web.uploads.csv_safe)
     return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
 
