@@ -475,18 +475,33 @@ def read_hpa_raw(folder: str | Path, image_id: str, *, channels=("red", "green",
             a = a[..., min(HPA_CHANNELS.index(ch), a.shape[2] - 1)] if ch in HPA_CHANNELS[:3] else a.max(-1)
         planes.append(a)
         metas.append(m)
+    from dataclasses import replace
+
+    out = stack_planes(planes)
+    bits = {m.bits for m in metas}
+    meta = replace(metas[0], dtype=str(out.dtype), bits=bits.pop() if len(bits) == 1 else None,
+                   channel_names=None, notes=tuple(n for m in metas for n in m.notes))
+    return out, meta
+
+
+def stack_planes(planes) -> np.ndarray:
+    """Stack 2-D channel planes into (H, W, C): planes of another size are resized to the first
+    one's, 8-bit planes stacked with 16-bit ones are widened exactly (x 257, so every intensity
+    rule reads them as before).
+
+    Examples
+    --------
+    >>> stack_planes([np.full((2, 2), 255, np.uint8), np.zeros((4, 4), np.uint16)])[..., 0].tolist()
+    [[65535, 65535], [65535, 65535]]
+    """
+    planes = [np.asarray(p) for p in planes]
     if len({p.dtype for p in planes}) > 1:
         wide = np.result_type(*[p.dtype for p in planes])
         planes = [p.astype(np.uint16) * 257 if p.dtype == np.uint8 and wide == np.uint16 else p.astype(wide)
                   for p in planes]
     h, w = planes[0].shape[:2]
     planes = [p if p.shape[:2] == (h, w) else resize(p[..., None], size=(h, w))[..., 0] for p in planes]
-    from dataclasses import replace
-
-    bits = {m.bits for m in metas}
-    meta = replace(metas[0], dtype=str(planes[0].dtype), bits=bits.pop() if len(bits) == 1 else None,
-                   channel_names=None, notes=tuple(n for m in metas for n in m.notes))
-    return np.stack(planes, axis=-1), meta
+    return np.stack(planes, axis=-1)
 
 
 def read_hpa_channels(folder: str | Path, image_id: str, *, channels=("red", "green", "blue"),
