@@ -228,7 +228,8 @@ def test_train_records_pixel_size_and_predict_rescales(tmp_path, capsys):
                  "--model", "test_resnet", "--pretrained", "none", "--size", "16", "--epochs", "1",
                  "--batch-size", "8", "--val-fraction", "0.4", "--quiet"]) == 0
     pre = json.loads((out / "preprocessing.json").read_text())
-    assert pre["pixel_size_um"] == 0.2 and pre["field_px"] == 32 and pre["intensity"]["rule"] == "auto"
+    assert pre["pixel_size_um"] == 0.2 and pre["field_px"] == 32
+    assert pre["intensity"]["rule"] == "percentile"                     # --intensity auto on 16-bit files
     test = tmp_path / "test"
     test.mkdir()
     base = np.moveaxis(tiny_image([1], size=32, rng=np.random.default_rng(5)).astype(np.uint16) * 16, -1, 0)

@@ -99,8 +99,9 @@ class TrainConfig:
     size: int = _model(96, "image side in pixels the model sees", ge=1)
     intensity: str = _model("auto", "how raw intensities become 8 bit (recorded in preprocessing.json, applied to "
                             "every image the run reads): scale (8-bit as stored, 16-bit divided by its bit range, "
-                            "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (scale "
-                            "for 8-bit data, percentile for deeper data)", choices=("auto", "scale", "percentile"))
+                            "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (decided "
+                            "from the training images: scale when they are 8-bit, else percentile)",
+                            choices=("auto", "scale", "percentile"))
     z: str = _model("max", "projection of Z stacks: max, mean or middle plane", choices=("max", "mean", "middle"))
     pixel_size: float = _model(0.0, "physical pixel size of the training images in micrometres (0: from the files' "
                                "metadata, else unknown and nothing is rescaled)", ge=0)

@@ -210,10 +210,12 @@ def remove_entry(meta: Path) -> int:
     return freed
 
 
-def cache_info(table=None, *, size: int | None = None) -> list[dict]:
-    """Cache entries (all, or those of ``table``[ at ``size``]) with key, shape, bytes, up-to-date flag."""
+def cache_info(table=None, *, size: int | None = None, reading=None, pixel_size: float | None = None) -> list[dict]:
+    """Cache entries (all, or those of ``table``[ at ``size``]) with key, shape, bytes, up-to-date flag
+    (up to date: the entry of ``table`` at ``size`` read with ``reading``, whose files are unchanged)."""
     d = cache_dir()
-    current = cache_key(table, size=size) if table is not None and size else None
+    current = cache_key(table, size=size, reading=reading, pixel_size=pixel_size) if table is not None and size \
+        else None
     out = []
     for meta, info in _entries(d):
         if table is not None:

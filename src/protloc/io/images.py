@@ -339,7 +339,9 @@ def read_meta(path: str | Path) -> tuple[tuple, ImageMeta]:
                              channel_names=facts.get("channel_names"), bits=facts.get("bits"))
     try:
         with Image.open(path) as im:
-            return (im.height, im.width), ImageMeta(dtype="uint16" if im.mode.startswith("I;16") else "uint8")
+            dtype = ("uint16" if im.mode.startswith("I;16") else "int32" if im.mode == "I" else
+                     "float32" if im.mode == "F" else "uint8")
+            return (im.height, im.width), ImageMeta(dtype=dtype)
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: unreadable image ({e})", fix="re-export the file or remove its row") from None
 

@@ -62,55 +62,6 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def training_reading(cfg: TrainConfig, table, *, sample: int = 32):
-    """How the run reads its images: ``(Reading, channel names or None, notes)``.
-
-    The intensity rule and Z projection come from ``cfg``; the axes of undeclared TIFFs from the
-    table (``--axes``). The training images' pixel size is ``cfg.pixel_size`` when given, else
-    the median of what the headers of up to ``sample`` files declare (unknown when none does);
-    ``field`` is their median side in pixels at that pixel size. TIFF channel names (OME) are
-    the first file's, for the run's channels.
-    """
-    from protloc.core.pixels import Intensity
-    from protloc.core.preprocessing import Reading
-    from protloc.io.images import ImageReadError, read_meta
-
-    rows = np.linspace(0, len(table) - 1, min(sample, len(table))).round().astype(int)
-    sides, sizes, names = [], [], None
-    for i in np.unique(rows):
-        f = table.files(int(i))[0]
-        try:
-            (h, w), meta = read_meta(f)
-        except (ImageReadError, OSError):
-            continue
-        sides.append(float(np.sqrt(h * w)))
-        sizes.append(meta.um_per_px)
-        if names is None and meta.channel_names and table.fmt == "tiff":
-            chans = list(table.channels)
-            names = tuple(meta.channel_names[c] for c in chans) if max(chans) < len(meta.channel_names) else None
-    notes = []
-    known = [v for v in sizes if v]
-    if cfg.pixel_size:
-        px, source = float(cfg.pixel_size), "--pixel-size"
-    elif known:
-        px, source = float(np.median(known)), "file metadata"
-        if len(known) < len(sizes):
-            notes.append(f"{len(sizes) - len(known)} of {len(sizes)} sampled training files declare no pixel size")
-    else:
-        px, source = None, None
-        notes.append("the training images declare no pixel size (pass --pixel-size to record one): new images "
-                     "are resized by pixel count")
-    field = None
-    if sides:
-        scaled = [s * (v / px) if (px and v and not cfg.pixel_size) else s for s, v in zip(sides, sizes)]
-        field = int(round(float(np.median(scaled))))
-    if px:
-        notes.append(f"training pixel size {px:g} µm ({source}), typical image {field} px")
-    reading = Reading(Intensity(cfg.intensity), z=cfg.z, axes=table.axes, pixel_size=px,
-                      field=field if px else None)
-    return reading, names, notes
-
-
 def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
     """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad.
 
@@ -378,7 +329,10 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     if resumed:
         reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
     else:
-        reading, names, notes = training_reading(cfg, table)
+        from protloc.data.reading import training_reading
+
+        reading, names, notes = training_reading(table, intensity=cfg.intensity, z=cfg.z,
+                                                 pixel_size=cfg.pixel_size or None)
     for note in notes:
         log.info("images: %s", note)
     log.info("intensity: %s", reading.intensity.describe())

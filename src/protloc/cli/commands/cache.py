@@ -18,6 +18,11 @@ def register(sub) -> None:
     g.add_argument("--skip-bad", action="store_true",
                    help="cache unreadable images as black and list them instead of stopping")
     g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    g.add_argument("--intensity", default="auto", choices=("auto", "scale", "percentile"),
+                   help="intensity rule, as `protloc train --intensity` (the cache is the one training uses)")
+    g.add_argument("--z", default="max", choices=("max", "mean", "middle"), help="projection of Z stacks")
+    g.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="pixel size of the images in micrometres, as `protloc train --pixel-size`")
     p.set_defaults(func=run)
 
 
@@ -64,11 +69,17 @@ def run(args) -> int:
         n, freed = clear_cache(table)
         console.print(f"removed {n} cache entries ({_mb(freed)}) from {cache_dir()}")
         return 0
+    from protloc.data.reading import training_reading
+
+    reading = None if table is None else \
+        training_reading(table, intensity=args.intensity, z=args.z, pixel_size=args.pixel_size)[0]
     if args.info or table is None:
-        _print_info(cache_info(table, size=args.size if table is not None else None), console)
+        _print_info(cache_info(table, size=args.size if table is not None else None, reading=reading,
+                               pixel_size=args.pixel_size), console)
         return 0
     t0 = time.perf_counter()
-    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True)
+    ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True,
+                     reading=reading, pixel_size=args.pixel_size)
     dt = time.perf_counter() - t0
     console.print(f"cached {ds.images.shape[0]} images as {tuple(ds.images.shape)} uint8 "
                   f"({_mb(ds.images.nbytes)}) in {dt:.1f} s -> {ds.path}")
