@@ -107,7 +107,7 @@ def test_report_shows_the_score_distribution(trained_run, tmp_path):
     html = build_report(run, n_gradcam=0, gallery_k=1).render()
     assert f"<h2>{SECTIONS[-1]}</h2>" in html and "out-of-distribution scores" in html
     assert "99th percentile on each fold" in html and "held-out validation images" in html
-    assert "auto: 8-bit data as stored" in html
+    assert "scale: 8-bit data as stored" in html                  # --intensity auto on 8-bit PNGs
 
 
 def test_web_upload_16bit_ome_tiff_and_ood_warning_fields(trained_run):
@@ -126,14 +126,14 @@ def test_web_upload_16bit_ome_tiff_and_ood_warning_fields(trained_run):
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)).save(noise, "PNG")
     with TestClient(create_app(trained_run)) as c:
         card = c.get("/model").json()
-        assert card["reading"]["intensity"].startswith("auto") and card["ood"]["available"] is True
+        assert card["reading"]["intensity"].startswith("scale") and card["ood"]["available"] is True
         r = c.post("/predict", params={"preview": "true"},
                    files=[("files", ("cell.ome.tif", buf.getvalue(), "image/tiff")),
                           ("files", ("noise.png", noise.getvalue(), "image/png"))])
         assert r.status_code == 200, r.text
         tif, png = r.json()["results"]
         assert tif["input"]["dtype"] == "uint16" and tif["input"]["axes"] == "CYX"
-        assert tif["input"]["intensity"] == "percentile 0.1-99.9 %" and tif["input"]["pixel_size_um"] == 0.3
+        assert tif["input"]["intensity"] == "scale 12-bit (x / 16.06)" and tif["input"]["pixel_size_um"] == 0.3
         assert png["ood_flag"] is True and png["ood_score"] > 1 and png["input"]["intensity"] == "scale 8-bit (as stored)"
         csv = c.post("/predict", params={"format": "csv"},
                      files=[("files", ("noise.png", noise.getvalue(), "image/png"))]).text

@@ -310,6 +310,24 @@ class Preprocessing:
             info.update(facts)
         return out
 
+    def as_input(self, img, **kw) -> np.ndarray:
+        """``img`` unchanged when it already is a model input (uint8 (size, size, in_chans), e.g. from
+        :meth:`prepare` or ``read_for_run``), else :meth:`prepare` (``kw``): the rule of
+        ``Predictor.predict_array``, so an image is never put through the intensity rule twice.
+
+        Examples
+        --------
+        >>> p = Preprocessing("rgb", ("red", "green", "blue"), 4, (0,) * 3, (1,) * 3, LabelSchema("t", ("a",)),
+        ...                   reading=Reading(Intensity("percentile")))
+        >>> x = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+        >>> bool((p.as_input(x) == x).all()), bool((p.prepare(x) == x).all())
+        (True, False)
+        """
+        a = np.asarray(img)
+        if a.dtype == np.uint8 and a.shape == (self.size, self.size, self.in_chans):
+            return a
+        return self.prepare(a, **kw)
+
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("reading", "channel_names")}
         d["channels"] = list(self.channels)

@@ -338,11 +338,13 @@ def read_meta(path: str | Path) -> tuple[tuple, ImageMeta]:
                              pixel_size_source=facts.get("pixel_size_source"), axes=axes,
                              channel_names=facts.get("channel_names"), bits=facts.get("bits"))
     try:
-        with Image.open(path) as im:
-            dtype = ("uint16" if im.mode.startswith("I;16") else "int32" if im.mode == "I" else
-                     "float32" if im.mode == "F" else "uint8")
-            return (im.height, im.width), ImageMeta(dtype=dtype)
-    except (OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                dtype = ("uint16" if im.mode.startswith("I;16") else "int32" if im.mode == "I" else
+                         "float32" if im.mode == "F" else "uint8")
+                return (im.height, im.width), ImageMeta(dtype=dtype)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"{path}: unreadable image ({e})", fix="re-export the file or remove its row") from None
 
 

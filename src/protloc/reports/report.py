@@ -274,7 +274,7 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
             continue
         try:
             e = explain_image(pred, pre, img, classes=[c], thresholds=d.thresholds)[0]
-            a = pre.prepare(img)
+            a = pre.as_input(img)
         except InputError:  # e.g. an image with other channels than the run's
             continue
         g = a[..., protein_channel(pre)]
