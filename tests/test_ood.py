@@ -26,22 +26,39 @@ def test_ledoit_wolf_is_sklearns():
     assert abs(s - t) < 1e-9 and np.abs(a - b).max() < 1e-9
 
 
+def cells(n, rng, *, size=24):
+    """Two-channel 'images': a dim diffuse channel 0 and a blobby bright channel 1."""
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, size, size, 2), np.uint8)
+    for i in range(n):
+        a = rng.normal(20, 4, (size, size))
+        bl = np.zeros((size, size))
+        for _ in range(3):
+            cy, cx = rng.integers(4, size - 4, 2)
+            bl[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(4, 16)] = rng.uniform(120, 220)
+        out[i] = np.clip(np.stack([a, bl + rng.normal(5, 2, (size, size))], -1), 0, 255)
+    return out
+
+
 def test_detector_flags_the_quantile_of_lookalikes_and_far_images(tmp_path):
     rng = np.random.default_rng(0)
-    cov = rng.normal(size=(16, 16))
-    feats = lambda n, shift=0.0: rng.normal(size=(n, 16)) @ cov + shift  # noqa: E731
-    stats = lambda n: rng.normal(0.2, 0.05, size=(n, 6))  # noqa: E731
-    det = OODDetector(quantile=0.98).fit(feats(800), stats(800)).calibrate(feats(400), stats(400))
+    feats = lambda n, shift=0.0: rng.normal(size=(n, 16)) + 2 + shift  # noqa: E731
+    det = OODDetector(quantile=0.98).fit(feats(600), image_stats(cells(600, rng)))
+    det.calibrate(feats(300), image_stats(cells(300, rng)))
     assert abs(float((det.val_scores_ > 1).mean()) - 0.02) < 0.01          # the threshold is the 98th percentile
-    fresh = det.score(feats(2000), stats(2000))
-    assert float((fresh > 1).mean()) < 0.05                                 # new look-alikes: few flagged
-    assert (det.score(feats(50, shift=30.0), stats(50)) > 1).all()          # far in feature space
-    assert (det.score(feats(50), stats(50) + 1.0) > 1).all()                # far in pixel statistics
+    fresh = det.score(feats(600), image_stats(cells(600, rng)))
+    assert float((fresh > 1).mean()) < 0.06                                 # new look-alikes: few flagged
+    look = cells(60, rng)
+    assert (det.score(feats(60), image_stats(look[..., ::-1])) > 1).mean() > 0.9   # channels swapped
+    assert (det.score(feats(60), image_stats(np.zeros_like(look))) > 1).all()      # empty fields
+    assert (det.score(-feats(60), image_stats(look)) > 1).all()                   # far in feature space
+    parts = det.parts(feats(5), image_stats(look[:5, ..., ::-1]))
+    assert parts.shape == (5, 3) and (parts[:, 1] > 1).all()                       # the channel-order part
     det.save(tmp_path / "d.npz")
     back = OODDetector.load(tmp_path / "d.npz")
-    x, s = feats(5), stats(5)
-    np.testing.assert_allclose(back.score(x, s), det.score(x, s), rtol=1e-6)
-    assert back.n_train_ == 800 and back.n_val_ == 400 and back.n_features == 16
+    x, st = feats(5), image_stats(look[:5])
+    np.testing.assert_allclose(back.score(x, st), det.score(x, st), rtol=1e-5)
+    assert back.n_train_ == 600 and back.n_val_ == 300 and back.n_features == 16
 
 
 def test_gaussian_handles_constant_dimensions_and_image_stats():
@@ -51,7 +68,11 @@ def test_gaussian_handles_constant_dimensions_and_image_stats():
     assert np.isfinite(d).all() and d[1] > 10 * d[0]
     b = np.zeros((2, 8, 8, 1), np.uint8)
     b[1] = 255
-    assert image_stats(b).tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
+    s = image_stats(b)
+    assert s.shape == (2, 8) and s[:, :3].tolist() == [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
+    one = OODDetector().fit(np.ones((20, 3)) + np.random.default_rng(1).normal(size=(20, 3)),
+                            image_stats(cells(20, np.random.default_rng(2))[..., :1]))
+    assert one.order_ is None                                               # one channel: no order to check
 
 
 def test_trained_run_scores_wrong_inputs_out_of_distribution(trained_run, tmp_path):

@@ -238,6 +238,33 @@ def fit_ood(net, images, train_idx, val_idx, *, pre, path, batch_size: int = 64,
     return det
 
 
+def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | None = None) -> list[int]:
+    """Fit (again) the out-of-distribution reference of every trained fold of a finished run, from
+    its training data ``table`` (read with the run's recorded reading), its ``splits.csv`` and its
+    fold models: for runs trained before protloc recorded one. Returns the folds fitted."""
+    from protloc.data.cache import load_cached
+    from protloc.models.network import load_weights
+
+    pre = run.preprocessing()
+    if not run.splits_csv.is_file():
+        raise RunFolderError(f"{run.splits_csv}: missing", fix="refit needs the run's splits (re-train)")
+    ds = load_cached(table, size=pre.size, progress=progress, workers=workers, reading=pre.reading, skip_bad=True)
+    sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
+    pos = {iid: i for i, iid in enumerate(table.ids)}
+    folds = np.full(len(table), -2, dtype=int)
+    for iid, f in zip(sp["Image"], sp["fold"]):
+        if iid in pos:
+            folds[pos[iid]] = int(f)
+    folds[np.asarray(ds.bad, dtype=int)] = -2
+    done = []
+    for k in run.folds():
+        train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
+        net = load_weights(run.model_path(k))
+        if fit_ood(net, ds.images, train_idx, val_idx, pre=pre, path=run.ood_path(k), seed=run.config().seed + k):
+            done.append(k)
+    return done
+
+
 def merge_folds(run: RunFolder) -> dict:
     """Combine ``folds/fold*/`` into ``oof.csv``, ``metrics.csv`` and ``summary.json``."""
     import json
