@@ -167,7 +167,7 @@ def test_bad_options(tmp_path, capsys):
     csv, imgs = make_tiny_dataset(tmp_path, n=6)
     data = ["--csv", csv, "--images", imgs]
     for argv, msg in [(["validate", *data, "--hamming", 99], "--hamming: expected 0 to 40 bits (of 128), got 99"),
-                      (["split", *data, "--folds", 1], "--folds: expected 2 to"),
+                      (["split", *data, "--folds", 1], "--folds: expected 2 or more folds, got 1. Fix: use --holdout"),
                       (["split", *data, "--holdout", 0], "--holdout: expected a fraction between 0 and 1, got 0"),
                       (["cache", *data, "--channels", "0,1"], "--channels: expected no channel choice for RGB")]:
         rc, out, err = _run(capsys, *argv)

@@ -85,7 +85,7 @@ def test_config_is_a_typed_trainconfig(run):
 
 @pytest.mark.parametrize("content,match", [
     (": : bad [", r"config.yaml: not valid YAML"),
-    ("- a\n- b\n", r"config.yaml: expected a YAML mapping of config keys, got list"),
+    ("- a\n- b\n", r"config.yaml: expected a YAML file holding a mapping \(training config\), got a list"),
     ("sizes: 3\n", r"config.yaml: unreadable \(training config: expected keys from"),
     ("size: big\n", r"config.yaml: unreadable \(config size: expected int, got 'big'"),
 ])
@@ -103,7 +103,7 @@ def test_model_spec_data_source_summary_schema(run, tmp_path):
 
     assert run.model_spec() == ModelSpec("test_resnet", in_chans=3, num_classes=10, dropout=0.0)
     run.model_json.write_text("[1, 2]")
-    with pytest.raises(RunFolderError, match=r"model.json: unreadable"):
+    with pytest.raises(RunFolderError, match=r"model.json: expected a JSON file holding an object"):
         run.model_spec()
     run.model_json.unlink()
     with pytest.raises(RunFolderError, match=r"model.json: missing"):
@@ -120,7 +120,8 @@ def test_model_spec_data_source_summary_schema(run, tmp_path):
     s = run.summary()
     assert s.val_macro_f1 == 0.3 and s.fold_summaries == []
     run.summary_json.write_text("[]")
-    with pytest.raises(RunFolderError, match=r"summary.json: expected a JSON object, got a JSON list"):
+    with pytest.raises(RunFolderError,
+                       match=r"summary.json: expected a JSON file holding an object \(validation summary\), got a list"):
         run.summary()
     run.summary_json.unlink()
     assert run.summary() is None
@@ -132,11 +133,11 @@ def test_model_spec_data_source_summary_schema(run, tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"", r"oof.csv: unreadable \(EmptyDataError"),
-    (b'Image,fold\n"1,\n', r"oof.csv: unreadable|oof.csv: expected columns"),
+    (b"", r"oof.csv: the out-of-fold probability CSV is empty\. Fix: rebuild it"),
+    (b'Image,fold\n"1,\n', r"oof.csv: not a readable CSV \(.*\)\. Fix: rebuild it"),
     (b"Image,fold,Label\n1,0,3\n", r"oof.csv: expected columns Image, fold, Label and one per class, got no "
                                    r"column 'Mitochondria' \(and 9 more\)"),
-    (b"\xff\xfe\x00garbage", r"oof.csv: (unreadable|expected columns)"),
+    (b"\xff\xfe\x00garbage", r"oof.csv: a binary file \(NUL bytes\), not a text out-of-fold probability CSV"),
 ])
 def test_damaged_oof(run, content, match):
     oof = run.oof()
@@ -359,7 +360,7 @@ def test_empty_oof_is_a_clean_error(run, capsys):
     run.oof_csv.write_bytes(b"")
     for argv in (["thresholds", str(run.root)], ["report", str(run.root)]):
         assert main(argv) == 2
-        _one_error_line(capsys, "oof.csv: unreadable (EmptyDataError", "Fix:")
+        _one_error_line(capsys, "oof.csv: the out-of-fold probability CSV is empty", "Fix:")
 
 
 def test_model_card_reads_the_run_typed(run, tmp_path):

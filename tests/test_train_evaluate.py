@@ -53,7 +53,7 @@ def test_score_cli_per_class_and_json(tmp_path, capsys):
 @pytest.mark.parametrize("pred,match", [
     ([("1", "0")], r"pred\.csv: expected a prediction for every Image of truth\.csv, got 1 missing \(e\.g\. 2\)"),
     ([("1", "0"), ("2", "1"), ("9", "1")], r"expected only Images that are in truth\.csv, got 1 unknown ids \(e\.g\. 9\)"),
-    ([("1", "0"), ("2", "12")], r"pred\.csv id 2: expected class ids 0-9 separated by spaces, got '12'"),
+    ([("1", "0"), ("2", "12")], r"pred\.csv line 3 \(id 2\): expected class ids 0-9, got 12\. Fix: check the label"),
     ([("1", "0"), ("1", "0"), ("2", "1")], r"pred\.csv: expected one row per Image, got 1 duplicate ids"),
 ])
 def test_score_errors(tmp_path, capsys, pred, match):

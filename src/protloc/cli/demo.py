@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protloc.core.errors import InputError
+from protloc.core.readers import read_json
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: in
           "--out", str(sub), "--probs", str(probs), "--tta", plan.tta], log)
     scores = out / "test_scores.json"
     _run(["score", "--truth", str(data / "test_labels.csv"), "--pred", str(sub), "--json", str(scores)], log)
-    f1 = json.loads(scores.read_text())["macro_f1"]
+    f1 = read_json(scores, what="test scores")["macro_f1"]
     report = RunFolder(run).report_html
     _run(["report", str(run), "--out", str(report)], log)
     summary = {

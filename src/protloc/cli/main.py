@@ -13,6 +13,7 @@ import os
 import sys
 
 from protloc import __version__
+from protloc.cli.options import InDir, InFile, Parser, SchemaArg, check_paths, declare_paths
 from protloc.core.errors import InputError
 
 #: subcommands in the order ``--help`` lists them.
@@ -25,11 +26,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def add_data_args(p: argparse.ArgumentParser, *, labels: bool = True, split: str = "train") -> None:
-    """The data options every data-taking command shares."""
+    """The data options every data-taking command shares (paths declared for ``check_paths``)."""
     g = p.add_argument_group("data")
     g.add_argument("--csv", help="CSV with an id column (Image/Id) and optionally labels (Label/Target)")
     g.add_argument("--images", help="folder of image files")
     g.add_argument("--data", help=f"dataset folder holding {split}.csv and {split}/ (shortcut)")
+    declare_paths(p, InFile("csv", "CSV file"), InDir("images", "image folder"), InDir("data", "dataset folder"))
     g.add_argument("--format", default="auto", choices=("auto", "rgb", "hpa-channels", "tiff"),
                    help="image file layout")
     g.add_argument("--channels", default=None,
@@ -41,6 +43,7 @@ def add_data_args(p: argparse.ArgumentParser, *, labels: bool = True, split: str
     if labels:
         g.add_argument("--label-col", default=None, help="label column name (default: Label or Target)")
         g.add_argument("--schema", default="ghent10", help="label schema: ghent10, hpa28 or a YAML/JSON file")
+        declare_paths(p, SchemaArg("schema"))
         g.add_argument("--from-schema", default=None, choices=(None, "hpa28"),
                        help="labels in the CSV use this schema; map them into --schema")
 
@@ -57,7 +60,7 @@ def table_from_args(args, *, split: str = "train", labels=None, strict: bool = T
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="protloc", formatter_class=_Formatter,
         description="Predict where a protein lives in the cell from fluorescence microscopy images.",
         epilog="example:\n  protloc demo --quick            # synthesize data, train, predict, report\n"
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"protloc.cli.commands.{name}").register(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -77,13 +81,19 @@ def new_command(sub, name: str, *, help: str, example: str, description: str | N
 
 
 def main(argv=None) -> int:
+    """Run ``protloc`` with ``argv``; returns the exit code (2 for any bad input, also from
+    argparse, which prints its own ``error:`` line; 0 after ``--help``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a bad option (2): a code, not an exception
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     debug = os.environ.get("PROTLOC_DEBUG") == "1"
     try:
+        check_paths(args)  # every path option, before the command reads or writes anything
         rc = args.func(args)
         return int(rc or 0)
     except KeyboardInterrupt:

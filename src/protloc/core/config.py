@@ -28,13 +28,15 @@ engine (the loss and augmentation specs, the timm model name) live in
 
 from __future__ import annotations
 
+import math
+import re
 import typing
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from protloc.core.errors import InputError
 
-__all__ = ["TrainConfig", "PRESETS", "flag_name", "field_type"]
+__all__ = ["TrainConfig", "PRESETS", "flag_name", "field_type", "check_field", "parse_field"]
 
 PRESETS: dict[str, dict] = {
     "default": {},
@@ -47,6 +49,13 @@ PRESETS: dict[str, dict] = {
         backbone_lr_mult=1.0),
     "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5, freeze_blocks=2),
 }
+
+
+#: Lightning accelerators and precisions ``protloc train`` accepts (the strategy names are checked
+#: against Lightning's registry by ``protloc.training.check_recipe``)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+_DEVICES = re.compile(r"auto|-1|[1-9]\d{0,3}|\d{1,4}(,\s*\d{1,4})*,?")
 
 
 def _option(group: str):
@@ -96,7 +105,7 @@ class TrainConfig:
     dropout: float = _model(0.2, "head dropout", ge=0, lt=1)
     hidden: int = _model(0, "hidden units of the head (0 = linear head)", ge=0)
     drop_path: float = _model(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)", ge=0, lt=1)
-    size: int = _model(96, "image side in pixels the model sees", ge=1)
+    size: int = _model(96, "image side in pixels the model sees", ge=8, le=4096)
     intensity: str = _model("auto", "how raw intensities become 8 bit (recorded in preprocessing.json, applied to "
                             "every image the run reads): scale (8-bit as stored, 16-bit divided by its bit range, "
                             "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (decided "
@@ -104,7 +113,7 @@ class TrainConfig:
                             choices=("auto", "scale", "percentile"))
     z: str = _model("max", "projection of Z stacks: max, mean or middle plane", choices=("max", "mean", "middle"))
     pixel_size: float = _model(0.0, "physical pixel size of the training images in micrometres (0: from the files' "
-                               "metadata, else unknown and nothing is rescaled)", ge=0)
+                               "metadata, else unknown and nothing is rescaled)", ge=0, le=1000)
     # optimisation
     epochs: int = _optim(12, "maximum epochs per fold", ge=1)
     batch_size: int = _optim(32, "images per batch and process", ge=1)
@@ -124,7 +133,9 @@ class TrainConfig:
     pos_weight: str = _optim("none", "per-class positive weight of BCE/focal (auto: neg/pos, clipped to [1, 10])",
                              choices=("none", "auto"))
     focal_gamma: float = _optim(2.0, "focusing exponent of the focal loss (0 = BCE)", ge=0)
-    sampler: str = _optim("random", "batch sampling (balanced: class-balanced)", choices=("random", "balanced"))
+    sampler: str = _optim("random", "batch sampling (balanced: class-balanced; shard-block: reads the cache "
+                          "store a few shards at a time, for data larger than RAM or on shared file systems)",
+                          choices=("random", "balanced", "shard-block"))
     augment: str = _optim("d4,rotate,crop,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
     # evaluation / selection
     monitor: str = _eval("val_macro_f1", "checkpoint/early-stop metric (val_macro_f1 at --threshold, "
@@ -139,13 +150,13 @@ class TrainConfig:
     val_fraction: float = _cv(0.2, "holdout fraction when --folds 1", gt=0, lt=1,
                               expected="a fraction between 0 and 1", fix="e.g. --val-fraction 0.2")
     near_dup: bool = _cv(True, "keep near-duplicate images in one fold (protloc.data.split)")
-    seed: int = _cv(42, "random seed (folds, shuffling, augmentation)")
+    seed: int = _cv(42, "random seed (folds, shuffling, augmentation)", ge=0, le=2**32 - 1)
     # hardware / engine
-    accelerator: str = _engine("auto", "auto | cpu | gpu (Lightning accelerators)")
-    devices: str = _engine("1", "number of devices/processes, e.g. 1, 2, auto or 0,1")
+    accelerator: str = _engine("auto", "Lightning accelerator (gpu = cuda)", choices=ACCELERATORS)
+    devices: str = _engine("1", "number of devices/processes (1, 2, auto, -1 = all) or GPU indices (0,1)")
     strategy: str = _engine("auto", "auto | ddp | ddp_spawn | fsdp ... (Lightning strategies)")
     num_nodes: int = _engine(1, "machines for multi-node DDP", ge=1)
-    precision: str = _engine("auto", "auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed")
+    precision: str = _engine("auto", "auto = bf16-mixed on CUDA, 32-true on CPU", choices=PRECISIONS)
     compile: bool = _engine(False, "torch.compile the model")
     channels_last: bool = _engine(True, "channels-last memory layout on CUDA")
     threads: int = _engine(0, "torch CPU threads per process (0 = cores / processes)", ge=0)
@@ -183,19 +194,10 @@ class TrainConfig:
 
     @classmethod
     def load_dict(cls, path: str | Path) -> dict:
-        import yaml
+        from protloc.core.readers import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found", fix="check the --config path")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{path}: not valid YAML ({e})", fix="correct the file") from None
-        if not isinstance(data, dict):
-            raise InputError(str(path), expected="a YAML mapping of config keys",
-                             got=type(data).__name__, fix="write key: value lines")
-        return data
+        return read_yaml(path, what="config file", flag="--config", fix="write key: value lines (see a run's "
+                         "config.yaml)", allow_empty=True)
 
     @classmethod
     def resolve(cls, *, preset: str | None = None, file: str | Path | None = None, **flags) -> "TrainConfig":
@@ -222,6 +224,9 @@ class TrainConfig:
         types = _field_types()
         for f in fields(self):
             _check_value(f, getattr(self, f.name), types[f.name])
+        if not _DEVICES.fullmatch(str(self.devices).strip()):
+            raise InputError("--devices", expected="a count (1, 2), auto, -1 (all) or GPU indices like 0,1",
+                             got=repr(self.devices), fix="e.g. --devices 1")
         n_val_folds = 1 if self.folds == 1 else self.folds
         if self.fold is not None and not 0 <= self.fold < n_val_folds:
             raise InputError("--fold", expected=f"0 to {n_val_folds - 1}", got=str(self.fold),
@@ -292,6 +297,8 @@ def _check_value(f: Field, v, typ: type) -> None:
     if numeric and (isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and not isinstance(v, int))):
         raise InputError(flag, expected=f"a{'n integer' if typ is int else ' number'}", got=repr(v),
                          fix=f"give {f.name} a {typ.__name__} value")
+    if typ is float and not math.isfinite(v):
+        raise InputError(flag, expected="a finite number", got=repr(v), fix=f"give {f.name} a finite value")
     choices = meta.get("choices")
     if choices and v not in choices:
         choices = list(choices)
@@ -310,12 +317,57 @@ def _check_value(f: Field, v, typ: type) -> None:
         raise InputError(flag, expected=expected, got=str(v), fix=fix)
 
 
+def check_field(name: str, value) -> None:
+    """Check one option value against its field's type, choices and bounds (what ``validate``
+    does per field); ``protloc train`` runs it on each flag as it is parsed.
+
+    Examples
+    --------
+    >>> check_field("lr", -1.0)
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: --lr: expected a number > 0, got -1.0. Fix: pass a value > 0.
+    """
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    _check_value(f, value, _field_types()[name])
+
+
+def parse_field(name: str, text: str):
+    """A command-line string as the value of one option, checked (:func:`check_field`).
+
+    Examples
+    --------
+    >>> parse_field("epochs", "3"), parse_field("accelerator", "cpu")
+    (3, 'cpu')
+    >>> parse_field("dropout", "x")
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: --dropout: expected a number, got 'x'. Fix: e.g. --dropout 0.2.
+    """
+    typ = _field_types()[name]
+    default = getattr(TrainConfig(), name)
+    if typ in (int, float):
+        try:
+            if not str(text).isascii():  # int('٣') is 3: only ASCII digits are numbers here
+                raise ValueError(text)
+            value = typ(text)
+        except ValueError:
+            raise InputError(flag_name(name), expected="an integer" if typ is int else "a number", got=repr(text),
+                             fix=f"e.g. {flag_name(name)} {default if default is not None else 0}") from None
+    else:
+        value = typ(text)
+    check_field(name, value)
+    return value
+
+
 def _coerce(key, v, typ):
     try:
         if typ is bool and isinstance(v, str):
             return v.lower() in ("1", "true", "yes", "on")
         if typ is str:
             return str(v)
+        if isinstance(v, str) and not v.isascii():  # int('٣') is 3: only ASCII digits are numbers here
+            raise ValueError(v)
         return typ(v)
     except (TypeError, ValueError):
         raise InputError(f"config {key}", expected=typ.__name__, got=repr(v),

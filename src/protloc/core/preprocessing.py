@@ -9,7 +9,6 @@ physical pixel size). Saved as ``preprocessing.json`` in every run folder.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -354,15 +353,20 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":
+        from protloc.core.paths import path_kind
+        from protloc.core.readers import read_json
+
         path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
+        if path_kind(path) == "missing":
             raise RunFolderError(f"{path}: missing. Fix: point to a complete run folder "
-                                 "(made by `protloc train`)") from None
-        except (KeyError, ValueError, TypeError) as e:
-            raise RunFolderError(f"{path}: malformed preprocessing file ({e}). Fix: re-run training "
-                                 "or restore the file") from None
+                                 "(made by `protloc train`)")
+        fix = "re-run training or restore the file"
+        d = read_json(path, what="preprocessing file", fix=fix, error=RunFolderError)
+        try:
+            return cls.from_dict(d)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # InputError is a ValueError
+            detail = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+            raise RunFolderError(f"{path}: malformed preprocessing file ({detail}). Fix: {fix}") from None
 
 
 def typed_channels(fmt: str, channels) -> tuple:

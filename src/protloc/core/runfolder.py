@@ -53,6 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.paths import path_kind
 from protloc.core.preprocessing import Preprocessing
 
 __all__ = ["RunFolder", "RunThresholds", "DataSource", "RunSummary", "OOF", "parse_folds",
@@ -332,13 +333,20 @@ class RunFolder:
                                  "finish training, or `protloc train ... --resume`")
         return self
 
-    def _read_json(self, path: Path, *, what: str, fix: str):
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RunFolderError(f"{path}: missing ({what}). Fix: {fix}") from None
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RunFolderError(f"{path}: not valid JSON ({e}). Fix: {fix}") from None
+    def _read_json(self, path: Path, *, what: str, fix: str, kind=None):
+        """A run-folder JSON file through the checked reader (missing, empty, binary, invalid,
+        wrong top-level type: a RunFolderError naming the file and the fix)."""
+        from protloc.core.readers import read_json
+
+        if path_kind(path) == "missing":
+            raise RunFolderError(f"{path}: missing ({what}). Fix: {fix}")
+        return read_json(path, what=what, fix=fix, error=RunFolderError, kind=kind)
+
+    def _read_csv(self, path: Path, *, what: str, fix: str, columns=(), columns_text=None, dtype=None):
+        from protloc.core.readers import read_csv_frame
+
+        return read_csv_frame(path, what=what, fix=fix, error=RunFolderError, columns=columns,
+                              columns_text=columns_text, dtype=dtype)
 
     def _damaged(self, path: Path, e: Exception, fix: str) -> RunFolderError:
         detail = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
@@ -355,9 +363,9 @@ class RunFolder:
             from protloc.core.schema import LabelSchema
 
             fix = "restore schema.json from the run, or delete it (preprocessing.json holds the schema)"
-            d = self._read_json(self.schema_json, what="label schema", fix=fix)
+            d = self._read_json(self.schema_json, what="label schema", fix=fix, kind=dict)
             try:
-                other = LabelSchema.from_dict(d)
+                other = LabelSchema.from_dict(d, where=str(self.schema_json))
             except (InputError, KeyError, TypeError, AttributeError, ValueError) as e:
                 raise self._damaged(self.schema_json, e, fix) from None
             if tuple(other.classes) != tuple(pre.classes):
@@ -372,21 +380,14 @@ class RunFolder:
         Keys missing from an older file take their preset's defaults; a missing or damaged
         file is a RunFolderError.
         """
-        import yaml
-
         from protloc.core.config import TrainConfig
+        from protloc.core.readers import read_yaml
 
         fix = (f"restore {self.config_yaml.name} from the run (it is written by `protloc train`), or "
                "re-train")
-        if not self.config_yaml.is_file():
+        if path_kind(self.config_yaml) == "missing":
             raise RunFolderError(f"{self.config_yaml}: missing (the training config). Fix: {fix}")
-        try:
-            data = yaml.safe_load(self.config_yaml.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise RunFolderError(f"{self.config_yaml}: not valid YAML ({type(e).__name__}). Fix: {fix}") from None
-        if not isinstance(data, dict):
-            raise RunFolderError(fmt_problem(str(self.config_yaml), expected="a YAML mapping of config keys",
-                                             got=type(data).__name__, fix=fix))
+        data = read_yaml(self.config_yaml, what="training config", fix=fix, error=RunFolderError, allow_empty=True)
         try:
             data = dict(data)
             return TrainConfig.preset(str(data.pop("preset", "default"))).override(**data)
@@ -398,10 +399,8 @@ class RunFolder:
         from protloc.core.modelspec import ModelSpec
 
         fix = "restore model.json from the run (it is written by `protloc train`)"
-        d = self._read_json(self.model_json, what="the network description", fix=fix)
+        d = self._read_json(self.model_json, what="network description", fix=fix, kind=dict)
         try:
-            if not isinstance(d, dict):
-                raise TypeError(f"expected a JSON object, got {type(d).__name__}")
             return ModelSpec.from_dict(d)
         except (TypeError, ValueError) as e:
             raise self._damaged(self.model_json, e, fix) from None
@@ -421,7 +420,7 @@ class RunFolder:
         if not self.data_json.is_file():
             return None
         fix = "restore data.json from the run, or delete it (it only records the training data)"
-        d = self._read_json(self.data_json, what="the training data source", fix=fix)
+        d = self._read_json(self.data_json, what="training data source", fix=fix, kind=dict)
         try:
             return DataSource.from_dict(d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -432,11 +431,11 @@ class RunFolder:
         if not self.summary_json.is_file():
             return None
         fix = f"rebuild it with `protloc train --out {self.root} --merge`"
-        d = self._read_json(self.summary_json, what="the validation summary", fix=fix)
-        if not isinstance(d, dict):
-            raise RunFolderError(fmt_problem(str(self.summary_json), expected="a JSON object",
-                                             got=f"a JSON {type(d).__name__}", fix=fix))
-        return RunSummary.from_dict(d)
+        d = self._read_json(self.summary_json, what="validation summary", fix=fix, kind=dict)
+        try:
+            return RunSummary.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise self._damaged(self.summary_json, e, fix) from None
 
     def thresholds(self) -> RunThresholds:
         """The run's decision rule; 0.5 for every class when there is no thresholds.json.
@@ -475,24 +474,15 @@ class RunFolder:
 
     def oof(self) -> OOF:
         """Out-of-fold ``(ids, probs (N,C), y (N,C) multi-hot, folds (N,))`` in class order."""
-        import pandas as pd
-
         if not self.oof_csv.is_file():
             raise RunFolderError(f"{self.oof_csv}: no out-of-fold probabilities. Fix: train with "
                                  "validation (--folds K or the default holdout)")
         fix = f"rebuild it with `protloc train --out {self.root} --merge`, or re-run training"
         pre = self.preprocessing()
         classes = list(pre.classes)
-        try:
-            df = pd.read_csv(self.oof_csv, dtype={"Image": str})
-        except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError/ParserError are ValueErrors
-            raise self._damaged(self.oof_csv, e, fix) from None
-        missing = [c for c in ("Image", "fold", "Label", *classes) if c not in df.columns]
-        if missing:
-            raise RunFolderError(fmt_problem(str(self.oof_csv), expected="columns Image, fold, Label and one "
-                                             "per class", got=f"no column {missing[0]!r}"
-                                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                                             fix=fix))
+        df = self._read_csv(self.oof_csv, what="out-of-fold probability CSV", fix=fix,
+                            columns=("Image", "fold", "Label", *classes),
+                            columns_text="Image, fold, Label and one per class", dtype={"Image": str, "Label": str})
         try:
             y = pre.schema.to_multihot([pre.schema.parse(t, where=f"{self.oof_csv} row {i + 2}")
                                         for i, t in enumerate(df["Label"].fillna("").astype(str))])
@@ -501,6 +491,57 @@ class RunFolder:
         except (InputError, ValueError, TypeError) as e:
             raise self._damaged(self.oof_csv, e, fix) from None
         return OOF(df["Image"].tolist(), probs, y, folds)
+
+    def splits(self):
+        """``splits.csv`` as a DataFrame (Image str, fold int); None when the run has none."""
+        if not self.splits_csv.is_file():
+            return None
+        fix = "delete it to make new folds, or restore it from the run"
+        df = self._read_csv(self.splits_csv, what="fold assignment CSV", fix=fix, columns=("Image", "fold"),
+                            dtype={"Image": str})
+        if not np.issubdtype(df["fold"].dtype, np.integer):
+            raise RunFolderError(str(self.splits_csv), expected="integer fold numbers", got=str(df["fold"].dtype),
+                                 fix=fix)
+        return df
+
+    def metrics(self):
+        """``metrics.csv`` (per-epoch metrics of every fold); None when missing."""
+        if not self.metrics_csv.is_file():
+            return None
+        return self._read_csv(self.metrics_csv, what="training metrics CSV",
+                              fix=f"rebuild it with `protloc train --out {self.root} --merge`")
+
+    # one fold's results (folds/fold{k}/) ---------------------------------------------------
+    def fold_oof_csv(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof.csv"
+
+    def fold_metrics_csv(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "metrics.csv"
+
+    def fold_summary_json(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "summary.json"
+
+    def fold_finished(self, fold: int) -> bool:
+        """The fold has its summary and out-of-fold probabilities (ready to merge)."""
+        return self.fold_summary_json(fold).is_file() and self.fold_oof_csv(fold).is_file()
+
+    def fold_oof(self, fold: int):
+        """One fold's out-of-fold probabilities as a DataFrame (Image, fold, Label, classes)."""
+        fix = f"re-train fold {fold} (`protloc train --out {self.root} --fold {fold} --overwrite`)"
+        return self._read_csv(self.fold_oof_csv(fold), what="out-of-fold probability CSV", fix=fix,
+                              columns=("Image", "fold", "Label"), dtype={"Image": str, "Label": str})
+
+    def fold_metrics(self, fold: int):
+        """One fold's per-epoch metrics (DataFrame); None when missing."""
+        path = self.fold_metrics_csv(fold)
+        if not path.is_file():
+            return None
+        return self._read_csv(path, what="training metrics CSV", fix=f"delete it and re-train fold {fold}")
+
+    def fold_summary(self, fold: int) -> dict:
+        """One fold's summary (``folds/fold{k}/summary.json``)."""
+        fix = f"re-train fold {fold} (`protloc train --out {self.root} --fold {fold} --overwrite`)"
+        return self._read_json(self.fold_summary_json(fold), what="fold summary", fix=fix, kind=dict)
 
     # writers -----------------------------------------------------------------------------
     def save_setup(self, *, config, preprocessing: Preprocessing, model_spec, data_source: DataSource) -> None:

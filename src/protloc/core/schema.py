@@ -7,13 +7,14 @@ class names (``["Nucleus", "Cytosol", ...]``) or ``{"name": ..., "classes": [...
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
+from protloc.core.paths import path_kind
+from protloc.core.readers import read_json, read_yaml
 
 GHENT10 = (
     "Mitochondria", "Nuclear bodies", "Nucleoli", "Golgi apparatus", "Nucleoplasm",
@@ -72,15 +73,74 @@ class LabelSchema:
         return {"name": self.name, "classes": list(self.classes)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabelSchema":
-        return cls(name=str(d["name"]), classes=tuple(d["classes"]))
+    def from_dict(cls, d: dict, *, where: str = "label schema") -> "LabelSchema":
+        if not isinstance(d, dict):
+            raise InputError(where, expected="an object with name and classes", got=type(d).__name__,
+                             fix="write {name: ..., classes: [...]}")
+        return _checked_schema(d.get("name", "custom"), d.get("classes"), where=where)
 
 
 BUILTIN = {"ghent10": LabelSchema("ghent10", GHENT10), "hpa28": LabelSchema("hpa28", HPA28)}
 
 
+def parse_class_ids(text, n_classes: int, *, where: str = "label", allow_empty: bool = False) -> list[int]:
+    """The one parser of class-id strings (label CSVs, run files, ``score``'s truth and predictions):
+    sorted unique ids from ``"4 1"`` (spaces, commas or semicolons between ids).
+
+    An id is ASCII digits in ``0..n_classes-1``: Unicode digits (``²``, Arabic-Indic ``٣``) and
+    numbers too long to be a class (5,000 digits) are refused with ``where`` (e.g. the CSV line)
+    in the message, never converted. ``allow_empty``: an empty string is ``[]`` (a prediction of no
+    class) instead of an error.
+
+    Examples
+    --------
+    >>> parse_class_ids("4 1 4", 10)
+    [1, 4]
+    >>> parse_class_ids("", 10, allow_empty=True)
+    []
+    >>> parse_class_ids("1 \u00b2", 10, where="train.csv line 3")
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: train.csv line 3: expected class ids 0-9 in ASCII digits, got '²'. Fix: retype the id with the digits 0-9.
+    >>> parse_class_ids("9" * 5000, 10, where="line 2")
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: line 2: expected class ids 0-9, got a 5000-digit number. Fix: check the label schema (--schema) or the id.
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        text = ""
+    s = str(text).strip()
+    if not s:
+        if allow_empty:
+            return []
+        raise InputError(where, expected="at least one class id", got="an empty label",
+                         fix="give one or more space-separated class ids, or drop the row")
+    ids = []
+    width = len(str(max(n_classes - 1, 0)))
+    for tok in s.replace(",", " ").replace(";", " ").split():
+        if not (tok.isascii() and tok.isdigit()):
+            shown = tok if len(tok) <= 20 else tok[:20] + "..."
+            if any(c.isdigit() or c.isnumeric() for c in tok):  # '²', Arabic-Indic or full-width digits
+                raise InputError(where, expected=f"class ids 0-{n_classes - 1} in ASCII digits", got=repr(shown),
+                                 fix="retype the id with the digits 0-9")
+            raise InputError(where, expected=f"integer class ids 0-{n_classes - 1}", got=repr(shown),
+                             fix="use integer ids separated by spaces")
+        digits = tok.lstrip("0") or "0"
+        if len(digits) > width:  # never int() a huge number (Python refuses > 4300 digits)
+            got = digits if len(digits) <= 20 else f"a {len(tok)}-digit number"
+            raise InputError(where, expected=f"class ids 0-{n_classes - 1}", got=got,
+                             fix="check the label schema (--schema) or the id")
+        v = int(digits)
+        if not 0 <= v < n_classes:
+            raise InputError(where, expected=f"class ids 0-{n_classes - 1}", got=str(v),
+                             fix="check the label schema (--schema) or the id")
+        ids.append(v)
+    return sorted(set(ids))
+
+
 def check_label_string(text, n_classes: int, *, where: str = "label") -> list[int]:
-    """Validate one label cell and return sorted unique ids.
+    """Validate one label cell (at least one class) and return sorted unique ids
+    (:func:`parse_class_ids`).
 
     Raises
     ------
@@ -92,23 +152,7 @@ def check_label_string(text, n_classes: int, *, where: str = "label") -> list[in
     >>> check_label_string("4 1 4", 10)
     [1, 4]
     """
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        text = ""
-    s = str(text).strip()
-    if not s:
-        raise InputError(fmt_problem(where, expected="at least one class id", got="an empty label",
-                                     fix="give one or more space-separated class ids, or drop the row"))
-    ids = []
-    for tok in s.replace(",", " ").replace(";", " ").split():
-        if not tok.isdigit():
-            raise InputError(fmt_problem(where, expected=f"integer class ids 0-{n_classes - 1}",
-                                         got=repr(tok), fix="use integer ids separated by spaces"))
-        v = int(tok)
-        if not 0 <= v < n_classes:
-            raise InputError(fmt_problem(where, expected=f"class ids 0-{n_classes - 1}", got=str(v),
-                                         fix="check the label schema (--schema) or the id"))
-        ids.append(v)
-    return sorted(set(ids))
+    return parse_class_ids(text, n_classes, where=where)
 
 
 def get_schema(spec: str | Path | LabelSchema | None = None) -> LabelSchema:
@@ -127,28 +171,28 @@ def get_schema(spec: str | Path | LabelSchema | None = None) -> LabelSchema:
     if key in BUILTIN:
         return BUILTIN[key]
     path = Path(key)
-    if not path.is_file():
-        raise InputError(fmt_problem("--schema", expected="'ghent10', 'hpa28' or a YAML/JSON file",
-                                     got=repr(key), fix="pass a built-in name or an existing file"))
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a user error here
-        raise InputError(f"schema file {path}: cannot parse ({e}). Fix: write a YAML/JSON list of "
-                         "class names") from None
+    if path_kind(path) == "missing":
+        raise InputError("--schema", expected="'ghent10', 'hpa28' or a YAML/JSON file", got=repr(key),
+                         fix="pass a built-in name or an existing file")
+    reader = read_json if path.suffix.lower() == ".json" else read_yaml
+    data = reader(path, what="label schema", flag="--schema", kind=(dict, list),
+                  fix="write a YAML/JSON list of class names, e.g. [Nucleus, Cytosol]")
     if isinstance(data, dict):
         name, classes = data.get("name", path.stem), data.get("classes")
     else:
         name, classes = path.stem, data
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise InputError(fmt_problem(f"schema file {path}", expected="a non-empty list of class names",
-                                     got=type(classes).__name__, fix="write e.g. [Nucleus, Cytosol]"))
+    return _checked_schema(name, classes, where=f"schema file {path}")
+
+
+def _checked_schema(name, classes, *, where: str) -> "LabelSchema":
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+        got = type(classes).__name__ if not isinstance(classes, list) else (
+            "an empty list" if not classes else "a list with a non-text or empty name")
+        raise InputError(where, expected="a non-empty list of class names", got=got,
+                         fix="write e.g. [Nucleus, Cytosol]")
     if len(set(classes)) != len(classes):
-        raise InputError(f"schema file {path}: class names must be unique. Fix: remove duplicates")
+        dup = next(c for c in classes if classes.count(c) > 1)
+        raise InputError(where, expected="unique class names", got=f"{dup!r} twice", fix="remove duplicates")
     return LabelSchema(str(name), tuple(classes))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from protloc.data.cache import worker_map
 from protloc.core.errors import InputError
-from protloc.io.images import TIFF_EXTS, hpa_channel_path, image_path, read_image, sniff_format
+from protloc.io.images import TIFF_EXTS, hpa_channel_path, image_path, not_a_file, read_image, sniff_format
 from protloc.data.phash import hash_channels, image_hash, image_hashes_d4
 
 _PIL_FORMAT_EXTS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "TIFF": (".tif", ".tiff")}
@@ -87,6 +87,13 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rota
     else:
         paths = [(None, image_path(folder, iid, fmt))]
     missing = [c or iid for c, p in paths if p is None]
+    odd = not_a_file(folder, iid, fmt, channels) if missing else []
+    for name, kind in odd:  # a folder / FIFO / symlink loop named like the image: say what it is
+        hint = "fix or remove the symlink" if "symlink" in kind else f"replace {name} with the image file"
+        rec["problems"].append(("error", "not_a_file", f"{name} is {kind}, not an image file",
+                                f"{hint}, or delete the row"))
+    if odd:
+        missing = []
     if missing:
         what, also = {"hpa-channels": (", ".join(f"{iid}_{c}.png" for c in missing), ".tif"),
                       "rgb": (f"{iid}.png", ".tif/.jpg"), "tiff": (f"{iid}.tif", ".tiff")}[fmt]

@@ -91,7 +91,11 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
         _, val = next(splitter.split(X, uy))
         ufold[val] = 0
     else:
-        if n_folds < 2 or n_folds > n_units:
+        if n_folds < 2:  # one fold would leave nothing to train on
+            raise InputError("--folds", expected="2 or more folds", got=str(n_folds),
+                             fix="use --holdout FRACTION for one validation set (e.g. --holdout 0.2), "
+                                 "or --folds 2 or more")
+        if n_folds > n_units:
             raise InputError(fmt_problem("--folds", expected=f"2 to {n_units} folds (independent image groups)",
                                          got=str(n_folds), fix="use fewer folds or --holdout"))
         splitter = (MultilabelStratifiedKFold if multilabel else KFold)(n_splits=n_folds, shuffle=True,

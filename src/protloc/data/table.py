@@ -8,8 +8,6 @@ drops a row silently: problems are returned or raised with the row number and a 
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from protloc.core.errors import InputError
+from protloc.core.paths import check_image_id, check_input_dir
+from protloc.core.readers import read_csv_rows
 from protloc.io.images import FORMATS, HPA_CHANNELS, detect_format, hpa_channel_path, image_path
 from protloc.core.schema import LabelSchema, get_schema, remap_hpa28_to_ghent10
 
@@ -103,13 +103,6 @@ class DataTable:
         return [self.schema.format(ls) for ls in (self.labels or [])]
 
 
-def _sniff_sep(text: str) -> str:
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    counts = {sep: first.count(sep) for sep in (",", ";", "\t", "|")}
-    sep = max(counts, key=counts.get)
-    return sep if counts[sep] > 0 else ","
-
-
 def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, required: bool) -> str | None:
     if wanted:
         if wanted in columns:
@@ -129,45 +122,29 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
 
 
 def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: str | None = None,
-                   flag: str = "--csv",
+                   flag: str = "--csv", label_candidates=LABEL_COLUMNS, label_what: str = "label",
                    ) -> tuple[pd.DataFrame, str, str | None]:
     """Read a label/id CSV robustly. Returns ``(df, id_col, label_col_or_None)``.
 
-    ``df`` keeps every non-blank row as strings and gains a ``_line`` column (1-based line
-    number in the file). Raises :class:`InputError` for unreadable files or missing columns.
+    Read by :func:`protloc.core.readers.read_csv_rows` (binary, empty, not UTF-8 and unclosed
+    quotes refused with the file and line; quoted fields may span lines). ``df`` keeps every
+    non-blank record as stripped strings and gains a ``_line`` column (the record's first line
+    in the file, header = its own line). ``label_candidates`` / ``label_what``: the label column
+    to look for (``score --pred`` looks for Predicted first). Raises :class:`InputError` for
+    unreadable files or missing columns.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: CSV file not found", fix=f"check the {flag} path")
-    try:
-        raw = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a UTF-8 text file", fix="save the CSV as UTF-8") from None
-    if not raw.strip():
-        raise InputError(f"{path}: the CSV is empty", fix="write a header (Image,Label) and rows")
-    sep = _sniff_sep(raw)
-    lines = raw.splitlines()
-    try:
-        parsed = [(i + 1, next(csv.reader([ln], delimiter=sep), [])) for i, ln in enumerate(lines) if ln.strip()]
-    except csv.Error as e:
-        raise InputError(f"{path}: not a readable CSV ({e})", fix="save it as a plain-text CSV (UTF-8)") from None
-    header = [c.strip() for c in parsed[0][1]]
+    rows = read_csv_rows(path, flag=flag)
+    path, header = rows.path, rows.header
     id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
-    lab_name = _pick(header, label_col, LABEL_COLUMNS, "label", path, required=False)
-    records, line_no, ragged = [], [], []
-    for ln, r in parsed[1:]:
-        if not any(c.strip() for c in r):
-            continue
-        records.append([c.strip() for c in r] + [""] * (len(header) - len(r)))
-        line_no.append(ln)
-        if any(c.strip() for c in r[len(header):]):
-            ragged.append((ln, len(r)))
-    df = pd.DataFrame([r[:len(header)] for r in records], columns=header, dtype=str)
-    df["_line"] = line_no
+    lab_name = _pick(header, label_col, label_candidates, label_what, path, required=False)
+    df = pd.DataFrame([cells for _, cells in rows.rows], columns=header, dtype=str)
+    if not rows.rows:
+        df = pd.DataFrame({c: pd.Series(dtype=str) for c in header})
+    df["_line"] = [ln for ln, _ in rows.rows]
     #: rows with more non-empty cells than the header (never dropped silently: see ragged_problem)
-    df.attrs["ragged"] = ragged
+    df.attrs["ragged"] = rows.ragged
     df.attrs["header"] = header
-    df.attrs["sep"] = sep
+    df.attrs["sep"] = rows.sep
     return df, id_name, lab_name
 
 
@@ -186,17 +163,13 @@ def ragged_problem(df, path: Path) -> list[tuple[int, InputError]]:
 def resolve_paths(csv_path=None, images=None, data=None, *, split: str = "train"):
     """Resolve ``--data DIR`` (holding ``<split>.csv`` + ``<split>/``) into (csv, images)."""
     if data is not None:
-        d = Path(data)
-        if not d.is_dir():
-            raise InputError(f"{d}: dataset folder not found", fix="pass a folder holding "
-                             f"{split}.csv and {split}/")
+        d = check_input_dir(data, flag="--data", what="dataset folder",
+                            fix=f"pass a folder holding {split}.csv and {split}/")
         csv_path = csv_path or (d / f"{split}.csv" if (d / f"{split}.csv").is_file() else None)
         images = images or (d / split if (d / split).is_dir() else d)
     if images is None:
         raise InputError("no image folder given", fix="pass --images DIR (or --data DIR)")
-    images = Path(images)
-    if not images.is_dir():
-        raise InputError(f"{images}: image folder not found", fix="check the --images path")
+    images = check_input_dir(images, flag="--images", what="image folder")
     return (Path(csv_path) if csv_path else None), images
 
 
@@ -263,6 +236,7 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
         for i, (iid, ln) in enumerate(zip(ids, rows)):
             if not iid:
                 raise InputError(f"{csv_path.name} line {ln}: empty id", fix="fill in the id or delete the row")
+            check_image_id(iid, where=f"{csv_path.name} line {ln}")
         seen: dict[str, int] = {}
         for iid, ln in zip(ids, rows):
             if iid in seen:
@@ -278,9 +252,12 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
                    for t, ln, iid in zip(df[lab_name].tolist(), rows, ids)]
             if from_schema == "hpa28" and schema.name == "ghent10":
                 mapped, keep = remap_hpa28_to_ghent10(lab)
-                dropped = len(keep) - sum(keep)
+                dropped = [ln for ln, k in zip(rows, keep) if not k]
                 if dropped:
-                    notes.append(f"dropped {dropped} of {len(keep)} images with no label in {schema.name}")
+                    shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
+                    notes.append(f"dropped {len(dropped)} of {len(keep)} images with no label in {schema.name} "
+                                 f"(their hpa28 labels have no {schema.name} class: {csv_path.name} "
+                                 f"line{'s' if len(dropped) > 1 else ''} {shown})")
                 ids = [i for i, k in zip(ids, keep) if k]
                 rows = [r for r, k in zip(rows, keep) if k]
                 lab = mapped
@@ -384,6 +361,11 @@ def lenient_table(csv_path=None, images=None, *, data=None, split: str = "train"
         where = f"{name} line {ln}" + (f" (id {iid})" if iid else "")
         if not iid:
             problems.append(("error", "empty_id", where, "empty id", "fill in the id or delete the row"))
+            continue
+        try:
+            check_image_id(iid, where=where)
+        except InputError as e:
+            problems.append(("error", "bad_id", where, e.detail, e.fix))
             continue
         if iid in seen:
             problems.append(("error", "duplicate_id", where, f"duplicate id {iid!r} (first on line {seen[iid]})",

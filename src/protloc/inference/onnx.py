@@ -23,14 +23,13 @@ the whole ensemble elsewhere also refreshes that copy.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import RunFolderError
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.runfolder import RunFolder
 from protloc.core.runfolder import onnx_meta_path as meta_path
 
@@ -79,6 +78,10 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     from protloc.core.atomic import atomic_path, write_json
     from protloc.models.network import load_weights
 
+    lo, hi = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise InputError("--opset", expected=f"an ONNX opset {lo} to {hi} (this torch's exporter)", got=repr(opset),
+                         fix=f"use the default --opset {OPSET}")
     rf = RunFolder(run).check()
     pre = rf.preprocessing()
     use = rf.select_folds(folds, flag="--fold")
@@ -88,11 +91,19 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     x = torch.zeros(2, pre.in_chans, pre.size, pre.size)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(tmp), input_names=["input"],
-                          output_names=["probs", "fold_probs", "features"],
-                          dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}, "fold_probs": {0: "batch"},
-                                        "features": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        try:
+            torch.onnx.export(net, (x,), str(tmp), input_names=["input"],
+                              output_names=["probs", "fold_probs", "features"],
+                              dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"},
+                                            "fold_probs": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+        except Exception as e:  # noqa: BLE001 - an operator this opset lacks: torch raises several types
+            if opset == OPSET:
+                raise
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputError("--opset", expected=f"an opset that has every operator of {pre.in_chans}-channel "
+                             f"{models[0].spec.backbone}", got=f"{opset} ({why})",
+                             fix=f"use the default --opset {OPSET}") from None
     rule = rf.thresholds()
     meta = {
         "format": "protloc-onnx-1",
@@ -129,6 +140,16 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     return meta
 
 
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch's TorchScript exporter (the one protloc uses) can write."""
+    try:
+        from torch.onnx import _constants as c
+
+        return int(c.ONNX_MIN_OPSET), int(getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):  # pragma: no cover - other torch versions
+        return 7, 20
+
+
 def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | None = None):
     """Open an exported model: ``(onnxruntime.InferenceSession, metadata dict)``."""
     import onnxruntime as ort
@@ -138,14 +159,14 @@ def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | Non
         raise RunFolderError(f"{path}: no ONNX model. Fix: run `protloc export {path.parent}` first "
                              "(or use --engine torch)")
     if meta is None:
+        from protloc.core.readers import read_json
+
         mp = meta_path(path)
-        try:
-            meta = json.loads(mp.read_text())
-        except FileNotFoundError:
+        if not mp.exists():
             raise RunFolderError(f"{mp}: missing (it holds the preprocessing of {path.name}). Fix: "
-                                 "re-export with `protloc export`") from None
-        except ValueError as e:
-            raise RunFolderError(f"{mp}: malformed ({e}). Fix: re-export with `protloc export`") from None
+                                 "re-export with `protloc export`")
+        meta = read_json(mp, what="ONNX export description", fix="re-export with `protloc export`",
+                         error=RunFolderError)
     providers = ["CPUExecutionProvider"]
     if device is not None and str(device).startswith("cuda") and \
             "CUDAExecutionProvider" in ort.get_available_providers():

@@ -173,7 +173,9 @@ class Predictor:
 
             if not self.models:
                 raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
-            self.device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+            from protloc.models.device import resolve_device
+
+            self.device = resolve_device(device)  # 'bogus' or 'cuda' without a GPU: an InputError
             self._cuda = self.device.startswith("cuda")
             for m in self.models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
                 m.eval().to(self.device).to(memory_format=torch.channels_last)
@@ -229,6 +231,9 @@ class Predictor:
         if engine == "torch":
             from protloc.models.network import load_weights
 
+            if threads is not None and (isinstance(threads, bool) or int(threads) < 0):
+                raise InputError("--threads", expected="an integer >= 1 (0 or None: all cores)", got=repr(threads),
+                                 fix="e.g. --threads 2")
             if threads:
                 import torch
 

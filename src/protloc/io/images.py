@@ -472,8 +472,9 @@ def read_hpa_raw(folder: str | Path, image_id: str, *, channels=("red", "green",
     for ch in channels:
         p = hpa_channel_path(folder, image_id, ch)
         if p is None:
-            raise ImageReadError(f"{Path(folder) / (image_id + '_' + ch + '.png')}: channel file missing (also "
-                                 "looked for .tif)", fix="add the file, or choose channels with --channels")
+            raise _missing_error(folder, image_id, "hpa-channels", (ch,), default=ImageReadError(
+                f"{Path(folder) / (image_id + '_' + ch + '.png')}: channel file missing (also looked for .tif)",
+                fix="add the file, or choose channels with --channels"))
         a, m = read_raw(p, axes=r.axes, z=r.z)
         if a.ndim == 3:  # some tools save a gray channel as RGB: keep the matching plane
             a = a[..., min(HPA_CHANNELS.index(ch), a.shape[2] - 1)] if ch in HPA_CHANNELS[:3] else a.max(-1)
@@ -530,6 +531,10 @@ def detect_format(folder: str | Path, image_id: str) -> str:
             return "tiff"
     if (folder / image_id).is_file():
         return "tiff" if Path(image_id).suffix.lower() in TIFF_EXTS else "rgb"
+    odd = not_a_file(folder, image_id, "rgb") + not_a_file(folder, image_id, "hpa-channels", ("green",))
+    if odd:
+        raise ImageReadError(f"{folder / odd[0][0]} is {odd[0][1]}, not an image file",
+                             fix="replace it with the image file, or delete the row")
     raise ImageReadError(f"{folder / image_id}: no image file for this id (looked for .png, .jpg, "
                          ".tif and <id>_green.png)", fix="check --images and the CSV ids")
 
@@ -545,6 +550,39 @@ def image_path(folder: str | Path, image_id: str, fmt: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def not_a_file(folder: str | Path, image_id: str, fmt: str, channels=()) -> list[tuple[str, str]]:
+    """``(name, what it is)`` of the entries that carry an image's file name but are no regular
+    file: a folder, a named pipe, a socket, a symlink loop or a broken link named ``36115.png``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); os.mkdir(os.path.join(d, "7.png"))
+    >>> not_a_file(d, "7", "rgb")
+    [('7.png', 'a folder')]
+    """
+    from protloc.core.paths import path_kind
+
+    folder = Path(folder)
+    if fmt == "hpa-channels":
+        names = [f"{image_id}_{c}{e}" for c in channels for e in HPA_EXTS]
+    else:
+        names = [image_id] + [image_id + e for e in (RGB_EXTS if fmt == "rgb" else TIFF_EXTS)]
+    kinds = {"dir": "a folder", "fifo": "a named pipe (FIFO)", "socket": "a socket", "device": "a device",
+             "loop": "a symlink loop", "broken-link": "a broken symlink"}
+    found = [(n, path_kind(folder / n)) for n in dict.fromkeys(names)]
+    return [(n, kinds[k]) for n, k in found if k in kinds]
+
+
+def _missing_error(folder, image_id: str, fmt: str, channels=(), *, default: ImageReadError) -> ImageReadError:
+    odd = not_a_file(folder, image_id, fmt, channels)
+    if odd:
+        name, kind = odd[0]
+        return ImageReadError(f"{Path(folder) / name} is {kind}, not an image file",
+                              fix="replace it with the image file, or delete the row")
+    return default
 
 
 def read_image(folder: str | Path, image_id: str, *, fmt: str = "auto", channels=None,
@@ -567,8 +605,8 @@ def read_image(folder: str | Path, image_id: str, *, fmt: str = "auto", channels
                          fix="pick a supported format")
     p = image_path(folder, image_id, fmt)
     if p is None:
-        raise ImageReadError(f"{Path(folder) / image_id}: image file missing (format {fmt})",
-                             fix="check --images and the CSV ids")
+        raise _missing_error(folder, image_id, fmt, default=ImageReadError(
+            f"{Path(folder) / image_id}: image file missing (format {fmt})", fix="check --images and the CSV ids"))
     if fmt == "rgb":
         return read_rgb(p, size=size, reading=reading, pixel_size=pixel_size)
     return read_tiff_stack(p, channels=tuple(channels) if channels else None, size=size, reading=reading,

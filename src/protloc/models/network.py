@@ -29,6 +29,7 @@ from torch import nn
 
 from protloc.core.errors import InputError, RunFolderError, fmt_problem
 from protloc.core.modelspec import ModelSpec
+from protloc.core.paths import describe
 
 #: offline weight packages: timm model name -> (python module, class with get_model_file_path)
 OFFLINE_WEIGHTS = {
@@ -154,6 +155,38 @@ def load_backbone_weights(net: ProtlocNet, state: dict) -> None:
     net.backbone.load_state_dict(state, strict=False)
 
 
+#: the named sources of ``pretrained=`` (anything else is a path to a weights file)
+PRETRAINED_SOURCES = ("none", "auto", "offline", "hub", "")
+
+
+def load_state_file(path) -> dict:
+    """A state dict from a ``.pth``/``.pt`` (``torch.save``, also ``{"state_dict": ...}``) or
+    ``.safetensors`` file; anything else (a text file, a truncated copy, a pickle of other objects)
+    is an InputError naming the file."""
+    path = Path(path)
+    fix = "pass a .pth/.pt/.safetensors file of backbone weights (a state dict)"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except FileNotFoundError:
+        raise InputError(f"{path}: weights file not found", fix="check the --pretrained path") from None
+    except IsADirectoryError:
+        raise InputError("--pretrained", expected="a weights file", got=f"{path} (a folder)", fix=fix) from None
+    except Exception as e:  # noqa: BLE001 - torch.load/safetensors raise many types on a bad file
+        raise InputError("--pretrained", expected="a weights file (a state dict saved by torch or safetensors)",
+                         got=f"{path} ({type(e).__name__})", fix=fix) from None
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        what = "a dict without tensors" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise InputError("--pretrained", expected="a state dict (parameter name -> tensor)",
+                         got=f"{path} ({what})", fix=fix)
+    return state
+
+
 def build_model(spec: ModelSpec, *, pretrained: str | None = "none", verbose: bool = False) -> ProtlocNet:
     """Create the network for ``spec`` and load pretrained weights (see module docstring)."""
     net = ProtlocNet(spec)
@@ -187,15 +220,9 @@ def build_model(spec: ModelSpec, *, pretrained: str | None = "none", verbose: bo
     path = Path(src)
     if not path.is_file():
         raise InputError(fmt_problem("--pretrained", expected="none, auto, offline, hub or a weights file",
-                                     got=repr(src), fix="pass an existing .pth/.safetensors file"))
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    load_backbone_weights(net, state)
+                                     got=f"{src!r} ({describe(path)})" if path.exists() else repr(src),
+                                     fix="pass an existing .pth/.safetensors file"))
+    load_backbone_weights(net, load_state_file(path))
     return net
 
 

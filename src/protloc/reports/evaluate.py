@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from protloc.core.errors import InputError, fmt_problem
+from protloc.core.schema import parse_class_ids
 from protloc.core.metrics import classification_summary, macro_f1, per_class_f1
 
 PRED_COLUMNS = ("Predicted", "Label", "Target", "Labels", "Prediction")
@@ -40,17 +41,6 @@ def evaluate_probs(y, probs, *, thresholds=0.5, at_least_one: bool = False, clas
     s["thresholds"] = [round(float(v), 6) for v in t]
     s["at_least_one"] = bool(at_least_one)
     return s
-
-
-def _parse_pred(text, n_classes: int, where: str) -> list[int]:
-    s = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text).strip()
-    out = []
-    for tok in s.replace(",", " ").replace(";", " ").split():
-        if not tok.isdigit() or not 0 <= int(tok) < n_classes:
-            raise InputError(fmt_problem(where, expected=f"class ids 0-{n_classes - 1} separated by spaces",
-                                         got=repr(tok), fix="write predictions like '1 4' (empty = none)"))
-        out.append(int(tok))
-    return sorted(set(out))
 
 
 def score_frames(truth: pd.DataFrame, pred: pd.DataFrame, *, schema, truth_name: str = "truth",
@@ -87,10 +77,17 @@ def score_frames(truth: pd.DataFrame, pred: pd.DataFrame, *, schema, truth_name:
                                      got=f"{len(extra)} unknown ids (e.g. {', '.join(extra[:3])})",
                                      fix="score against the matching truth file or drop those rows"))
     c = schema.n_classes
-    y_true = schema.to_multihot([schema.parse(v, where=f"{truth_name} id {i}")
-                                 for i, v in zip(t_ids, truth[truth_col])])
-    by_id = dict(zip(p_ids, pred[pred_col]))
-    y_pred = schema.to_multihot([_parse_pred(by_id[i], c, f"{pred_name} id {i}") for i in t_ids])
+
+    def where(df, name):  # 'test.csv line 5 (id 34150)' when the reader kept line numbers
+        lines = df["_line"].tolist() if "_line" in df.columns else [None] * len(df)
+        return [f"{name} line {ln} (id {i})" if ln is not None else f"{name} id {i}"
+                for i, ln in zip(df[id_col].astype(str).str.strip(), lines)]
+
+    y_true = schema.to_multihot([parse_class_ids(v, c, where=w)
+                                 for w, v in zip(where(truth, truth_name), truth[truth_col])])
+    by_id = {i: (w, v) for i, w, v in zip(p_ids, where(pred, pred_name), pred[pred_col])}
+    y_pred = schema.to_multihot([parse_class_ids(by_id[i][1], c, where=by_id[i][0], allow_empty=True)
+                                 for i in t_ids])
     s = classification_summary(y_true, y_pred, classes=schema.classes)
     s["macro_f1"] = macro_f1(y_true, y_pred, zero_division="zero")
     s["macro_f1_skip_empty"] = macro_f1(y_true, y_pred, zero_division="skip")
@@ -98,35 +95,28 @@ def score_frames(truth: pd.DataFrame, pred: pd.DataFrame, *, schema, truth_name:
     return s
 
 
-def _pick_col(df: pd.DataFrame, wanted, candidates, path, what: str) -> str:
-    if wanted:
-        if wanted not in df.columns:
-            raise InputError(fmt_problem(str(path), expected=f"a column {wanted!r}", got=f"columns {list(df.columns)}",
-                                         fix=f"pass the right --{what}-col"))
-        return wanted
-    for c in candidates:
-        if c in df.columns:
-            return c
-    raise InputError(fmt_problem(str(path), expected=f"a {what} column ({'/'.join(candidates[:3])})",
-                                 got=f"columns {[c for c in df.columns if c != '_line']}",
-                                 fix=f"rename the column or pass --{what}-col"))
-
-
 def score_files(truth_csv, pred_csv, *, schema="ghent10", id_col=None, pred_col=None) -> dict:
-    """Read the two CSVs (robustly, like every protloc CSV) and :func:`score_frames` them."""
+    """Read the two CSVs with protloc's checked CSV reader (like every protloc CSV: empty, binary,
+    not UTF-8, unclosed quotes and rows with more cells than the header are refused with the
+    line) and :func:`score_frames` them."""
     from protloc.core.schema import get_schema
-    from protloc.data.table import ID_COLUMNS, LABEL_COLUMNS, read_csv_table
+    from protloc.data.table import LABEL_COLUMNS, ragged_problem, read_csv_table
 
     t, t_id, t_lab = read_csv_table(truth_csv, id_col=id_col, flag="--truth")
     if t_lab is None:
-        raise InputError(fmt_problem(str(truth_csv), expected="a label column (Label/Target)",
-                                     got=f"columns {[c for c in t.columns if c != '_line']}", fix="pass the truth CSV"))
-    if not Path(pred_csv).is_file():
-        raise InputError(f"{pred_csv}: prediction file not found. Fix: check the --pred path")
-    p = pd.read_csv(pred_csv, dtype=str, keep_default_na=False, sep=None, engine="python")
-    p.columns = [str(c).strip().lstrip("\ufeff") for c in p.columns]
-    p_id = _pick_col(p, id_col, (t_id, *ID_COLUMNS), pred_csv, "id")
-    p_col = _pick_col(p, pred_col, (*PRED_COLUMNS, *LABEL_COLUMNS), pred_csv, "pred")
+        raise InputError(str(truth_csv), expected="a label column (Label/Target)",
+                         got=f"columns {[c for c in t.columns if c != '_line']}", fix="pass the truth CSV")
+    p, p_id, p_col = read_csv_table(pred_csv, id_col=id_col, flag="--pred", label_col=pred_col,
+                                    label_candidates=(*PRED_COLUMNS, *LABEL_COLUMNS), label_what="pred")
+    if id_col is None and t_id in p.columns:  # the truth's id column name wins when both files have it
+        p_id = t_id
+    if p_col is None:
+        raise InputError(str(pred_csv), expected=f"a prediction column ({'/'.join(PRED_COLUMNS[:3])})",
+                         got=f"columns {[c for c in p.columns if c != '_line']}",
+                         fix="rename the column or pass --pred-col")
+    for df, path in ((t, truth_csv), (p, pred_csv)):
+        for _, err in ragged_problem(df, Path(path))[:1]:  # '34150,1,4' is not the label '1'
+            raise err
     p = p.rename(columns={p_id: "Image", p_col: "Predicted"})
     t = t.rename(columns={t_id: "Image", t_lab: "Label"})
     return score_frames(t, p, schema=get_schema(schema), truth_name=Path(truth_csv).name,

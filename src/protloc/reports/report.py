@@ -189,11 +189,8 @@ def _run_facts(run: RunFolder, rule) -> str:
 
 
 def _training(page: Page, run: RunFolder, metrics: pd.DataFrame | None) -> None:
-    if metrics is None and run.metrics_csv.is_file():
-        try:
-            metrics = pd.read_csv(run.metrics_csv)
-        except (ValueError, OSError):
-            metrics = None
+    if metrics is None:
+        metrics = run.metrics()  # a damaged metrics.csv is a RunFolderError naming it
     if metrics is None or metrics.empty:
         page.section(SECTIONS[1], '<p class="warn">No training curves: metrics.csv is missing or empty.</p>')
         return

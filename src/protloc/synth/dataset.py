@@ -5,7 +5,8 @@ microtubules, green the protein of interest, blue nuclei; optionally the yellow 
 the HPA-2018 four-file layout), so every stage of protloc can be developed and tested without
 the real data. Label sets are drawn from the empirical label-set distribution of the reference
 training set (:data:`LABEL_SET_COUNTS`), so class frequencies *and* co-occurrence are real.
-Rendering lives in :mod:`protloc.synth.patterns`.
+Rendering lives in :mod:`protloc.synth.patterns`; image styles (labs, cell lines, microscopes,
+pattern renderings; ``--style``) in :mod:`protloc.synth.styles`.
 
 Each image is a pure function of ``(seed, index)``: the same seed gives byte-identical files
 whatever ``workers`` is.
@@ -121,7 +122,7 @@ def add_label_noise(label_sets, p: float, rng: np.random.Generator) -> tuple[lis
 
 
 def synth_image(labels, *, size: int = 128, rng: np.random.Generator, difficulty: float = 0.5,
-                cell_type: int | None = None, channels: int = 3) -> np.ndarray:
+                cell_type: int | None = None, channels: int = 3, style="default") -> np.ndarray:
     """Render one synthetic HPA-like field of view.
 
     Parameters
@@ -139,6 +140,9 @@ def synth_image(labels, *, size: int = 128, rng: np.random.Generator, difficulty
     channels : {3, 4}
         3: red microtubules, green protein, blue nucleus; 4: plus yellow ER. The first three
         planes are identical for the same rng state.
+    style : str or Style
+        A name from :data:`protloc.synth.styles.STYLES`, ``'random'`` (a style drawn per image)
+        or a :class:`protloc.synth.styles.Style`. ``'default'`` is protloc's original look.
 
     Returns
     -------
@@ -150,8 +154,16 @@ def synth_image(labels, *, size: int = 128, rng: np.random.Generator, difficulty
     >>> img = synth_image([2, 4], size=64, rng=np.random.default_rng(0))
     >>> img.shape, img.dtype
     ((64, 64, 3), dtype('uint8'))
+    >>> synth_image([2, 4], size=64, rng=np.random.default_rng(0), style="widefield-20x").shape
+    (64, 64, 3)
     """
     from protloc.synth.patterns import CELL_TYPES, render
+    from protloc.synth.styles import get_style
+
+    st = get_style(style)
+    if isinstance(st, tuple):
+        raise InputError(fmt_problem("style", expected="one style per image", got=repr(style),
+                                     fix="pass a single name; mixes are for make_dataset"))
 
     labels = sorted({int(k) for k in labels})
     if not labels or labels[0] < 0 or labels[-1] >= N_CLASSES:
@@ -165,7 +177,7 @@ def synth_image(labels, *, size: int = 128, rng: np.random.Generator, difficulty
         raise InputError(fmt_problem("cell_type", expected=f"0..{len(CELL_TYPES) - 1} or None",
                                      got=repr(cell_type), fix="leave it out for a random cell line"))
     return render(labels, size=int(size), rng=rng, difficulty=parse_difficulty(difficulty),
-                  cell_type=cell_type, channels=channels)
+                  cell_type=cell_type, channels=channels, style=st)
 
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
@@ -189,9 +201,10 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 def _render_job(job) -> float:
     """Render and write one image; return the CPU seconds it took (for the benchmark)."""
     t0 = time.process_time()
-    index, folder, iid, labels, size, fmt, difficulty, seed = job
+    index, folder, iid, labels, size, fmt, difficulty, seed, style = job
     channels = 4 if fmt == "hpa-channels" else 3
-    img = synth_image(labels, size=size, rng=image_rng(seed, index), difficulty=difficulty, channels=channels)
+    img = synth_image(labels, size=size, rng=image_rng(seed, index), difficulty=difficulty, channels=channels,
+                      style=style)
     folder = Path(folder)
     if fmt == "rgb":
         _write_png(folder / f"{iid}.png", img)
@@ -232,15 +245,34 @@ def _check_args(out, n_train, n_test, size, fmt, label_noise, workers, overwrite
                                      fix="pass --overwrite (overwrite=True) or choose another OUT"))
 
 
+def _style_plan(style, n: int, seed: int):
+    """(style per image, name per image or None, summary name) for ``style`` (name, list, Style)."""
+    from protloc.synth.styles import Style, get_style
+
+    if isinstance(style, (list, tuple)) and not isinstance(style, Style):
+        style = ",".join(s.name if isinstance(s, Style) else str(s) for s in style)
+    st = get_style(style)
+    if not isinstance(st, tuple):
+        return [st] * n, None, st if isinstance(st, str) else st.name
+    if len(st) == 1:
+        return [st[0]] * n, None, st[0] if isinstance(st[0], str) else st[0].name
+    # a mix: every image gets one of the styles, uniformly, from its own generator (so the ids,
+    # labels and the label noise are those of any single-style dataset with the same seed)
+    pick = np.random.default_rng([int(seed), 3]).integers(0, len(st), n)
+    names = [s if isinstance(s, str) else s.name for s in st]
+    return [st[i] for i in pick], [names[i] for i in pick], ",".join(names)
+
+
 def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 128, fmt: str = "rgb",
                  difficulty: float | str = 0.5, label_noise: float = 0.02, workers: int | None = None,
-                 progress: bool = True, overwrite: bool = False) -> dict:
+                 progress: bool = True, overwrite: bool = False, style="default") -> dict:
     """Write a synthetic dataset in the reference task's layout and return a summary.
 
     Layout: ``out/train/<id>.png``, ``out/test/<id>.png`` (``fmt="hpa-channels"``:
     ``<id>_red|green|blue|yellow.png``), ``out/train.csv`` (``Image,Label``, with label
     noise), ``out/train_clean_labels.csv`` (the labels the images were drawn from),
-    ``out/test.csv`` (``Image``), ``out/test_labels.csv`` (truth) and ``out/synth.json``.
+    ``out/test.csv`` (``Image``), ``out/test_labels.csv`` (truth) and ``out/synth.json``; a mix
+    of styles also writes ``out/styles.csv`` (``Image,Style``).
     CSVs are written last and atomically, so an interrupted run leaves no CSV behind.
 
     Parameters
@@ -263,6 +295,9 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
         Show a progress bar.
     overwrite : bool
         Allow a non-empty ``out``; an earlier synth output there is replaced.
+    style : str, Style or list
+        Image style (:mod:`protloc.synth.styles`): a name, ``'random'`` (each image draws its own
+        style), or several names (a list or ``'a,b'``): each image gets one of them.
 
     Examples
     --------
@@ -278,6 +313,7 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
 
     difficulty = parse_difficulty(difficulty)
     _check_args(out, n_train, n_test, size, fmt, label_noise, workers, overwrite)
+    per_image, style_names_, style_name = _style_plan(style, n_train + n_test, seed)
     out = Path(out)
     t0 = time.perf_counter()
     if overwrite and (out / "synth.json").is_file():  # replace our own earlier output only
@@ -292,7 +328,7 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
     for sub in ("train", "test"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(i, str(out / ("train" if i < n_train else "test")), int(ids[i]), clean[i], int(size), fmt,
-             difficulty, int(seed)) for i in range(n)]
+             difficulty, int(seed), per_image[i]) for i in range(n)]
     cpu = 0.0
     ex = None
     if workers > 1 and n >= MIN_PARALLEL:
@@ -321,6 +357,10 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
     write_csv(out / "train_clean_labels.csv", table(tr_ids, clean[:n_train]))
     write_csv(out / "test_labels.csv", table(te_ids, clean[n_train:]))
     write_csv(out / "test.csv", table(te_ids))
+    if style_names_ is not None:
+        write_csv(out / "styles.csv", pd.DataFrame({"Image": [int(i) for i in ids], "Style": style_names_}))
+    else:
+        (out / "styles.csv").unlink(missing_ok=True)
     write_csv(out / "train.csv", table(tr_ids, noisy_train))  # last: its presence means "complete"
     seconds = time.perf_counter() - t0
     counts = np.zeros(N_CLASSES, int)
@@ -328,68 +368,49 @@ def make_dataset(out, *, n_train: int, n_test: int, seed: int = 0, size: int = 1
         counts[list(s)] += 1
     summary = {
         "out": str(out), "n_train": int(n_train), "n_test": int(n_test), "seed": int(seed), "size": int(size),
-        "format": fmt, "difficulty": difficulty, "label_noise": float(label_noise),
+        "format": fmt, "difficulty": difficulty, "label_noise": float(label_noise), "style": style_name,
         "n_noisy_train_labels": int(n_noisy), "workers": workers, "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
         "render_cpu_seconds": round(cpu, 3),
         "train_class_counts": counts.tolist(),
         "files": ["train.csv", "train_clean_labels.csv", "test.csv", "test_labels.csv", "synth.json",
-                  "train/", "test/"],
+                  "train/", "test/"] + (["styles.csv"] if style_names_ is not None else []),
     }
+    if style_names_ is not None:
+        summary["style_counts"] = {k: style_names_.count(k) for k in dict.fromkeys(style_names_)}
+    elif not isinstance(per_image[0], str) and n:
+        summary["style_params"] = per_image[0].describe()
     write_json(out / "synth.json", summary)
     return summary
 
 
 # --------------------------------------------------------------------------- gallery
-def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | str = 0.5,
-                 n_per_class: int = 6) -> Path:
-    """Save a PNG showing ``n_per_class`` single-label images per class and one 4-channel image.
-
-    Rows are classes 0-9 (composite RGB, cell lines cycling across columns); the last row shows
-    one image's composite and its red, green, blue and yellow channels.
-    """
+def _grid(rows: int, cols: int, *, left: float, top: float = 0.45, cell: float = 1.3):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from protloc.core.atomic import atomic_path
-    from protloc.core.schema import GHENT10
-    from protloc.synth.patterns import CELL_TYPES
-
-    d = parse_difficulty(difficulty)
-    cols = max(int(n_per_class), 5)
-    rows, cell = N_CLASSES + 1, 1.3
-    fig_w, fig_h = cell * cols + 1.9, cell * rows * 1.05 + 0.5
-    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h))
-    fig.subplots_adjust(left=1.85 / fig_w, right=0.995, bottom=0.005, top=1 - 0.45 / fig_h,
+    fig_w, fig_h = cell * cols + left + 0.05, cell * rows * 1.05 + top + 0.05
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=left / fig_w, right=0.995, bottom=0.005, top=1 - top / fig_h,
                         wspace=0.03, hspace=0.05 * 1.05 + 0.05)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         for sp in ax.spines.values():
             sp.set_visible(False)
-    for k in range(N_CLASSES):
-        for j in range(cols):
-            if j >= n_per_class:
-                continue
-            img = synth_image([k], size=size, rng=image_rng(seed, 1000 * k + j), difficulty=d,
-                              cell_type=(j + k) % len(CELL_TYPES))
-            axes[k, j].imshow(img, interpolation="nearest")
-        axes[k, 0].set_ylabel(f"{k} {GHENT10[k]}", fontsize=7, rotation=0, ha="right", va="center")
-    img4 = synth_image([0, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4,
-                       cell_type=3)
-    axes[-1, 0].imshow(img4[..., :3], interpolation="nearest")
-    axes[-1, 0].set_ylabel("4-channel image\n0 Mitochondria\n+ 4 Nucleoplasm", fontsize=7, rotation=0,
-                           ha="right", va="center")
-    for c, name in enumerate(("red: microtubules", "green: protein", "blue: nucleus", "yellow: ER")):
-        axes[-1, c + 1].imshow(img4[..., c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axes[-1, c + 1].set_title(name, fontsize=7, pad=2)
-    fig.suptitle(f"protloc synth: single-label examples per class ({size}px, difficulty {d:g}, seed {seed})",
-                 fontsize=9, y=1 - 0.12 / fig_h, va="top")
+    return fig, axes
+
+
+def _save_figure(fig, path) -> Path:
+    """Save a matplotlib figure as a small palette PNG, atomically."""
     import io
 
+    import matplotlib.pyplot as plt
     from PIL import Image
+
+    from protloc.core.atomic import atomic_path
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -402,3 +423,68 @@ def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | st
         small.save(tmp, format="PNG", optimize=True)
         os.chmod(tmp, 0o644)
     return path
+
+
+def save_gallery(path, *, size: int = 128, seed: int = 0, difficulty: float | str = 0.5,
+                 n_per_class: int = 6, style="default") -> Path:
+    """Save a PNG showing ``n_per_class`` single-label images per class and one 4-channel image.
+
+    Rows are classes 0-9 (composite RGB; in the default style, cell lines cycle across columns);
+    the last row shows one image's composite and its red, green, blue and yellow channels.
+    """
+    from protloc.core.schema import GHENT10
+    from protloc.synth.patterns import CELL_TYPES
+    from protloc.synth.styles import get_style
+
+    d = parse_difficulty(difficulty)
+    st = get_style(style)
+    name = st if isinstance(st, str) else st.name
+    fixed_lines = name == "default"  # other styles choose their own cell lines
+    cols = max(int(n_per_class), 5)
+    fig, axes = _grid(N_CLASSES + 1, cols, left=1.85)
+    for k in range(N_CLASSES):
+        for j in range(min(cols, n_per_class)):
+            img = synth_image([k], size=size, rng=image_rng(seed, 1000 * k + j), difficulty=d, style=st,
+                              cell_type=(j + k) % len(CELL_TYPES) if fixed_lines else None)
+            axes[k, j].imshow(img, interpolation="nearest")
+        axes[k, 0].set_ylabel(f"{k} {GHENT10[k]}", fontsize=7, rotation=0, ha="right", va="center")
+    img4 = synth_image([0, 4], size=size, rng=image_rng(seed, 99999), difficulty=d, channels=4,
+                       cell_type=3 if fixed_lines else None, style=st)
+    axes[-1, 0].imshow(img4[..., :3], interpolation="nearest")
+    axes[-1, 0].set_ylabel("4-channel image\n0 Mitochondria\n+ 4 Nucleoplasm", fontsize=7, rotation=0,
+                           ha="right", va="center")
+    for c, cname in enumerate(("red: microtubules", "green: protein", "blue: nucleus", "yellow: ER")):
+        axes[-1, c + 1].imshow(img4[..., c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes[-1, c + 1].set_title(cname, fontsize=7, pad=2)
+    what = "" if fixed_lines else f", style {name}"
+    fig.suptitle(f"protloc synth: single-label examples per class ({size}px, difficulty {d:g}{what}, seed {seed})",
+                 fontsize=9, y=1 - 0.12 / fig.get_figheight(), va="top")
+    return _save_figure(fig, path)
+
+
+def save_style_gallery(path, *, styles=None, size: int = 128, seed: int = 0, difficulty: float | str = 0.5,
+                       n_per_style: int = 2) -> Path:
+    """Save a PNG with every class (rows) in every style (``n_per_style`` columns per style).
+
+    ``styles``: names (default: every named style and ``random``). Images are single-label and
+    drawn with the same seeds in every style, so a column pair differs only by its style.
+    """
+    from protloc.core.schema import GHENT10
+    from protloc.synth.styles import get_style, style_names
+
+    d = parse_difficulty(difficulty)
+    names = list(styles) if styles else style_names()
+    resolved = [get_style(n) for n in names]
+    n_per = max(int(n_per_style), 1)
+    fig, axes = _grid(N_CLASSES, n_per * len(names), left=1.5, top=0.75)
+    for si, (name, st) in enumerate(zip(names, resolved)):
+        for k in range(N_CLASSES):
+            for j in range(n_per):
+                img = synth_image([k], size=size, rng=image_rng(seed, 1000 * k + j), difficulty=d, style=st)
+                axes[k, si * n_per + j].imshow(img, interpolation="nearest")
+        axes[0, si * n_per].set_title(name, fontsize=9, loc="left", pad=3)
+    for k in range(N_CLASSES):
+        axes[k, 0].set_ylabel(f"{k} {GHENT10[k]}", fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(f"protloc synth --style: every class in every style ({size}px, difficulty {d:g}, seed {seed}; "
+                 f"single-label images, RGB composite)", fontsize=10, y=1 - 0.1 / fig.get_figheight(), va="top")
+    return _save_figure(fig, path)

@@ -11,6 +11,11 @@ irregular borders gives each pixel an owner cell, its nucleus and normalised rad
 from a perinuclear MTOC), yellow (reticular ER, enriched around nuclei), green (the sum of the
 per-class patterns, scaled per cell) -> microscope (bleed-through, uneven illumination, blur,
 gain, Poisson-Gaussian noise, 8-bit).
+
+Every step reads its parameters from a :class:`protloc.synth.styles.Style` (``f.st``). The
+default style makes exactly the random draws of protloc's original renderer, in the same order,
+so its images are byte-identical; other styles draw their extra numbers from a second generator
+(``f.rs``) seeded from ``rng``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from protloc.synth.styles import DEFAULT, Style, pick as pick_variant
+
 F32 = np.float32
+
+
+class _NoDraws:
+    """Stands in for the style generator of the default style: any extra draw is a bug."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("the default style must not draw extra random numbers (byte-identity)")
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,7 @@ class Field:
     """Cells of one field and the per-pixel geometry derived from them."""
 
     size: int
-    s: float
+    s: float  # length scale: size / 128 x magnification
     ct: CellType
     # per cell (N,)
     cy: np.ndarray
@@ -147,6 +161,16 @@ class Field:
     nucleoli: np.ndarray = None  # soft map 0..1
     nucleoli_pts: tuple = None  # (y, x, radius) of every nucleolus
     cache: dict = field(default_factory=dict)
+    st: Style = DEFAULT
+    rs: object = None  # the style's own generator (see module docstring)
+    mag: float = 1.0
+    var: dict = field(default_factory=dict)  # rendering per pattern, picked per image
+    lobes: tuple = None  # per cell (k, amplitude, phase) of a lobed nucleus
+
+    def variant(self, key: str) -> str:
+        if key not in self.var:
+            self.var[key] = pick_variant(self.rs, getattr(self.st, key))
+        return self.var[key]
 
     @property
     def n(self) -> int:
@@ -155,13 +179,20 @@ class Field:
     @property
     def fine(self) -> float:
         """Scale of sub-micron detail (filaments, dots, blur): linear up to 128 px, then sqrt, so
-        larger images get sharper, not just magnified, detail (like the real 512 px originals)."""
-        return self.s if self.s <= 1 else float(np.sqrt(self.s))
+        larger images get sharper, not just magnified, detail (like the real 512 px originals);
+        a magnified style magnifies it too."""
+        s0 = self.size / 128.0
+        return (s0 if s0 <= 1 else float(np.sqrt(s0))) * self.mag
 
 
-def layout(rng, size, ct: CellType, difficulty: float) -> Field:
+def layout(rng, size, ct: CellType, difficulty: float, st: Style = DEFAULT, rs=None) -> Field:
     s = size / 128.0
     n_target = int(rng.integers(ct.n[0], ct.n[1] + 1))
+    mag = 1.0
+    if not st.is_default:  # magnification: bigger cells, fewer of them in the same frame
+        mag = float(rs.uniform(*st.mag))
+        n_target = int(np.clip(round(n_target * rs.uniform(*st.density) / mag ** 2), 1, st.max_cells))
+        s = s * mag
     R = ct.radius * s * rng.uniform(0.95, 1.25)
     m = 8 * n_target
     lo, hi = -0.1 * size, 1.1 * size
@@ -174,15 +205,18 @@ def layout(rng, size, ct: CellType, difficulty: float) -> Field:
         cand = rng.uniform(lo, hi, (m, 2))
     cand = cand[(cand[:, 0] > lo) & (cand[:, 0] < hi) & (cand[:, 1] > lo) & (cand[:, 1] < hi)]
     scale = rng.uniform(0.8, 1.2, len(cand))
-    dmin = 2 * R * ct.pack
+    dmin = 2 * R * ct.pack * st.pack
     acc: list[int] = []
+    pts, sc = np.empty((n_target, 2)), np.empty(n_target)  # the accepted ones, without re-indexing
     for i in range(len(cand)):
-        if len(acc) >= n_target:
+        k = len(acc)
+        if k >= n_target:
             break
-        if acc:
-            d = np.hypot(*(cand[acc] - cand[i]).T)
-            if np.any(d < dmin * 0.5 * (scale[acc] + scale[i])):
+        if k:
+            d = np.hypot(*(pts[:k] - cand[i]).T)
+            if np.any(d < dmin * 0.5 * (sc[:k] + scale[i])):
                 continue
+        pts[k], sc[k] = cand[i], scale[i]
         acc.append(i)
     acc = np.asarray(acc, int)
     n = len(acc)
@@ -191,14 +225,27 @@ def layout(rng, size, ct: CellType, difficulty: float) -> Field:
     asp = rng.uniform(*ct.aspect, n)
     base = rng.uniform(0, np.pi)
     th = np.where(rng.uniform(0, 1, n) < ct.align, base + rng.normal(0, 0.25, n), rng.uniform(0, np.pi, n))
-    mitotic = rng.uniform(0, 1, n) < rng.uniform(0.0, 0.08 + 0.06 * difficulty)
+    mitotic = rng.uniform(0, 1, n) < rng.uniform(0.0, 0.08 + 0.06 * difficulty) * st.mitosis
     # mitotic cells round up and shrink
-    nuc = ct.nuc * rng.uniform(0.85, 1.15, n)
+    nuc = ct.nuc * rng.uniform(0.85, 1.15, n) * st.nuc_size
     asp = np.where(mitotic, 1.0, asp)
     rr = np.where(mitotic, np.minimum(rr, rr * nuc * 1.4), rr)
     nuc = np.where(mitotic, 1 / 1.4, nuc)
     a, b = rr * np.sqrt(asp), rr / np.sqrt(asp)
     nasp = 1 + (np.sqrt(asp) - 1) * 0.5 + rng.uniform(0, 0.25, n)
+    lobes = None
+    shape = "ellipse" if st.is_default else pick_variant(rs, st.nucleus)
+    if shape == "round":
+        nasp = 1 + rs.uniform(0, 0.12, n)
+    elif shape == "elongated":  # spindle-shaped nuclei in cells stretched to hold them
+        nasp = rs.uniform(1.7, 2.6, n)
+        asp = np.where(mitotic, 1.0, np.maximum(asp, nasp * rs.uniform(1.0, 1.3, n)))
+        a, b = rr * np.sqrt(asp), rr / np.sqrt(asp)
+    elif shape == "lobed":  # 2-4 lobes (kidney-shaped or multilobed), none in mitosis
+        k = rs.integers(2, 5, n)
+        amp = np.where(mitotic | (rs.uniform(0, 1, n) < 0.15), 0.0,
+                       np.where(k == 2, rs.uniform(0.15, 0.28, n), rs.uniform(0.07, 0.17, n)))
+        lobes = (k.astype(F32), amp.astype(F32), rs.uniform(0, 2 * np.pi, n).astype(F32))
     nr = rr * nuc
     na, nb = nr * np.sqrt(nasp), nr / np.sqrt(nasp)
     na, nb = np.minimum(na, 0.8 * a), np.minimum(nb, 0.85 * b)
@@ -215,7 +262,7 @@ def layout(rng, size, ct: CellType, difficulty: float) -> Field:
     mtoc_x = ncx + np.cos(ang) * na * dist
     return Field(size, s, ct, cy, cx, a.astype(F32), b.astype(F32), th.astype(F32), ncy.astype(F32),
                  ncx.astype(F32), na.astype(F32), nb.astype(F32), mitotic, mtoc_y.astype(F32),
-                 mtoc_x.astype(F32), ang.astype(F32))
+                 mtoc_x.astype(F32), ang.astype(F32), st=st, rs=rs, mag=mag, lobes=lobes)
 
 
 def geometry(f: Field, rng) -> Field:
@@ -223,7 +270,7 @@ def geometry(f: Field, rng) -> Field:
     h = w = f.size
     yy, xx = np.mgrid[0:h, 0:w].astype(F32)
     border = smooth_noise(rng, (h, w), 5 * f.s) * F32(f.ct.irregular)
-    nborder = smooth_noise(rng, (h, w), 2.5 * f.s) * F32(0.07)
+    nborder = smooth_noise(rng, (h, w), 2.5 * f.s) * F32(0.07 * f.st.nuc_rough)
     if f.n == 0:
         z = np.zeros((h, w), F32)
         f.owner, f.cell, f.rho, f.nucleus, f.dn = np.zeros((h, w), int), z > 0, z + 2, z > 0, z + 2
@@ -245,7 +292,11 @@ def geometry(f: Field, rng) -> Field:
     ddy, ddx = yy - f.ncy[o], xx - f.ncx[o]
     un = (ddx * c1 + ddy * s1) / f.na[o]
     vn = (ddy * c1 - ddx * s1) / f.nb[o]
-    dn = np.sqrt(un * un + vn * vn) + nborder
+    dn = np.sqrt(un * un + vn * vn)
+    if f.lobes is not None:  # radius of the border modulated by k lobes
+        k, amp, ph = (v[o] for v in f.lobes)
+        dn = dn / (1 + amp * np.cos(k * np.arctan2(vn, un) + ph))
+    dn = dn + nborder
     f.owner, f.cell, f.rho, f.dn = owner, cell, rho.astype(F32), dn.astype(F32)
     f.nucleus = cell & (dn < 1.0)
     return f
@@ -254,11 +305,13 @@ def geometry(f: Field, rng) -> Field:
 def nucleoli(f: Field, rng, difficulty: float):
     """1-4 nucleoli per interphase nucleus: a soft 0..1 map and their positions."""
     alive = np.flatnonzero(~f.mitotic)
-    k = rng.integers(1, 5, len(alive))
+    k = rng.integers(f.st.nucleoli[0], f.st.nucleoli[1] + 1, len(alive))
     idx = np.repeat(alive, k)
     ny, nx = points_in_ellipse(rng, f.ncy[idx], f.ncx[idx], f.na[idx], f.nb[idx], f.th[idx], 0.55,
                                len(idx))
     rad = np.sqrt(f.na[idx] * f.nb[idx]) * rng.uniform(0.2, 0.34, len(idx)) / np.sqrt(k.repeat(k) * 0.5 + 0.5)
+    if f.st.nucleoli_size != 1.0:
+        rad = rad * f.st.nucleoli_size
     sig = max(float(np.median(rad)) if len(rad) else 1.0, 0.5)
     m = blobs((f.size, f.size), ny, nx, sig, (rad / sig) ** 2)
     m = np.clip(m * 1.6 - 0.25, 0, 1) * f.nucleus
@@ -325,17 +378,25 @@ def stain_er(f: Field, rng) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- green patterns
+# Each pattern has one or more renderings (styles.VARIANTS); f.variant(key) is the one of this
+# image. The first rendering of every pattern is protloc's original, drawn exactly as before.
 def _nucleoplasm(f: Field, rng) -> np.ndarray:
     if f.cache.get("np") is None:
-        tex = smooth_noise(rng, f.cell.shape, 1.0 * f.s)
-        f.cache["np"] = f.nucleus * (1 - 0.9 * f.nucleoli) * (0.85 + 0.15 * tex)
+        if f.variant("nucleoplasm") == "granular":  # coarse-grained nucleoplasm (granular texture)
+            tex = smooth_noise(rng, f.cell.shape, 0.6 * f.fine)
+            f.cache["np"] = f.nucleus * (1 - 0.9 * f.nucleoli) * np.clip(0.7 + 0.3 * tex, 0.1, None)
+        else:
+            tex = smooth_noise(rng, f.cell.shape, 1.0 * f.s)
+            f.cache["np"] = f.nucleus * (1 - 0.9 * f.nucleoli) * (0.85 + 0.15 * tex)
     return f.cache["np"]
 
 
 def _cytoplasm(f: Field, rng) -> np.ndarray:
     if f.cache.get("cyto") is None:
         tex = smooth_noise(rng, f.cell.shape, 1.2 * f.s)
-        f.cache["cyto"] = (f.cell & ~f.nucleus) * np.clip(1.25 - f.rho, 0.15, 1) * (0.85 + 0.15 * tex)
+        # graded: thinning towards the cell edge (flat spread cells); flat: even (thick cells)
+        prof = np.clip(1.25 - f.rho, 0.15, 1) if f.variant("cytosol") == "graded" else np.clip((1.06 - f.rho) * 5, 0.3, 1)
+        f.cache["cyto"] = (f.cell & ~f.nucleus) * prof * (0.85 + 0.15 * tex)
     return f.cache["cyto"]
 
 
@@ -347,34 +408,77 @@ def _interphase_points(f: Field, rng, lo, hi, frac):
     return y, x, len(idx)
 
 
+def _sample_pixels(rng, weight: np.ndarray, n: int):
+    """``n`` sub-pixel positions drawn with probability proportional to ``weight`` (H, W)."""
+    w = weight.ravel().astype(np.float64)
+    if n <= 0 or w.sum() <= 0:
+        return np.zeros(0, F32), np.zeros(0, F32)
+    idx = rng.choice(w.size, size=n, p=w / w.sum())
+    jit = rng.uniform(-0.5, 0.5, (2, n))
+    return (idx // weight.shape[1] + jit[0]).astype(F32), (idx % weight.shape[1] + jit[1]).astype(F32)
+
+
 def p_mitochondria(f, rng, d):
-    net = ridges(rng, f.cell.shape, 1.1 * max(f.fine, 0.5), 0.45)
-    frag = np.clip(smooth_noise(rng, f.cell.shape, 1.6 * f.s) + 0.6, 0, 1)
+    cyto = f.cell & ~f.nucleus
     prof = np.clip(1.2 - f.rho, 0, 1) ** 0.5
-    return (f.cell & ~f.nucleus) * net * frag * prof * 1.2 + 0.05 * _cytoplasm(f, rng)
+    v = f.variant("mito")
+    if v == "fragmented":  # fission: short rods and puncta scattered through the cytoplasm
+        fine = max(f.fine, 0.5)
+        n = int(np.clip(cyto.sum() / (9.0 * fine * fine), 4, 4000))
+        y, x = _sample_pixels(rng, cyto * prof, n)
+        ang, ln = rng.uniform(0, 2 * np.pi, n), rng.uniform(0.3, 1.8, n) * fine
+        dots = blobs(f.cell.shape, np.concatenate([y, y + ln * np.sin(ang)]),
+                     np.concatenate([x, x + ln * np.cos(ang)]), 0.5 * fine, rng.uniform(0.45, 0.9, 2 * n))
+        return cyto * np.minimum(dots, 1.0) * (0.4 + 0.6 * prof) * 1.2 + 0.05 * _cytoplasm(f, rng)
+    if v == "tubular":  # fused: long, continuous tubules
+        net = ridges(rng, f.cell.shape, 1.5 * max(f.fine, 0.5), 0.42)
+        frag = np.clip(smooth_noise(rng, f.cell.shape, 2.5 * f.s) + 1.4, 0, 1)
+    else:
+        net = ridges(rng, f.cell.shape, 1.1 * max(f.fine, 0.5), 0.45)
+        frag = np.clip(smooth_noise(rng, f.cell.shape, 1.6 * f.s) + 0.6, 0, 1)
+    return cyto * net * frag * prof * 1.2 + 0.05 * _cytoplasm(f, rng)
+
+
+#: nuclear bodies: (dots per nucleus lo, hi or None = 3 + 4 * difficulty, dot sigma x fine, weight lo)
+_NB = {"standard": (1, None, 0.7, 0.6), "few-large": (1, 3, 1.1, 0.7), "many-small": (3, 7, 0.55, 0.6)}
 
 
 def p_nuclear_bodies(f, rng, d):
-    y, x, n = _interphase_points(f, rng, 1, int(3 + 4 * d), 0.8)
-    dots = blobs(f.cell.shape, y, x, 0.7 * f.fine, rng.uniform(0.6, 1.0, n))
+    v = f.variant("nuclear_bodies")
+    lo, hi, sig, wlo = _NB[v]
+    y, x, n = _interphase_points(f, rng, lo, int(3 + 4 * d) if hi is None else hi, 0.8)
+    dots = blobs(f.cell.shape, y, x, sig * f.fine, rng.uniform(wlo, 1.0, n))
+    if v == "many-small":  # Cajal/PML-like bodies sit in the nucleoplasm, not in the nucleoli
+        dots = dots * (1 - 0.8 * f.nucleoli)
     return np.minimum(dots, 1.0) * f.nucleus + 0.08 * _nucleoplasm(f, rng)
 
 
 def p_nucleoli(f, rng, d):
+    if f.variant("nucleoli_pattern") == "textured":  # granular nucleolar components
+        tex = np.clip(0.75 + 0.3 * smooth_noise(rng, f.cell.shape, 0.5 * f.fine), 0.2, 1.1)
+        return f.nucleoli * tex + 0.04 * _nucleoplasm(f, rng)
     return f.nucleoli * 1.0 + 0.04 * _nucleoplasm(f, rng)
 
 
+#: Golgi: (stacks per cell lo, hi (exclusive), angular spread + per difficulty, distance from the
+#: nuclear border mean, sd (x nucleus radius), stack sigma x fine, weight lo, hi)
+_GOLGI = {"ribbon": (8, 20, 0.45, 0.35, 0.1, 0.25, 0.75, 0.3, 0.8),
+          "compact": (6, 12, 0.25, 0.15, 0.04, 0.12, 0.95, 0.5, 0.9),
+          "dispersed": (14, 30, 0.9, 0.4, 0.3, 0.45, 0.55, 0.4, 1.0)}
+
+
 def p_golgi(f, rng, d):
+    klo, khi, s0, s1, rmu, rsd, sig, wlo, whi = _GOLGI[f.variant("golgi")]
     alive = np.flatnonzero(~f.mitotic)
-    k = rng.integers(8, 20, len(alive))
+    k = rng.integers(klo, khi, len(alive))
     idx = np.repeat(alive, k)
     n = len(idx)
-    spread = 0.45 + 0.35 * d
+    spread = s0 + s1 * d
     ang = f.mtoc_ang[idx] + rng.normal(0, spread, n)
-    r = 1.0 + np.abs(rng.normal(0.1, 0.25, n))
+    r = 1.0 + np.abs(rng.normal(rmu, rsd, n))
     y = f.ncy[idx] + np.sin(ang) * f.nb[idx] * r
     x = f.ncx[idx] + np.cos(ang) * f.na[idx] * r
-    g = blobs(f.cell.shape, y, x, 0.75 * f.fine, rng.uniform(0.3, 0.8, n))
+    g = blobs(f.cell.shape, y, x, sig * f.fine, rng.uniform(wlo, whi, n))
     return np.minimum(g, 1.0) * f.cell * np.where(f.nucleus, 0.6, 1.0) + 0.03 * _cytoplasm(f, rng)
 
 
@@ -382,15 +486,22 @@ def p_nucleoplasm(f, rng, d):
     return _nucleoplasm(f, rng)
 
 
+#: fibrillar centers: (dots per nucleolus lo, hi (exclusive) or None = 1, radius share, sigma x fine,
+#: weight lo, dim nucleolar glow)
+_FC = {"standard": (1, 4, 0.6, 0.45, 0.6, 0.1), "single": (None, None, 0.3, 0.55, 0.7, 0.18),
+       "many": (3, 7, 0.75, 0.4, 0.5, 0.14)}
+
+
 def p_fibrillar_center(f, rng, d):
+    lo, hi, share, sig, wlo, glow = _FC[f.variant("fibrillar")]
     ny, nx, rad = f.nucleoli_pts
-    k = rng.integers(1, 4, len(ny))
+    k = np.ones(len(ny), int) if lo is None else rng.integers(lo, hi, len(ny))
     idx = np.repeat(np.arange(len(ny)), k)
-    r = np.sqrt(rng.uniform(0, 1, len(idx))) * rad[idx] * 0.6
+    r = np.sqrt(rng.uniform(0, 1, len(idx))) * rad[idx] * share
     phi = rng.uniform(0, 2 * np.pi, len(idx))
-    dots = blobs(f.cell.shape, ny[idx] + r * np.sin(phi), nx[idx] + r * np.cos(phi), 0.45 * f.fine,
-                 rng.uniform(0.6, 1.0, len(idx)))
-    return np.minimum(dots, 1.0) * f.nucleus + 0.1 * f.nucleoli
+    dots = blobs(f.cell.shape, ny[idx] + r * np.sin(phi), nx[idx] + r * np.cos(phi), sig * f.fine,
+                 rng.uniform(wlo, 1.0, len(idx)))
+    return np.minimum(dots, 1.0) * f.nucleus + glow * f.nucleoli
 
 
 def p_cytosol(f, rng, d):
@@ -399,30 +510,60 @@ def p_cytosol(f, rng, d):
 
 def p_plasma_membrane(f, rng, d):
     lab = np.where(f.cell, f.owner, -1)
+    v = f.variant("membrane")
     e = np.zeros(lab.shape, bool)
-    e[1:] |= lab[1:] != lab[:-1]
-    e[:-1] |= lab[:-1] != lab[1:]
-    e[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    e[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    free = np.zeros(lab.shape, bool)  # edge pixels that face the background (not another cell)
+    for sl_a, sl_b in (((slice(1, None),), (slice(None, -1),)), ((slice(None, -1),), (slice(1, None),)),
+                       ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                       ((slice(None), slice(None, -1)), (slice(None), slice(1, None)))):
+        diff = lab[sl_a] != lab[sl_b]
+        e[sl_a] |= diff
+        if v == "junctions":
+            free[sl_a] |= diff & (lab[sl_b] < 0)
     e &= f.cell
     tex = np.clip(1 + 0.3 * smooth_noise(rng, lab.shape, 2 * f.s), 0.3, 1.5)
-    mem = ndi.gaussian_filter(e.astype(F32) * tex, 0.5 * f.fine) * 1.6
+    edge = e.astype(F32) * tex
+    if v == "junctions":  # adherens junctions: cell-cell contacts bright, free edges dim
+        edge = edge * np.where(free, 0.3, 1.0).astype(F32)
+    elif v == "ruffled":  # lamellipodia / ruffles: thick, patchy bright stretches of the free edge
+        patch = (smooth_noise(rng, lab.shape, 3 * f.s) > 0.3) & f.cell
+        thick = ndi.binary_dilation(e, iterations=max(1, int(round(1.2 * f.s)))) & patch & f.cell
+        edge = edge + thick * F32(0.7) * tex
+    mem = ndi.gaussian_filter(edge, 0.5 * f.fine) * 1.6
     return np.minimum(mem, 1.0) + 0.08 * _cytoplasm(f, rng)
 
 
+#: centrosome: probability of a second centriole dot, its distance (x s), pericentriolar haze
+_CENTROSOME = {"mixed": (0.5, 1.4, False), "single": (0.0, 1.4, False), "pair": (1.0, 1.8, False),
+               "haze": (0.5, 1.4, True)}
+
+
 def p_centrosome(f, rng, d):
+    p2, dist, haze = _CENTROSOME[f.variant("centrosome")]
     alive = np.flatnonzero(~f.mitotic)
-    two = rng.uniform(0, 1, len(alive)) < 0.5
+    two = rng.uniform(0, 1, len(alive)) < p2
     off = rng.uniform(0, 2 * np.pi, len(alive))
-    y = np.concatenate([f.mtoc_y[alive], (f.mtoc_y[alive] + 1.4 * f.s * np.sin(off))[two]])
-    x = np.concatenate([f.mtoc_x[alive], (f.mtoc_x[alive] + 1.4 * f.s * np.cos(off))[two]])
+    y = np.concatenate([f.mtoc_y[alive], (f.mtoc_y[alive] + dist * f.s * np.sin(off))[two]])
+    x = np.concatenate([f.mtoc_x[alive], (f.mtoc_x[alive] + dist * f.s * np.cos(off))[two]])
     dots = blobs(f.cell.shape, y, x, 0.55 * f.fine, rng.uniform(0.7, 1.0, len(y)))
+    if haze:  # pericentriolar material: a dim cloud around the centrioles
+        dots = dots + blobs(f.cell.shape, f.mtoc_y[alive], f.mtoc_x[alive], 2.0 * f.fine,
+                            rng.uniform(0.2, 0.35, len(alive)))
     return np.minimum(dots, 1.0) * f.cell + 0.04 * _cytoplasm(f, rng)
 
 
+#: speckles: (speckles per nucleus lo, hi, sigma x fine, sub-blobs per speckle)
+_SPECKLES = {"standard": (8, 25, 0.6, 1), "few-large": (4, 10, 0.8, 3), "many-small": (22, 40, 0.45, 1)}
+
+
 def p_speckles(f, rng, d):
-    y, x, n = _interphase_points(f, rng, 8, 25, 0.85)
-    sp = blobs(f.cell.shape, y, x, 0.6 * f.fine, rng.uniform(0.4, 1.0, n))
+    lo, hi, sig, sub = _SPECKLES[f.variant("speckles")]
+    y, x, n = _interphase_points(f, rng, lo, hi, 0.85)
+    w = rng.uniform(0.4, 1.0, n)
+    if sub > 1:  # large irregular speckles: a few merged sub-blobs each
+        j = rng.normal(0, 0.9 * sig * f.fine, (2, sub * n))
+        y, x, w = np.tile(y, sub) + j[0], np.tile(x, sub) + j[1], np.tile(w, sub) * 0.8
+    sp = blobs(f.cell.shape, y, x, sig * f.fine, w)
     irregular = np.clip(0.75 + 0.35 * smooth_noise(rng, f.cell.shape, 0.7 * f.fine), 0, 1.3)
     return (np.minimum(sp, 1.0) * irregular + 0.15 * _nucleoplasm(f, rng)) * f.nucleus * (1 - 0.5 * f.nucleoli)
 
@@ -435,7 +576,7 @@ NUCLEAR = (1, 2, 4, 5, 9)
 def stain_protein(f: Field, labels, rng, difficulty: float) -> np.ndarray:
     """Green: sum of the label patterns with random relative intensities and per-cell expression."""
     d = difficulty
-    sigma = 0.2 + 0.4 * d
+    sigma = (0.2 + 0.4 * d) * f.st.expression
     expr = rng.lognormal(0.0, sigma, f.n)
     expr = np.where(rng.uniform(0, 1, f.n) < 0.05 + 0.2 * d, expr * rng.uniform(0.05, 0.3, f.n), expr)
     weights = rng.uniform(0.35, 1.0, len(labels))
@@ -454,31 +595,58 @@ def stain_protein(f: Field, labels, rng, difficulty: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- microscope
-def microscope(chans, rng, difficulty: float, s: float, fine: float) -> np.ndarray:
+#: autofluorescence relative to each channel's brightest signal (red, green, blue, yellow)
+_AUTOFLUORESCENCE = np.array([0.6, 1.0, 0.4, 0.8], F32)
+
+
+def microscope(chans, rng, difficulty: float, s: float, fine: float, f: Field | None = None) -> np.ndarray:
     """Bleed-through, uneven illumination, blur, auto-exposure, Poisson-Gaussian noise -> uint8.
 
-    ``chans``: list of (H, W) float planes in stain order red, green, blue[, yellow].
+    ``chans``: list of (H, W) float planes in stain order red, green, blue[, yellow]. ``f``
+    carries the style (``f.st``, default: the default style) and, for styles with
+    autofluorescence, the cell masks.
     """
     d = difficulty
+    st = DEFAULT if f is None else f.st
     red, green, blue = chans[:3]
-    bt = rng.uniform(0, 0.02 + 0.06 * d, 3)
+    bt = rng.uniform(0, st.bleed + st.bleed_d * d, 3)
     green = green + bt[0] * red + bt[1] * blue
     red = red + bt[2] * green
     x = np.stack([red, green, blue] + list(chans[3:]), axis=-1)  # (H, W, C)
     h, w, nc = x.shape
-    illum = np.clip(1 + (0.1 + 0.25 * d) * smooth_noise(rng, (h, w), 0.4 * h), 0.3, 2.0)
+    illum = np.clip(1 + (st.illum + st.illum_d * d) * smooth_noise(rng, (h, w), 0.4 * h), 0.3, 2.0)
     # detector gains: green is often dim (weakly expressed protein, short exposure)
-    peaks = np.array([rng.uniform(50, 140), rng.uniform(110, 255) * (1 - 0.6 * d * rng.uniform()),
-                      rng.uniform(90, 230), rng.uniform(80, 220)], F32)
-    q = (rng.uniform(0.6, 2.5, 4) * (1.3 - d)).astype(F32)  # photons per grey level
-    sd = rng.uniform(0.5, 1.5 + 3 * d, 4).astype(F32)  # read noise
-    offset = rng.uniform(1, 6, 4).astype(F32)
-    blur = rng.uniform(0.3, 0.5 + 0.9 * d) * fine + 0.05
+    pk = st.peaks
+    peaks = np.array([rng.uniform(*pk[0]), rng.uniform(*pk[1]) * (1 - 0.6 * d * rng.uniform()),
+                      rng.uniform(*pk[2]), rng.uniform(*pk[3])], F32)
+    q = (rng.uniform(*st.photons, 4) * (1.3 - d)).astype(F32)  # photons per grey level
+    sd = rng.uniform(st.read_noise[0], st.read_noise[1] + st.read_noise_d * d, 4).astype(F32)  # read noise
+    offset = rng.uniform(*st.offset, 4).astype(F32)
+    blur = rng.uniform(st.blur[0], st.blur[1] + st.blur_d * d) * fine + 0.05
+    if not st.is_default:
+        rs = f.rs
+        if st.autofluorescence[1] > 0:  # flavins and lipofuscin: a dim cellular glow in every channel
+            mx0 = x.reshape(-1, nc).max(0)
+            glow = f.cell * (0.6 + 0.25 * smooth_noise(rs, (h, w), 2.0 * s)) * np.where(f.nucleus, 0.5, 1.0)
+            gy, gx = _sample_pixels(rs, f.cell & ~f.nucleus, int(0.004 * h * w))
+            gran = blobs((h, w), gy, gx, 0.6 * fine, rs.uniform(0.5, 1.5, len(gy)))
+            af = rs.uniform(*st.autofluorescence) * _AUTOFLUORESCENCE[:nc] * mx0
+            x += (glow + 0.8 * np.minimum(gran, 1.5)).astype(F32)[..., None] * af.astype(F32)
+        if f.variant("illumination") == "vignette":  # objective vignetting: darker corners
+            yy, xx = np.mgrid[0:h, 0:w].astype(F32)
+            cy, cx = rs.uniform(0.3, 0.7, 2) * (h, w)
+            r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / F32(0.5 * h * h)
+            illum = illum * np.clip(1 - rs.uniform(0.35, 0.6) * r2, 0.25, 1)
     x *= illum[..., None]
-    x += 0.04 * ndi.uniform_filter(x, (int(12 * s) + 1,) * 2 + (1,))  # out-of-focus haze
+    haze = ndi.uniform_filter(x, (int(st.haze_px * s) + 1,) * 2 + (1,))  # out-of-focus haze
+    if not st.is_default:  # a smoother (tent-shaped) out-of-focus spread
+        haze = ndi.uniform_filter(haze, (int(st.haze_px * s) + 1,) * 2 + (1,))
+    x += st.haze * haze
     x = ndi.gaussian_filter(x, (blur, blur, 0), truncate=3.0)
     mx = x.reshape(-1, nc).max(0)
     x *= np.where(mx > 1e-6, peaks[:nc] / np.maximum(mx, 1e-6), 1).astype(F32)
+    if not st.is_default and st.exposure[1] > 1:  # over-exposure: the brightest pixels clip at 255
+        x *= F32(f.rs.uniform(*st.exposure))
     np.maximum(x, 0, out=x)
     out = np.empty((h, w, nc), np.uint8)
     for c in range(nc):  # Poisson-Gaussian noise: shot noise (normal approx.) + read noise + offset
@@ -491,7 +659,7 @@ def microscope(chans, rng, difficulty: float, s: float, fine: float) -> np.ndarr
 
 def debris(chans, rng, difficulty: float, f: Field) -> None:
     """Occasional bright specks of dust/precipitate (mostly green, sometimes in every channel)."""
-    if rng.uniform() >= 0.1 + 0.25 * difficulty:
+    if rng.uniform() >= (0.1 + 0.25 * difficulty) * f.st.debris:
         return
     k = int(rng.integers(1, 4))
     y, x = rng.uniform(0, f.size, k), rng.uniform(0, f.size, k)
@@ -502,11 +670,27 @@ def debris(chans, rng, difficulty: float, f: Field) -> None:
             plane += spot * F32(float(plane.max()) if c != 1 else float(max(plane.max(), 1e-3)))
 
 
-def render(labels, *, size, rng, difficulty, cell_type, channels) -> np.ndarray:
+def resolve_style(style, rng) -> tuple[Style, object]:
+    """The concrete style of one image and its extra generator (see the module docstring).
+
+    ``style``: a :class:`Style` or ``'random'`` (a style drawn from ``rng``).
+    """
+    if isinstance(style, str):  # "random": domain randomisation, a fresh style per image
+        from protloc.synth.styles import random_style
+
+        style = random_style(np.random.default_rng(rng.integers(2**63)))
+    if style.is_default:
+        return style, _NoDraws()
+    return style, np.random.default_rng(rng.integers(2**63))
+
+
+def render(labels, *, size, rng, difficulty, cell_type, channels, style: Style | str = DEFAULT) -> np.ndarray:
     """The whole pipeline for one image (see module docstring)."""
     d = float(difficulty)
-    ct = CELL_TYPES[int(rng.integers(len(CELL_TYPES))) if cell_type is None else int(cell_type)]
-    f = layout(rng, size, ct, d)
+    st, rs = resolve_style(style, rng)
+    types = st.cell_types or range(len(CELL_TYPES))
+    ct = CELL_TYPES[types[int(rng.integers(len(types)))] if cell_type is None else int(cell_type)]
+    f = layout(rng, size, ct, d, st, rs)
     geometry(f, rng)
     nucleoli(f, rng, d)
     rng_er = np.random.default_rng(rng.integers(2**63))  # same RGB whether or not yellow is drawn
@@ -518,5 +702,5 @@ def render(labels, *, size, rng, difficulty, cell_type, channels) -> np.ndarray:
     if channels == 4:
         chans.append(stain_er(f, rng_er))
     debris(chans, rng_mic, d, f)
-    img = microscope(chans, rng_mic, d, f.s, f.fine)
+    img = microscope(chans, rng_mic, d, f.s, f.fine, f)
     return img

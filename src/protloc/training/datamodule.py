@@ -1,4 +1,4 @@
-"""Data for training: decoded uint8 images (memmap from the decode cache) -> batches.
+"""Data for training: decoded uint8 images (the sharded cache store, or any array) -> batches.
 
 Batches are ``(index, images uint8 (B, H, W, C), targets float (B, C))``; the uint8 tensor goes
 to the device as is and is augmented/normalised there (``lit_module``), so no worker ever
@@ -7,6 +7,9 @@ decodes a PNG during training.
 Shuffling is a pure function of (seed, epoch): :class:`EpochSampler` also does the distributed
 split itself (pads like ``DistributedSampler``; the padded duplicates are removed by index when
 validation metrics are computed), so Lightning's sampler replacement is switched off.
+:class:`ShardBlockSampler` (``--sampler shard-block``) visits the store's shards in blocks, in a
+random order per epoch, and shuffles within a window of a few shards: every batch reads from a few
+shard files, for data sets far larger than RAM or on network file systems.
 """
 
 from __future__ import annotations
@@ -109,6 +112,68 @@ class EpochSampler(Sampler):
         return iter(order[self.rank:total:self.world])
 
 
+def shard_block_order(rows, *, seed: int, epoch: int, shard_images: int, block_shards: int = 1,
+                      window: int | None = None) -> np.ndarray:
+    """Positions ``0..len(rows)-1`` in shard-block order: a pure function of (seed, epoch).
+
+    The rows' shards are grouped into blocks of ``block_shards`` consecutive shards; the blocks
+    are visited in a random order, and positions are shuffled within consecutive windows of
+    ``window`` positions (default: 4 blocks' worth), so a window reads about 4-5 blocks.
+
+    Examples
+    --------
+    >>> o = shard_block_order(np.arange(40), seed=0, epoch=1, shard_images=10, window=10)
+    >>> sorted(o.tolist()) == list(range(40)), len(set((o[:10] // 10).tolist()))  # one shard per window
+    (True, 1)
+    >>> bool((o == shard_block_order(np.arange(40), seed=0, epoch=1, shard_images=10, window=10)).all())
+    True
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    g = np.random.default_rng(epoch_seed(seed, epoch, 29))
+    _, block = np.unique(rows // (int(shard_images) * int(block_shards)), return_inverse=True)
+    rank = g.permutation(int(block.max()) + 1 if n else 0)
+    order = np.argsort(rank[block.ravel()], kind="stable")  # blocks in random order, file order inside
+    w = int(window or 4 * shard_images * block_shards)
+    return order[np.lexsort((g.random(n), np.arange(n) // max(1, w)))]
+
+
+class ShardBlockSampler(EpochSampler):
+    """:class:`EpochSampler` whose order is :func:`shard_block_order` of the positions' rows.
+
+    Same distributed semantics (every rank gets ``ceil(n / world)`` positions, strided, padded
+    with duplicates); with ``weights`` the ``n`` class-balanced draws are put in shard-block order.
+
+    Examples
+    --------
+    >>> s = ShardBlockSampler(np.arange(7), shard_images=3, seed=0, rank=1, world=2); s.set_epoch(2)
+    >>> len(list(s)), len(s)
+    (4, 4)
+    """
+
+    def __init__(self, rows, *, shard_images: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 weights: np.ndarray | None = None, block_shards: int = 1, window: int | None = None):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        super().__init__(len(self.rows), seed=seed, shuffle=True, rank=rank, world=world, weights=weights)
+        self.shard_images, self.block_shards, self.window = int(shard_images), int(block_shards), window
+
+    def order(self) -> np.ndarray:
+        """This epoch's positions for all ranks (before padding and the split)."""
+        kw = dict(seed=self.seed, epoch=self.epoch, shard_images=self.shard_images,
+                  block_shards=self.block_shards, window=self.window)
+        if self.weights is None:
+            return shard_block_order(self.rows, **kw)
+        g = np.random.default_rng(epoch_seed(self.seed, self.epoch, 31))
+        p = self.weights.numpy()
+        draws = g.choice(self.n, self.n, replace=True, p=p / p.sum())
+        return draws[shard_block_order(self.rows[draws], **kw)]
+
+    def __iter__(self):
+        total = len(self) * self.world
+        mine = np.resize(self.order(), total)[self.rank:total:self.world]  # pad by repeating the start
+        return (int(i) for i in mine)
+
+
 class ProtlocDataModule(pl.LightningDataModule):
     """Train/validation loaders over one fold."""
 
@@ -126,7 +191,11 @@ class ProtlocDataModule(pl.LightningDataModule):
     def _loader(self, idx, *, train: bool):
         rank, world = self._rank_world()
         w = balanced_weights(self.y[idx]) if (train and self.sampler == "balanced") else None
-        sampler = EpochSampler(len(idx), seed=self.seed, shuffle=train, rank=rank, world=world, weights=w)
+        if train and self.sampler == "shard-block":
+            sampler = ShardBlockSampler(idx, shard_images=getattr(self.images, "shard_images", 1024), seed=self.seed,
+                                        rank=rank, world=world)
+        else:
+            sampler = EpochSampler(len(idx), seed=self.seed, shuffle=train, rank=rank, world=world, weights=w)
         return DataLoader(ArrayDataset(self.images, self.y, idx), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=_batch_collate, num_workers=self.workers, persistent_workers=self.workers > 0,
                           pin_memory=torch.cuda.is_available(),

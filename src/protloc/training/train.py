@@ -63,10 +63,13 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
 
 
 def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
-    """Decoded images (cache) and the usable rows; bad images refuse training unless skip_bad.
+    """Decoded images (the sharded cache store, read by index) and the usable rows.
 
+    Bad images refuse training unless skip_bad. The store's location and trust come from
+    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``).
     ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
-    projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size."""
+    projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size.
+    """
     from protloc.data.cache import load_cached
 
     try:
@@ -74,6 +77,7 @@ def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
                          skip_bad=cfg.skip_bad, reading=reading, pixel_size=cfg.pixel_size or None)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
+    log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
     usable = np.setdiff1d(np.arange(len(table)), np.asarray(ds.bad, dtype=int))
     for i, msg in zip(ds.bad, ds.bad_messages):
         log.warning("skipping unreadable image %s: %s", table.where(i), msg)
@@ -98,6 +102,16 @@ def _precision(cfg: TrainConfig) -> str:
     if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def trainer_hardware(cfg: TrainConfig) -> dict:
+    """The Lightning Trainer arguments that choose the hardware (accelerator, devices, strategy,
+    num_nodes, precision): what :func:`train_fold` passes and what ``check_recipe`` tries first."""
+    strategy = cfg.strategy
+    if strategy == "ddp" and cfg.freeze_epochs > 0:  # head-only epochs leave backbone grads unused
+        strategy = "ddp_find_unused_parameters_true"
+    return dict(accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy,
+                num_nodes=cfg.num_nodes, precision=_precision(cfg))
 
 
 def set_threads(cfg: TrainConfig) -> int:
@@ -125,7 +139,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     from protloc.models.network import build_model
 
     train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
-    ckdir, fdir = run.ckpt_dir(k), run.fold_dir(k)
+    ckdir = run.ckpt_dir(k)
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if (resume and last.is_file()) else None
     if ckpt_path:
@@ -137,26 +151,24 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     dm = ProtlocDataModule(images, y, train_idx, val_idx, batch_size=cfg.batch_size, seed=cfg.seed + 1000 * k,
                            workers=cfg.workers, sampler=cfg.sampler)
     mode = "min" if cfg.monitor.endswith("loss") else "max"
-    rows = pd.read_csv(fdir / "metrics.csv").to_dict("records") if (ckpt_path and (fdir / "metrics.csv").is_file()) else []
+    hist = run.fold_metrics(k) if ckpt_path else None
+    rows = hist.to_dict("records") if hist is not None else []
     budget = TimeBudget(deadline)
     callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False),
                  # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
                  ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                                  auto_insert_metric_name=False, enable_version_counter=False),
-                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget, EpochRecorder(k, fdir / "metrics.csv", rows=rows),
+                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
+                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows),
                  *extra_callbacks]
     if cfg.patience > 0:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
     bar = progress and sys.stderr.isatty()
     if bar:
         callbacks.append(RichProgressBar())
-    strategy = cfg.strategy
-    if strategy == "ddp" and cfg.freeze_epochs > 0:  # head-only epochs leave backbone grads unused
-        strategy = "ddp_find_unused_parameters_true"
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy, num_nodes=cfg.num_nodes,
-        precision=_precision(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
+        **trainer_hardware(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
         callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
@@ -187,7 +199,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
     oof.insert(0, "fold", k)
     oof.insert(0, "Image", [ids[i] for i in val_idx])
-    hist = pd.read_csv(fdir / "metrics.csv")
+    hist = run.fold_metrics(k)
     ep = hist.loc[hist[cfg.monitor].idxmin() if mode == "min" else hist[cfg.monitor].idxmax()]
     m = epoch_metrics(y[val_idx], probs, threshold=cfg.threshold)
     summary = {"fold": k, "best_epoch": int(ep["epoch"]), "monitor": cfg.monitor,
@@ -246,10 +258,10 @@ def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | N
     from protloc.models.network import load_weights
 
     pre = run.preprocessing()
-    if not run.splits_csv.is_file():
+    sp = run.splits()
+    if sp is None:
         raise RunFolderError(f"{run.splits_csv}: missing", fix="refit needs the run's splits (re-train)")
     ds = load_cached(table, size=pre.size, progress=progress, workers=workers, reading=pre.reading, skip_bad=True)
-    sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
     pos = {iid: i for i, iid in enumerate(table.ids)}
     folds = np.full(len(table), -2, dtype=int)
     for iid, f in zip(sp["Image"], sp["fold"]):
@@ -267,26 +279,25 @@ def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | N
 
 def merge_folds(run: RunFolder) -> dict:
     """Combine ``folds/fold*/`` into ``oof.csv``, ``metrics.csv`` and ``summary.json``."""
-    import json
-
     from protloc.core.metrics import epoch_metrics
 
-    dirs = [run.fold_dir(k) for k in run.fold_results()]
-    done = [d for d in dirs if (d / "summary.json").is_file() and (d / "oof.csv").is_file()]
+    folds = run.fold_results()
+    done = [k for k in folds if run.fold_finished(k)]
     if not done:
         raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json). Fix: train "
                              "first, or copy the fold folders of other machines into this run folder")
     pre = run.preprocessing()
     classes = list(pre.classes)
-    oof = pd.concat([pd.read_csv(d / "oof.csv", dtype={"Image": str}) for d in done], ignore_index=True)
-    if run.splits_csv.is_file():
-        order = {iid: i for i, iid in enumerate(pd.read_csv(run.splits_csv, dtype={"Image": str})["Image"])}
+    oof = pd.concat([run.fold_oof(k) for k in done], ignore_index=True)
+    splits = run.splits()
+    if splits is not None:
+        order = {iid: i for i, iid in enumerate(splits["Image"])}
         oof = oof.iloc[np.argsort([order.get(i, len(order)) for i in oof["Image"]], kind="stable")]
     write_csv(run.oof_csv, oof)
-    mets = [pd.read_csv(d / "metrics.csv") for d in dirs if (d / "metrics.csv").is_file()]
+    mets = [m for m in (run.fold_metrics(k) for k in folds) if m is not None]
     if mets:
         write_csv(run.metrics_csv, pd.concat(mets, ignore_index=True))
-    fold_sums = [json.loads((d / "summary.json").read_text()) for d in done]
+    fold_sums = [run.fold_summary(k) for k in done]
     y = pre.schema.to_multihot([pre.schema.parse(t) for t in oof["Label"].fillna("").astype(str)])
     cfg = run.config()
     m = epoch_metrics(y, oof[classes].to_numpy(np.float32), threshold=cfg.threshold)
@@ -323,16 +334,44 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     --------
     >>> run_training(TrainConfig.preset("fast"), load_table(data="data/"), "runs/r1")  # doctest: +SKIP
     """
-    from protloc.core.modelspec import ModelSpec
-    from protloc.core.preprocessing import Preprocessing, channel_stats
     from protloc.training import check_recipe
-
-    import warnings
 
     import lightning.pytorch  # noqa: F401 - configures its loggers on import; quiet them after
 
     check_recipe(cfg)  # every option (folds included) before the run folder is touched
     run = RunFolder(out)
+    created = not run.root.exists()
+    try:
+        return _run_training(cfg, table, run, resume=resume, overwrite=overwrite, progress=progress, echo=echo,
+                             extra_callbacks=extra_callbacks, data_source=data_source)
+    except BaseException:
+        if created:  # a failure before anything was set up (bad data, bad images): leave no half-made run
+            _remove_if_only_log(run)
+        raise
+
+
+def _remove_if_only_log(run: RunFolder) -> None:
+    import shutil
+
+    for h in list(log.handlers):  # release train.log
+        if isinstance(h, logging.FileHandler):
+            log.removeHandler(h)
+            h.close()
+    try:
+        left = {p.name for p in run.root.iterdir()}
+    except OSError:
+        return
+    if left <= {run.log.name}:
+        shutil.rmtree(run.root, ignore_errors=True)
+
+
+def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, overwrite: bool, progress: bool,
+                  echo: bool, extra_callbacks, data_source: DataSource | None) -> dict:
+    from protloc.core.modelspec import ModelSpec
+    from protloc.core.preprocessing import Preprocessing, channel_stats
+
+    import warnings
+
     setup_logging(run, echo=echo)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -352,6 +391,8 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     t_start = time.time()
     log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
              cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
+    for note in table.notes:  # rows left out of the table (e.g. --from-schema hpa28 mapping): on screen and in the log
+        log.warning("note: %s", note)
     resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
     if resumed:
         reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
@@ -365,8 +406,8 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     log.info("intensity: %s", reading.intensity.describe())
     ds, usable = load_data(table, cfg, progress=progress and main, reading=reading)
     y = table.y()
-    if run.splits_csv.is_file() and (resume or cfg.fold is not None):
-        sp = pd.read_csv(run.splits_csv, dtype={"Image": str})
+    sp = run.splits() if (resume or cfg.fold is not None) else None
+    if sp is not None:
         pos = {iid: i for i, iid in enumerate(table.ids)}
         folds = np.full(len(table), -2, dtype=int)
         for iid, f in zip(sp["Image"], sp["fold"]):
@@ -390,7 +431,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         keep = folds != -2
         write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
     for j, k in enumerate(todo):
-        if resume and (run.fold_dir(k) / "summary.json").is_file() and run.model_path(k).is_file():
+        if resume and run.fold_summary_json(k).is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)
             continue
         deadline = None
@@ -400,9 +441,8 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
                          deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
         if res is not None:
-            fdir = run.fold_dir(k)
-            write_csv(fdir / "oof.csv", res["oof"])
-            write_json(fdir / "summary.json", res["summary"])
+            write_csv(run.fold_oof_csv(k), res["oof"])
+            write_json(run.fold_summary_json(k), res["summary"])
             s = res["summary"]
             log.info("fold %d done: best epoch %d, %s %.4f; val macro F1 %.4f (best-threshold %.4f), mAP %.4f",
                      k, s["best_epoch"], s["monitor"], s["best_score"], s["val_macro_f1"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protloc.cli.main import new_command
+from protloc.cli.options import OutDir, declare_paths, seed
 
 
 def register(sub) -> None:
@@ -13,7 +14,8 @@ def register(sub) -> None:
                                 "with TTA, score it against the hidden truth and write HTML reports.")
     p.add_argument("--out", default="demo_out", help="output folder (re-running reuses finished stages)")
     p.add_argument("--quick", action="store_true", help="small version: 800 images at 64 px (under a minute on 2 CPU cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
+    declare_paths(p, OutDir("out"))
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
+from protloc.cli.options import OutFile, declare_paths, positive_int, probability, run_folder
 
 
 def register(sub) -> None:
@@ -11,17 +12,18 @@ def register(sub) -> None:
     p.add_argument("run", help="run folder (from protloc train)")
     add_data_args(p, split="test")
     p.add_argument("--tta", default="d4", choices=("none", "flip", "d4"), help="test-time augmentation")
-    p.add_argument("--threshold", default=None, type=float,
+    p.add_argument("--threshold", default=None, type=probability,
                    help="one threshold for every class [default: the run's thresholds.json, else 0.5]")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class "
                         "[default: as the run's thresholds.json says, like predict]")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--json", default=None, help="where to save the metrics [default: RUN/evaluation.json]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from protloc.cli.commands.predict import add_reading_args
 
     add_reading_args(p)
+    declare_paths(p, run_folder(), OutFile("json"))
     p.set_defaults(func=run)
 
 

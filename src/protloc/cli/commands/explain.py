@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protloc.cli.main import new_command
+from protloc.cli.options import InDir, OutFile, declare_paths, device, folds, run_folder
 
 
 def register(sub) -> None:
@@ -22,14 +23,16 @@ def register(sub) -> None:
     p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
                    help="class to explain (name or number; repeatable). Default: the predicted classes")
     p.add_argument("--out", default=None, help="PNG to write; None means <image id>_explain.png in the current folder")
-    p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: all)")
-    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--folds", default=None, type=folds, help="comma-separated fold numbers (default: all)")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N (default: cuda if available)")
+    declare_paths(p, run_folder(), InDir("images", "image folder"), OutFile("out"))
     p.set_defaults(func=run)
 
 
 def read_input(pred, image=None, images=None, image_id=None):
     """(uint8 image as the run sees it, display id) from IMAGE or --images/--id."""
     from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.paths import check_image_id
     from protloc.io import images as imageio
 
     pre = pred.preprocessing
@@ -40,27 +43,28 @@ def read_input(pred, image=None, images=None, image_id=None):
         path = Path(image)
         if not path.is_file() and not (pre.fmt == "hpa-channels" and imageio.hpa_channel_path(
                 path.parent, path.name, "green")):
-            raise InputError(fmt_problem("IMAGE", expected="an existing image file", got=f"{str(path)!r} "
-                                         "(not found)", fix="check the path, or use --images DIR --id ID"))
+            from protloc.core.paths import describe
+
+            what = "not found" if describe(path) == "missing" else describe(path)
+            raise InputError("IMAGE", expected="an existing image file", got=f"{str(path)!r} ({what})",
+                             fix="check the path, or use --images DIR --id ID")
         return pred.read_file(path), path.stem if path.is_file() else path.name
     if not (images and image_id):
         raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
                                      got="neither" if not (images or image_id) else "only one of --images/--id",
                                      fix="e.g. `protloc explain RUN cell.png`"))
-    if not Path(images).is_dir():
-        raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(str(images)),
-                                     fix="check the path"))
+    check_image_id(str(image_id), where="--id")  # an id names a file inside --images, never a path
     return pred.read_file(Path(images) / str(image_id)), str(image_id)
 
 
 def run(args) -> int:
     from protloc.core.atomic import write_bytes
-    from protloc.core.runfolder import RunFolder, parse_folds
+    from protloc.core.runfolder import RunFolder
     from protloc.inference.predictor import Predictor
     from protloc.reports.explain import explain_image, render_explanation, resolve_classes
 
     RunFolder(args.run).check()
-    pred = Predictor.from_run(args.run, folds=parse_folds(args.folds), device=args.device)
+    pred = Predictor.from_run(args.run, folds=args.folds, device=args.device)
     if args.classes:  # check names before reading the image
         resolve_classes(args.classes, list(pred.preprocessing.classes))
     img, iid = read_input(pred, args.image, args.images, args.image_id)

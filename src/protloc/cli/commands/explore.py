@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protloc.cli.main import add_data_args, new_command
+from protloc.cli.options import InDir, InFile, OutFile, declare_paths, nonneg_int, positive_int, seed
 
 
 def register(sub) -> None:
@@ -24,13 +25,14 @@ def register(sub) -> None:
     g.add_argument("--out", required=True, help="HTML file to write")
     g.add_argument("--test-csv", default=None, help="test-set CSV (ids; labels optional)")
     g.add_argument("--test-images", default=None, help="test-set image folder (train/test leak check)")
-    g.add_argument("--sample", type=int, default=2000, help="images read for histograms (random sample)")
-    g.add_argument("--per-class", type=int, default=3, help="gallery images per class")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random samples")
+    g.add_argument("--sample", type=positive_int, default=2000, help="images read for histograms (random sample)")
+    g.add_argument("--per-class", type=positive_int, default=3, help="gallery images per class")
+    g.add_argument("--seed", type=seed, default=0, help="seed of the random samples")
     g.add_argument("--no-validate", action="store_true",
                    help="skip the duplicate / leak check (it reads every image once)")
-    g.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
+    g.add_argument("--workers", type=nonneg_int, default=None, help="decoding processes (default: up to 4)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_paths(p, InFile("test_csv", "CSV file"), InDir("test_images", "image folder"), OutFile("out"))
     p.set_defaults(func=run)
 
 
@@ -40,10 +42,6 @@ def run(args) -> int:
     from protloc.reports.explore import explore
     from protloc.data.table import load_table
 
-    for opt in ("sample", "per_class"):
-        if getattr(args, opt) < 1:
-            raise InputError(fmt_problem(f"--{opt.replace('_', '-')}", expected="an integer >= 1",
-                                         got=str(getattr(args, opt)), fix="e.g. --sample 2000 --per-class 3"))
     if args.data and not (args.test_csv or args.test_images):
         d = Path(args.data)
         if (d / "test").is_dir():

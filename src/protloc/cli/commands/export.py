@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protloc.cli.main import new_command
+from protloc.cli.options import OutFile, declare_paths, fold_or_all, positive_int, run_folder
 
 
 def register(sub) -> None:
@@ -15,8 +16,9 @@ def register(sub) -> None:
                                 "it. `protloc predict --engine onnx` uses RUN/model.onnx.")
     p.add_argument("run", help="run folder (made by `protloc train`)")
     p.add_argument("--onnx", default=None, help="output .onnx file; RUN/model.onnx if not given")
-    p.add_argument("--fold", default="all", help="fold number to export, or 'all' for the ensemble")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--fold", default="all", type=fold_or_all, help="fold number to export, or 'all' for the ensemble")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version (7-20 with this exporter)")
+    declare_paths(p, run_folder(), OutFile("onnx"))
     p.set_defaults(func=run)
 
 

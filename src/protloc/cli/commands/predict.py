@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command
+from protloc.cli.options import OutFile, declare_paths, device, folds, number, positive_int, run_folder
 
 
 def register(sub) -> None:
@@ -27,10 +28,11 @@ def register(sub) -> None:
                    help="how probabilities are merged over TTA views and fold models")
     p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
                    help="onnx uses RUN/model.onnx (see `protloc export`)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--folds", default=None, help="comma-separated fold numbers to ensemble; all folds when not given")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1; cuda when available if not given")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--folds", default=None, type=folds,
+                   help="comma-separated fold numbers to ensemble; all folds when not given")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:1; cuda when available if not given")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for the model; all cores if not given (fewer can be faster on a busy machine)")
     p.add_argument("--at-least-one", action="store_true",
                    help="give an image with no class above threshold its most probable class")
@@ -38,13 +40,16 @@ def register(sub) -> None:
                    help="report unreadable/missing images and leave them out instead of stopping")
     add_reading_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    declare_paths(p, run_folder(), OutFile("out"), OutFile("probs"))
     p.set_defaults(func=run)
 
 
 def add_reading_args(p) -> None:
     """``--pixel-size`` and ``--z`` of the commands that read images for a run (predict, evaluate)."""
     g = p.add_argument_group("reading (default: as the run was trained)")
-    g.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+    g.add_argument("--pixel-size", default=None, metavar="UM",
+                   type=number(min=0, min_open=True, expected="a pixel size in µm > 0",
+                               fix="e.g. --pixel-size 0.1 (leave it out when unknown)"),
                    help="physical pixel size of these images in micrometres (overrides the files' metadata); "
                         "images are scaled to the run's training pixel size")
     g.add_argument("--z", default=None, choices=("max", "mean", "middle"),
@@ -54,16 +59,12 @@ def add_reading_args(p) -> None:
 def run(args) -> int:
     from protloc.cli.main import table_from_args
     from protloc.core.atomic import write_csv
-    from protloc.core.errors import InputError, fmt_problem
-    from protloc.core.runfolder import RunFolder, parse_folds
+    from protloc.core.runfolder import RunFolder
     from protloc.inference.inputs import run_channels
     from protloc.inference.predictor import Predictor
 
-    if args.batch_size < 1:
-        raise InputError(fmt_problem("--batch-size", expected="an integer >= 1", got=str(args.batch_size),
-                                     fix="e.g. --batch-size 64"))
     rf = RunFolder(args.run).check(need_models=args.engine == "torch")
-    folds = parse_folds(args.folds)
+    folds = args.folds
     chosen = args.channels is not None
     if not chosen:  # default: the run's channels (typed; read as in training)
         args.channels = run_channels(rf.preprocessing(), args.format)

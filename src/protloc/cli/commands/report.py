@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from protloc.cli.main import new_command
+from protloc.cli.options import InDir, InFile, OutFile, declare_paths, device, nonneg_int, run_folder
 
 
 def register(sub) -> None:
@@ -29,14 +30,15 @@ def register(sub) -> None:
     g.add_argument("--label-col", default=None)
     g.add_argument("--tta", default="none", choices=("none", "flip", "d4"), help="test-time augmentation")
     p.add_argument("--out", default=None, help="HTML file to write; None means RUN/report.html")
-    p.add_argument("--gallery", type=int, default=3, help="error images per class and kind")
-    p.add_argument("--gradcam", type=int, default=8, help="Grad-CAM examples (0 = none)")
-    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--gallery", type=nonneg_int, default=3, help="error images per class and kind")
+    p.add_argument("--gradcam", type=nonneg_int, default=8, help="Grad-CAM examples (0 = none)")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N (default: cuda if available)")
+    declare_paths(p, run_folder(), InFile("csv", "CSV file"), InDir("images", "image folder"),
+                  InDir("data", "dataset folder"), OutFile("out"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from protloc.core.errors import InputError, fmt_problem
     from protloc.core.runfolder import RunFolder
     from protloc.data.table import load_table
     from protloc.inference.inputs import run_channels
@@ -45,10 +47,6 @@ def run(args) -> int:
     t0 = time.time()
     rf = RunFolder(args.run).check(need_models=False)
     pre = rf.preprocessing()
-    for name in ("gallery", "gradcam"):
-        if getattr(args, name) < 0:
-            raise InputError(fmt_problem(f"--{name}", expected="an integer >= 0", got=str(getattr(args, name)),
-                                         fix=f"e.g. --{name} 3"))
     if args.csv or args.data:
         chosen = args.channels is not None
         table = load_table(args.csv, args.images, data=args.data, split=args.split, fmt=args.format,
@@ -58,9 +56,6 @@ def run(args) -> int:
     else:
         data = from_oof(rf)
         if args.images:
-            if not Path(args.images).is_dir():
-                raise InputError(fmt_problem("--images", expected="an existing folder", got=repr(args.images),
-                                             fix="check the path"))
             data.notes = [n for n in data.notes if not n.startswith("no images found")]
             data.read = folder_reader(Path(args.images), pre)
     page = build_report(rf, data, gallery_k=args.gallery, n_gradcam=args.gradcam, device=args.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protloc.cli.main import new_command
+from protloc.cli.options import InFile, OutFile, SchemaArg, declare_paths
 
 
 def register(sub) -> None:
@@ -14,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--id-col", default=None, help="id column [default: Image or Id]")
     p.add_argument("--pred-col", default=None, help="prediction column [default: Predicted, Label or Target]")
     p.add_argument("--json", default=None, help="also save the scores as JSON here")
+    declare_paths(p, InFile("truth", "CSV file"), InFile("pred", "CSV file"), SchemaArg("schema"), OutFile("json"))
     p.set_defaults(func=run)
 
 

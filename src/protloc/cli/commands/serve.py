@@ -6,6 +6,7 @@ import ipaddress
 import sys
 
 from protloc.cli.main import new_command
+from protloc.cli.options import declare_paths, nonneg_int, port, positive_int, positive_number, run_folder
 from protloc.core.errors import InputError, fmt_problem
 
 
@@ -21,37 +22,26 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 127.0.0.1 keeps it on this computer (0.0.0.0 exposes it "
                         "to the network: only do that behind a firewall)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted file")
-    p.add_argument("--max-request-mb", type=float, default=100, help="largest accepted request (all files)")
-    p.add_argument("--max-files", type=int, default=64, help="most files in one request")
-    p.add_argument("--max-decoded-mb", type=float, default=512,
+    p.add_argument("--port", type=port, default=8000, help="TCP port")
+    p.add_argument("--max-upload-mb", type=positive_number, default=20, help="largest accepted file")
+    p.add_argument("--max-request-mb", type=positive_number, default=100, help="largest accepted request (all files)")
+    p.add_argument("--max-files", type=positive_int, default=64, help="most files in one request")
+    p.add_argument("--max-decoded-mb", type=positive_number, default=512,
                    help="memory the decoded pixels of one request may take, read from the file headers "
                         "before decoding (413 above)")
-    p.add_argument("--max-decoded-total-mb", type=float, default=768,
+    p.add_argument("--max-decoded-total-mb", type=positive_number, default=768,
                    help="memory the decoded pixels of all requests at once may take (others wait, then 503)")
-    p.add_argument("--header-timeout", type=float, default=10,
+    p.add_argument("--header-timeout", type=positive_number, default=10,
                    help="seconds a client has to send its request line and headers (stalled clients are closed)")
-    p.add_argument("--body-timeout", type=float, default=30, help="longest pause (seconds) inside an upload")
-    p.add_argument("--max-connections", type=int, default=256,
+    p.add_argument("--body-timeout", type=positive_number, default=30, help="longest pause (seconds) inside an upload")
+    p.add_argument("--max-connections", type=positive_int, default=256,
                    help="open connections in all (the oldest idle one is closed to make room)")
-    p.add_argument("--max-connections-per-client", type=int, default=64, help="open connections from one address")
-    p.add_argument("--workers", type=int, default=1, help="model calls running at the same time")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-connections-per-client", type=positive_int, default=64,
+                   help="open connections from one address")
+    p.add_argument("--workers", type=positive_int, default=1, help="model calls running at the same time")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
+    declare_paths(p, run_folder())
     p.set_defaults(func=run)
-
-
-def _check(args) -> None:
-    if not 0 < args.port < 65536:
-        raise InputError(fmt_problem("--port", expected="a port 1-65535", got=str(args.port), fix="use e.g. 8000"))
-    for opt in ("max_upload_mb", "max_request_mb", "max_files", "workers", "max_decoded_mb", "max_decoded_total_mb",
-                "header_timeout", "body_timeout", "max_connections", "max_connections_per_client"):
-        if getattr(args, opt) <= 0:
-            raise InputError(fmt_problem(f"--{opt.replace('_', '-')}", expected="a positive number",
-                                         got=str(getattr(args, opt)), fix="drop the option to use the default"))
-    if args.threads < 0:
-        raise InputError("--threads", expected="0 (torch's default) or a positive number", got=str(args.threads),
-                         fix="drop the option to use the default")
 
 
 def _is_loopback(host: str) -> bool:
@@ -79,7 +69,6 @@ def _check_address(host: str, port: int) -> None:
 
 
 def run(args) -> int:
-    _check(args)
     from protloc.core.runfolder import RunFolder
 
     RunFolder(args.run).check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
+from protloc.cli.options import OutFile, declare_paths, fraction, integer, nonneg_int, seed
 
 
 def register(sub) -> None:
@@ -13,16 +14,19 @@ def register(sub) -> None:
     add_data_args(p)
     g = p.add_argument_group("split")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--folds", type=int, default=None, help="number of folds (default 5)")
-    m.add_argument("--holdout", type=float, default=None, help="hold out this fraction as one validation set")
-    g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same split)")
+    m.add_argument("--folds", default=None, help="number of folds (default 5)",
+                   type=integer(min=2, expected="2 or more folds", fix="use --holdout FRACTION for one "
+                                "validation set (e.g. --holdout 0.2), or --folds 2 or more"))
+    m.add_argument("--holdout", type=fraction, default=None, help="hold out this fraction as one validation set")
+    g.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same split)")
     g.add_argument("--group-col", default=None, help="CSV column whose value keeps images in one fold")
     g.add_argument("--no-near-dup", action="store_true",
                    help="do not hash images to keep near duplicates in one fold (faster)")
     g.add_argument("--rotations", action="store_true",
                    help="also keep rotated/mirrored copies together (slower near-duplicate search)")
-    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="decoding processes, 0 = min(4, CPUs)")
     g.add_argument("--out", default="splits.csv", help="output CSV (Image,fold)")
+    declare_paths(p, OutFile("out"))
     p.set_defaults(func=run)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
+
 from protloc.cli.main import new_command
+from protloc.cli.options import declare_paths, from_function, nonneg_int, number, probability, run_folder, seed
 
 
 def register(sub) -> None:
@@ -17,29 +20,30 @@ def register(sub) -> None:
                         "global: one threshold maximising macro F1")
     p.add_argument("--at-least-one", action="store_true",
                    help="predict the most probable class for an image where no class passes")
-    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples for stability (0: off)")
-    p.add_argument("--min-positives", type=int, default=5,
+    p.add_argument("--n-bootstrap", type=nonneg_int, default=200, help="bootstrap resamples for stability (0: off)")
+    p.add_argument("--min-positives", type=nonneg_int, default=5,
                    help="classes with fewer positives fall back to the robust rule")
-    p.add_argument("--max-threshold-std", type=float, default=0.1,
+    p.add_argument("--max-threshold-std", type=number(min=0), default=0.1,
                    help="classes whose bootstrap threshold std exceeds this fall back")
-    p.add_argument("--fallback", default="auto",
+    p.add_argument("--fallback", default="auto", type=from_function(_fallback, "fallback"),
                    help="robust rule for unstable classes: auto (median bootstrap threshold for unstable "
                         "classes, global threshold for classes with too few positives), global, median, "
                         "or a number in [0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap random seed")
+    declare_paths(p, run_folder())
     p.set_defaults(func=run)
 
 
 def _fallback(text: str):
-    from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.errors import InputError
 
     if text in ("auto", "global", "median"):
         return text
     try:
-        return float(text)
-    except ValueError:
-        raise InputError(fmt_problem("--fallback", expected="auto, global, median or a number in [0, 1]",
-                                     got=repr(text), fix="e.g. --fallback global")) from None
+        return probability(text)
+    except ArgumentTypeError:
+        raise InputError("--fallback", expected="auto, global, median or a number in [0, 1]", got=repr(text),
+                         fix="e.g. --fallback global") from None
 
 
 def run(args) -> int:
@@ -52,7 +56,7 @@ def run(args) -> int:
     rf = RunFolder(args.run)
     opt = fit_run_thresholds(rf, method=args.method, at_least_one=args.at_least_one,
                              n_bootstrap=args.n_bootstrap, min_positives=args.min_positives,
-                             max_threshold_std=args.max_threshold_std, fallback=_fallback(args.fallback),
+                             max_threshold_std=args.max_threshold_std, fallback=args.fallback,
                              random_state=args.seed)
 
     def f(v, nd=3):

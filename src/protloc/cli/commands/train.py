@@ -8,9 +8,11 @@ choices and default, so the command, the config file and the help never drift ap
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
+from protloc.cli.options import InFile, OutDir, config_option, declare_paths
 from protloc.core.config import TrainConfig, field_type, flag_name
 
 #: help group titles of TrainConfig's field groups (fields of the "run" group join the run options)
@@ -37,7 +39,7 @@ def add_config_args(p: argparse.ArgumentParser, groups: dict | None = None) -> N
                            default=argparse.SUPPRESS, help=text)
             continue
         choices = meta.get("choices")
-        g.add_argument(flag_name(f.name), dest=f.name, type=typ, default=argparse.SUPPRESS, help=text,
+        g.add_argument(flag_name(f.name), dest=f.name, type=config_option(f.name), default=argparse.SUPPRESS, help=text,
                        metavar="{" + ",".join(choices) + "}" if choices else None)
 
 
@@ -59,7 +61,12 @@ def register(sub) -> None:
                    help="only fit the out-of-distribution reference of a finished run (models/fold*.ood.npz) "
                         "from its training data and splits, e.g. for runs trained before protloc recorded one")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    from protloc.cli.commands.cache import add_store_args
+
+    add_store_args(g)
     add_config_args(p, {"run": g})
+    declare_paths(p, OutDir("out", "run folder"), InFile("config", "config file"),
+                  OutDir("cache_dir", "cache folder"))
     p.set_defaults(func=run)
 
 
@@ -96,8 +103,14 @@ def run(args) -> int:
         s = merge_folds(run_)
         print(f"merged folds {s['folds_done']}: OOF macro F1 {s['val_macro_f1']:.4f} over {s['oof_images']} images")
         return 0
+    from protloc.cli.commands.cache import apply_store_args
+
     cfg = check_recipe(config_from_args(args))  # every option checked before any file is written
+    apply_store_args(args)
     table = table_from_args(args, labels=True)
+    if args.quiet:  # otherwise run_training echoes them with the log (and always writes them to train.log)
+        for note in table.notes:  # never drop rows silently
+            print(f"note: {note}", file=sys.stderr)
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet, echo=not args.quiet)
     if summary:

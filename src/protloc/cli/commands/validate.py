@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command
+from protloc.cli.options import InDir, InFile, OutFile, declare_paths, integer, nonneg_int
 
 #: rows shown per finding code in the terminal table (the JSON has all of them).
 MAX_ROWS_PER_CODE = 25
@@ -23,9 +24,11 @@ def register(sub) -> None:
     g.add_argument("--no-near-dup", action="store_true", help="skip the perceptual-hash near-duplicate search")
     g.add_argument("--rotations", action="store_true",
                    help="also find rotated/mirrored copies (8 hashes per image, slower search)")
-    g.add_argument("--hamming", type=int, default=12,
+    g.add_argument("--hamming", default=12,
+                   type=integer(min=0, max=40, expected="0 to 40 bits (of 128)", fix="e.g. --hamming 12"),
                    help="near-duplicate threshold: differing bits of the 128-bit perceptual hash")
-    g.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="decoding processes, 0 = min(4, CPUs)")
+    declare_paths(p, InFile("test_csv", "CSV file"), InDir("test_images", "image folder"), OutFile("json"))
     p.set_defaults(func=run)
 
 
