@@ -281,8 +281,9 @@ def ood_scores(groups: dict, *, threshold: float = 1.0):
     allv = allv[np.isfinite(allv) & (allv > 0)]
     lo, hi = (min(allv.min(), threshold) * 0.8, max(allv.max(), threshold) * 1.25) if len(allv) else (0.1, 10)
     bins = np.geomspace(lo, hi, 40)
-    colors = [POS, "#e76f51", "#264653", "#e9c46a", NEG]
-    for (name, v), c in zip(groups.items(), colors):
+    colors = [POS, "#e76f51", "#264653", "#e9c46a", NEG, "#9b5de5", "#f15bb5", "#00bbf9"]
+    for k, (name, v) in enumerate(groups.items()):
+        c = colors[k % len(colors)]
         v = np.asarray(v, float)
         v = v[np.isfinite(v)]
         if not len(v):
