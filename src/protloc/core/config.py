@@ -119,6 +119,14 @@ class TrainConfig:
     hidden: int = _model(0, "hidden units of the head (0 = linear head)", ge=0)
     drop_path: float = _model(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)", ge=0, lt=1)
     size: int = _model(128, "image side in pixels the model sees", ge=8, le=4096)
+    intensity: str = _model("auto", "how raw intensities become 8 bit (recorded in preprocessing.json, applied to "
+                            "every image the run reads): scale (8-bit as stored, 16-bit divided by its bit range, "
+                            "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (decided "
+                            "from the training images: scale when they are 8-bit, else percentile)",
+                            choices=("auto", "scale", "percentile"))
+    z: str = _model("max", "projection of Z stacks: max, mean or middle plane", choices=("max", "mean", "middle"))
+    pixel_size: float = _model(0.0, "physical pixel size of the training images in micrometres (0: from the files' "
+                               "metadata, else unknown and nothing is rescaled)", ge=0, le=1000)
     # optimisation
     epochs: int = _optim(0, "epochs per fold (0 = auto: as many as --max-minutes allows, planned from the "
                          "measured step time; 15 without a budget); with a budget, the most epochs", ge=0)

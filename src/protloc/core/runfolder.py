@@ -18,6 +18,9 @@ Layout::
       splits.csv             Image,fold (validation fold of each training image)
       checkpoints/fold{k}/   Lightning checkpoints: best.ckpt, last.ckpt  ckpt_dir(k)
       models/fold{k}.pt      best weights of fold k (ensembled)        folds(), model_path(k)
+      models/fold{k}.ood.npz what fold k's typical inputs look like     ood(folds) -> [OODDetector]
+                             (features + pixel statistics, threshold   (None for runs made before it)
+                             calibrated on its validation images)
       folds/fold{k}/         per-fold oof.csv, metrics.csv,            fold_dir(k), fold_results()
                              summary.json (merged into the files below; folds trained on other
                              machines are merged with --merge)
@@ -294,6 +297,10 @@ class RunFolder:
     def model_path(self, fold: int) -> Path:
         return self.models_dir / f"fold{fold}.pt"
 
+    def ood_path(self, fold: int) -> Path:
+        """``models/fold{k}.ood.npz``: fold k's out-of-distribution reference (:mod:`protloc.core.ood`)."""
+        return self.models_dir / f"fold{fold}.ood.npz"
+
     def fold_dir(self, fold: int) -> Path:
         """``folds/fold{k}/``: one fold's oof.csv, metrics.csv and summary.json."""
         return self.root / "folds" / f"fold{fold}"
@@ -413,6 +420,16 @@ class RunFolder:
             return ModelSpec.from_dict(d)
         except (TypeError, ValueError) as e:
             raise self._damaged(self.model_json, e, fix) from None
+
+    def ood(self, folds=None) -> list | None:
+        """The :class:`~protloc.core.ood.OODDetector` of each of ``folds`` (default: all trained
+        folds), or None when any of them has none (runs trained before protloc recorded it)."""
+        from protloc.core.ood import OODDetector
+
+        use = self.folds() if folds is None else list(folds)
+        if not use or not all(self.ood_path(k).is_file() for k in use):
+            return None
+        return [OODDetector.load(self.ood_path(k)) for k in use]
 
     def data_source(self) -> DataSource | None:
         """Where the training data came from; None for runs trained before it was recorded."""

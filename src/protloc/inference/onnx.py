@@ -11,6 +11,9 @@ output ``probs``
     float32 (batch, n_classes): sigmoid probabilities averaged over the exported folds.
 output ``fold_probs``
     float32 (batch, n_folds, n_classes): each fold's probabilities (for ``merge='max'``).
+output ``features``
+    float32 (batch, n_folds, n_features): each fold's pooled backbone features, which the
+    out-of-distribution score compares with the training images' (:mod:`protloc.core.ood`).
 
 Next to ``model.onnx`` the export writes ``model.onnx.json`` (preprocessing: channels, size,
 mean/std, label schema; the folds; the thresholds at export time; the input/output contract;
@@ -58,7 +61,7 @@ __all__ = ["export_onnx", "load_onnx", "meta_path", "cached_onnx", "run_fingerpr
 
 OPSET = 17
 #: the graph contract (inputs/outputs); a new contract re-exports cached models
-FORMAT = "protloc-onnx-2"
+FORMAT = "protloc-onnx-3"  # 3: + the features output (out-of-distribution scores)
 #: the int8 model is used only when its macro F1 on held-out images is at most this much lower
 INT8_MAX_F1_DROP = 0.005
 _FP_KEY = "protloc_fingerprint"
@@ -104,8 +107,9 @@ def _ensemble_module(models):
             self.nets = nn.ModuleList(nets)
 
         def forward(self, x):
-            fold = torch.stack([torch.sigmoid(n(x)) for n in self.nets], dim=1)
-            return fold.mean(dim=1), fold
+            outs = [n.forward_with_features(x) for n in self.nets]
+            fold = torch.stack([torch.sigmoid(logits) for logits, _ in outs], dim=1)
+            return fold.mean(dim=1), fold, torch.stack([f for _, f in outs], dim=1)
 
     return Ensemble(models).eval()
 
@@ -200,9 +204,10 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["probs", "fold_probs"],
+            torch.onnx.export(net, (x,), str(tmp), input_names=["input"],
+                              output_names=["probs", "fold_probs", "features"],
                               dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"},
-                                            "fold_probs": {0: "batch"}},
+                                            "fold_probs": {0: "batch"}, "features": {0: "batch"}},
                               opset_version=opset, dynamo=False, do_constant_folding=True)
         except Exception as e:  # noqa: BLE001 - an operator this opset lacks: torch raises several types
             if opset == OPSET:
@@ -219,7 +224,9 @@ def export_onnx(run, onnx_path=None, *, folds="all", opset: int = OPSET, check: 
                   "shape": ["batch", pre.in_chans, pre.size, pre.size],
                   "normalization": "(uint8 / 255 - mean) / std per channel"},
         "outputs": {"probs": "sigmoid probabilities (batch, n_classes), mean over folds",
-                    "fold_probs": "per-fold probabilities (batch, n_folds, n_classes)"},
+                    "fold_probs": "per-fold probabilities (batch, n_folds, n_classes)",
+                    "features": "per-fold pooled backbone features (batch, n_folds, n_features), for the "
+                                "out-of-distribution score"},
         "folds": use,
         "preprocessing": pre.to_dict(),
         "classes": list(pre.classes),

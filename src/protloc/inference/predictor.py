@@ -40,6 +40,15 @@ No worker waits on another, so more threads are never slower, on an idle machine
 busy one (``benchmarks/bench_predict.py``, docs/speed.md). TTA views of a batch go through the
 model in one call (views x images), each image decoded once.
 
+Reading and out-of-distribution scores
+--------------------------------------
+Files are read with the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+projection, pixel size; ``from_run(z=, axes=, pixel_size=)`` change the projection, the axes of
+undeclared TIFFs and the input images' pixel size). When the run holds an out-of-distribution
+reference per fold (``models/fold{k}.ood.npz``, :mod:`protloc.core.ood`), every prediction
+also gets ``ood_score`` (1.0 = the flag threshold; the mean over the fold models, computed on
+the un-augmented image) and ``ood_flag`` (score > 1): the image is unlike the training images.
+
 Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views and merging in
 :mod:`protloc.core.tta`; their public names are re-exported here.
 """
@@ -145,6 +154,9 @@ class PredictionResult:
     label_strings : list of str    the competition's ``"1 4"`` strings ('' when none)
     classes : list of str
     skipped : list of (id, message)  unreadable images left out (only with ``on_error='skip'``)
+    ood_score : ndarray (N,) float32 or None   out-of-distribution score (> 1: flagged); None
+                                    when the run has no OOD reference
+    notes : list of str             what the reading did that holds for many images (with counts)
     """
 
     ids: list
@@ -153,9 +165,16 @@ class PredictionResult:
     label_strings: list
     classes: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    ood_score: np.ndarray | None = None
+    notes: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def ood_flag(self) -> np.ndarray | None:
+        """True where the image is unlike the training images (``ood_score > 1``)."""
+        return None if self.ood_score is None else np.asarray(self.ood_score) > 1.0
 
     def submission_frame(self):
         """``Image,Label`` DataFrame in the competition format."""
@@ -164,11 +183,14 @@ class PredictionResult:
         return pd.DataFrame({"Image": list(self.ids), "Label": list(self.label_strings)})
 
     def probs_frame(self):
-        """``Image`` + one column per class name."""
+        """``Image`` + one column per class name (+ ``ood_score``, ``ood_flag`` when scored)."""
         import pandas as pd
 
         df = pd.DataFrame(self.probs, columns=list(self.classes))
         df.insert(0, "Image", list(self.ids))
+        if self.ood_score is not None:
+            df["ood_score"] = np.round(np.asarray(self.ood_score, np.float64), 4)
+            df["ood_flag"] = self.ood_flag.astype(int)
         return df
 
 
@@ -193,12 +215,16 @@ class Predictor:
     model_file : Path or None   the ONNX file in use (onnx engine)
     quantized : str or None     ``'int8'`` when the int8 model is in use
     threads : int               CPU worker threads (see the module docstring)
-    notes : list of str         what was decided on the way (exports, fallbacks)
+    decisions : list of str     what was decided on the way (exports, fallbacks)
+    ood : list of OODDetector or None   one per fold model (``RUN/models/fold{k}.ood.npz``)
+    pixel_size : float or None  the input images' pixel size in µm given by the user (overrides
+                                the files'; ``--pixel-size``)
     """
 
     def __init__(self, preprocessing: Preprocessing, models=(), *, thresholds=None,
                  at_least_one: bool = False, device=None, engine: str = "torch", onnx_session=None,
-                 folds=None, root: Path | None = None, threads: int | None = None):
+                 folds=None, root: Path | None = None, threads: int | None = None, ood=None,
+                 pixel_size: float | None = None):
         check_choice("engine", engine, ENGINES[1:])
         self.preprocessing = preprocessing
         self.classes = list(preprocessing.classes)
@@ -222,8 +248,14 @@ class Predictor:
         self._pool = None
         self.model_file = None
         self.quantized = None
-        self.notes: list[str] = []
+        self.decisions: list[str] = []
         self.threads = check_threads(threads, flag="threads") or _default_threads()
+        self.ood = list(ood) if ood else None
+        self.pixel_size = None if pixel_size is None else float(pixel_size)
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise InputError("--pixel-size", expected="a pixel size in µm > 0", got=str(pixel_size),
+                             fix="e.g. --pixel-size 0.1")
+        self._notes: dict[str, int] = {}
         if engine == "torch":
             import torch
 
@@ -244,6 +276,10 @@ class Predictor:
             self._cuda = False
             if onnx_session is None:
                 raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+            if self.ood and "features" not in {o.name for o in onnx_session.get_outputs()}:
+                self.ood = None  # an export made before features were exported: no OOD score
+                self._notes["the ONNX export has no features output (re-export with `protloc export`): "
+                            "no out-of-distribution scores"] = 1
         # serial engines (one GPU) run one call at a time; CPU engines run one per worker
         self._serial = self._cuda or (engine == "onnx" and not self.device.startswith("cpu"))
 
@@ -280,8 +316,13 @@ class Predictor:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, path, *, device=None, engine: str = "auto", folds=None, onnx_path=None,
-                 threads: int | None = None, int8: str = "auto", note=None) -> "Predictor":
-        """Load ``RUN``: preprocessing, fold models (all by default) and thresholds.
+                 threads: int | None = None, int8: str = "auto", note=None, z: str | None = None,
+                 axes: str | None = None, pixel_size: float | None = None) -> "Predictor":
+        """Load ``RUN``: preprocessing, fold models (all by default), thresholds and the
+        out-of-distribution references.
+
+        ``z``, ``axes``: another Z projection / the axes of TIFFs that do not declare theirs (else
+        the run's); ``pixel_size``: the input images' pixel size in µm (overrides the files').
 
         ``folds``: None (all), an int or a list of fold numbers. ``engine``: ``'auto'`` (onnx
         on CPU, torch on CUDA), ``'onnx'`` or ``'torch'`` (module docstring). The onnx engine
@@ -306,11 +347,12 @@ class Predictor:
         run.check(need_models=engine == "torch" or (onnx_path is None and not run.onnx_path.is_file()))
         pre = run.preprocessing()
         rule = run.thresholds()
+        read = dict(z=z, axes=axes, pixel_size=pixel_size)
         use = resolve_engine(engine, device)
         if use == "onnx" and engine == "auto" and onnx_path is None:
             try:
                 return cls._from_onnx(run, pre, rule, device=device, folds=folds, threads=threads, int8=int8,
-                                      say=say, notes=notes)
+                                      say=say, notes=notes, read=read)
             except InputError:
                 raise
             except Exception as e:  # noqa: BLE001 - an export can fail in many ways (an op ONNX lacks...)
@@ -319,7 +361,7 @@ class Predictor:
                 use = "torch"
         elif use == "onnx":
             return cls._from_onnx(run, pre, rule, device=device, folds=folds, threads=threads, int8=int8,
-                                  say=say, notes=notes, onnx_path=onnx_path)
+                                  say=say, notes=notes, onnx_path=onnx_path, read=read)
         from protloc.models.network import load_weights
 
         run.check(need_models=True)
@@ -332,13 +374,20 @@ class Predictor:
                                                  "(preprocessing.json)",
                                                  got=f"{m.spec.in_chans} and {m.spec.num_classes}",
                                                  fix="keep the run folder's files together"))
-        pred = cls(pre, models, thresholds=rule, device=device, engine="torch", folds=use_folds, root=run.root,
-                   threads=threads)
-        pred.notes = notes
+        ood = run.ood(use_folds)
+        if ood is not None:
+            feats = [int(m.backbone.num_features * (2 if m.spec.pool == "catavgmax" else 1)) for m in models]
+            if any(d.n_features != n for d, n in zip(ood, feats)):
+                raise RunFolderError(f"{run.ood_path(use_folds[0])}: OOD reference of {ood[0].n_features} features "
+                                     f"does not fit the model's {feats[0]}",
+                                     fix="keep the run folder's files together (or delete the .ood.npz files)")
+        pred = cls._with_reading(pre, models, thresholds=rule, device=device, engine="torch", folds=use_folds,
+                                 root=run.root, threads=threads, ood=ood, **read)
+        pred.decisions = notes
         return pred
 
     @classmethod
-    def _from_onnx(cls, run: RunFolder, pre, rule, *, device, folds, threads, int8, say, notes,
+    def _from_onnx(cls, run: RunFolder, pre, rule, *, device, folds, threads, int8, say, notes, read,
                    onnx_path=None) -> "Predictor":
         from protloc.core.runfolder import parse_folds
         from protloc.inference.onnx import cached_onnx, load_onnx
@@ -358,10 +407,15 @@ class Predictor:
             raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
                                              got="a different one (exported from another run?)",
                                              fix=f"re-export with `protloc export {run.root}`"))
-        pred = cls(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
-                   folds=have, root=run.root, threads=threads)
-        pred.model_file, pred.quantized, pred.notes = onnx_file, meta.get("quantized"), notes
+        pred = cls._with_reading(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
+                                 folds=have, root=run.root, threads=threads, ood=run.ood(have) if have else None,
+                                 **read)
+        pred.model_file, pred.quantized, pred.decisions = onnx_file, meta.get("quantized"), notes
         return pred
+
+    @classmethod
+    def _with_reading(cls, pre, models, *, z, axes, pixel_size, **kw) -> "Predictor":
+        return cls(pre.with_reading(z=z, axes=axes), models, pixel_size=pixel_size, **kw)
 
     def describe(self) -> str:
         """One line: engine, model file, threads (what predict prints)."""
@@ -376,13 +430,38 @@ class Predictor:
             self._warned_resize = True
             warnings.warn(f"{message} (shown once)", UserWarning, stacklevel=5)
 
+    def _note(self, info: dict) -> None:
+        for n in info.get("notes", ()):
+            self._notes[n] = self._notes.get(n, 0) + 1
+
+    def notes(self) -> list[str]:
+        """What the reading did that holds for many images so far, with counts."""
+        return [n if c <= 1 else f"{n} ({c} images)" for n, c in self._notes.items()]
+
     def _prepare(self, img, where: str) -> np.ndarray:
         """One (H, W, C) array -> the run's input (:meth:`Preprocessing.prepare`; warns once if enlarging)."""
-        return self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize)
+        info: dict = {}
+        out = self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                                         info=info)
+        self._note(info)
+        return out
 
-    def read_file(self, path) -> np.ndarray:
-        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans)."""
-        return read_for_run(path, self.preprocessing, on_resize=self._warn_resize)
+    def read_file(self, path, *, info: dict | None = None) -> np.ndarray:
+        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans).
+
+        ``info`` (a dict) receives what the reading did (intensity rule, pixel size, notes)."""
+        info = {} if info is None else info
+        out = read_for_run(path, self.preprocessing, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                           info=info)
+        self._note(info)
+        return out
+
+    def _read_row(self, table, i: int, *, channels_chosen: bool) -> np.ndarray:
+        info: dict = {}
+        out = read_table_row(table, i, self.preprocessing, channels_chosen=channels_chosen,
+                             on_resize=self._warn_resize, pixel_size=self.pixel_size, info=info)
+        self._note(info)
+        return out
 
     def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
         """Paths / arrays (see :func:`protloc.inference.inputs.as_items`) -> (ids, uint8 batch)."""
@@ -419,10 +498,11 @@ class Predictor:
             yield fut.result()
 
     def predict_array(self, batch, *, tta: str = "none", merge: str = "mean",
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, with_ood: bool = False):
         """uint8 (N, H, W, C) -> probabilities (N, C) float32 (the core; web/explain use it).
 
         Images of another size are resized (one warning); a wrong channel count raises.
+        ``with_ood``: return ``(probs, ood_score (N,) or None)``.
         """
         check_choice("tta", tta, TTA_MODES)
         check_choice("merge", merge, MERGES)
@@ -436,12 +516,15 @@ class Predictor:
         if b.shape[1:] != (pre.size, pre.size, pre.in_chans) or b.dtype != np.uint8:
             b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
         out = np.empty((len(b), len(self.classes)), np.float32)
+        ood = np.empty(len(b), np.float32) if (with_ood and self.ood) else None
         step = self._step(len(b), batch_size, tta)
         starts = range(0, len(b), step)
-        for s, p in zip(starts, self._ordered(lambda s: self._forward(b[s:s + step], tta=tta, merge=merge),
-                                              starts)):
+        for s, (p, o) in zip(starts, self._ordered(
+                lambda s: self._forward(b[s:s + step], tta=tta, merge=merge, ood=ood is not None), starts)):
             out[s:s + step] = p
-        return out
+            if ood is not None:
+                ood[s:s + step] = o
+        return (out, ood) if with_ood else out
 
     def _step(self, n: int, batch_size: int, tta: str) -> int:
         """Images per work item: at most ``batch_size``, and small enough that every worker
@@ -451,38 +534,57 @@ class Predictor:
             return bs
         return max(1, min(bs, -(-n // self.threads)))
 
-    def _forward(self, b: np.ndarray, *, tta: str, merge: str) -> np.ndarray:
-        """uint8 (n, H, W, C) -> merged probabilities (n, C): the TTA views of up to
-        :data:`CALL_IMAGES` view-images go through the model in one call."""
+    def _ood_scores(self, b: np.ndarray, feats: list) -> np.ndarray:
+        """The images' OOD score from each fold model's pooled features (:mod:`protloc.core.ood`)."""
+        from protloc.core.ood import combine_folds, image_stats
+
+        stats = image_stats(b)
+        return combine_folds([d.score(f, stats) for d, f in zip(self.ood, feats)])
+
+    def _forward(self, b: np.ndarray, *, tta: str, merge: str, ood: bool = False):
+        """uint8 (n, H, W, C) -> (merged probabilities (n, C), OOD scores (n,) when ``ood`` else
+        None): the TTA views of up to :data:`CALL_IMAGES` view-images go through the model in one
+        call; the OOD score compares the un-augmented view's pooled features."""
+        ood = bool(ood and self.ood)
         n_views = len(tta_views(np.zeros((1, 1, 1, 1)), tta))
         step = max(1, CALL_IMAGES // n_views)
         if len(b) > step:
-            return np.concatenate([self._forward(b[s:s + step], tta=tta, merge=merge)
-                                   for s in range(0, len(b), step)])
+            parts = [self._forward(b[s:s + step], tta=tta, merge=merge, ood=ood) for s in range(0, len(b), step)]
+            return (np.concatenate([p for p, _ in parts]),
+                    np.concatenate([o for _, o in parts]) if ood else None)
         x = self.preprocessing.normalize(b)
         n = len(x)
         xv = np.concatenate(tta_views(x, tta)) if n_views > 1 else x
         if self.engine == "onnx":
-            fold_probs = self._session.run(["fold_probs"], {"input": np.ascontiguousarray(xv)})[0]
+            names = ["fold_probs", "features"] if ood else ["fold_probs"]
+            got = self._session.run(names, {"input": np.ascontiguousarray(xv)})
+            fold_probs = got[0]
             stack = fold_probs.reshape(n_views, n, *fold_probs.shape[1:])            # (V, n, F, C)
             stack = np.moveaxis(stack, 2, 1).reshape(-1, n, fold_probs.shape[-1])  # (V*F, n, C)
-            return merge_probs(stack, merge)
-        return self._forward_torch(xv, n_views=n_views, n=n, merge=merge)
+            feats = list(np.moveaxis(got[1][:n], 1, 0)) if ood else None          # view 0: (F, n, D)
+            return merge_probs(stack, merge), (self._ood_scores(b, feats) if ood else None)
+        probs, feats = self._forward_torch(xv, n_views=n_views, n=n, merge=merge, features=ood)
+        return probs, (self._ood_scores(b, feats) if ood else None)
 
-    def _forward_torch(self, xv: np.ndarray, *, n_views: int, n: int, merge: str) -> np.ndarray:
+    def _forward_torch(self, xv: np.ndarray, *, n_views: int, n: int, merge: str, features: bool = False):
         import torch
 
         lock = self._engine_lock if self._serial else _NO_LOCK
         with lock, torch.inference_mode():
             xt = torch.from_numpy(xv).to(self.device, non_blocking=True)
             xt = xt.contiguous(memory_format=torch.channels_last)
-            probs = []
+            probs, feats = [], []
             for m in self._models:
                 with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
-                    probs.append(torch.sigmoid(m(xt).float()))
+                    if features:  # the un-augmented view's pooled features (the first n rows)
+                        logits, f = m.forward_with_features(xt)
+                        feats.append(f[:n].float().cpu().numpy())
+                    else:
+                        logits = m(xt)
+                    probs.append(torch.sigmoid(logits.float()))
             stack = torch.stack(probs).reshape(len(probs) * n_views, n, -1)       # (F*V, n, C)
             out = stack.mean(0) if merge == "mean" else stack.amax(0)
-            return out.cpu().numpy().astype(np.float32)
+            return out.cpu().numpy().astype(np.float32), (feats if features else None)
 
     # ------------------------------------------------------------------------------------
     def labels_from_probs(self, probs, *, at_least_one: bool | None = None):
@@ -491,10 +593,11 @@ class Predictor:
         labels = [np.flatnonzero(r).tolist() for r in hot]
         return labels, [" ".join(map(str, ls)) for ls in labels]
 
-    def _result(self, ids, probs, *, at_least_one, skipped=()) -> PredictionResult:
+    def _result(self, ids, probs, *, at_least_one, skipped=(), ood=None) -> PredictionResult:
         labels, strings = self.labels_from_probs(probs, at_least_one=at_least_one)
         return PredictionResult(ids=list(ids), probs=probs, labels=labels, label_strings=strings,
-                                classes=list(self.classes), skipped=list(skipped))
+                                classes=list(self.classes), skipped=list(skipped), ood_score=ood,
+                                notes=self.notes())
 
     def predict(self, images, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                 progress: bool = False, at_least_one: bool | None = None) -> PredictionResult:
@@ -514,17 +617,20 @@ class Predictor:
         ids, seq = as_items(images)
         step = self._step(len(seq), batch_size, tta)
         probs = np.empty((len(seq), len(self.classes)), np.float32)
+        ood = np.empty(len(seq), np.float32) if self.ood else None
 
         def work(s):
             _, b = self._as_batch(seq[s:s + step])
-            return len(b), self._forward(b, tta=tta, merge=merge)
+            return len(b), self._forward(b, tta=tta, merge=merge, ood=ood is not None)
 
         starts = range(0, len(seq), step)
         with progress_bar(total=len(seq), description="predict", enable=progress) as advance:
-            for s, (k, p) in zip(starts, self._ordered(work, starts)):
+            for s, (k, (p, o)) in zip(starts, self._ordered(work, starts)):
                 probs[s:s + k] = p
+                if ood is not None:
+                    ood[s:s + k] = o
                 advance(k)
-        return self._result(ids, probs, at_least_one=at_least_one)
+        return self._result(ids, probs, at_least_one=at_least_one, ood=ood)
 
     def predict_table(self, table, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                       progress: bool = False, on_error: str = "raise", at_least_one: bool | None = None,
@@ -552,22 +658,24 @@ class Predictor:
             from protloc.data.table import normalize_channels
 
             channels_chosen = tuple(table.channels) != normalize_channels(table.fmt, None)
-        read = partial(read_table_row, pre=self.preprocessing, channels_chosen=channels_chosen,
-                       on_resize=self._warn_resize)
+        read = partial(self._read_row, channels_chosen=channels_chosen)
         load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, read=read)
+
+        probs = np.full((n, len(self.classes)), np.nan, np.float32)
+        ood = np.full(n, np.nan, np.float32) if self.ood else None
 
         def work(s):
             keep, b, errs = load(s)
-            return keep, (self._forward(b, tta=tta, merge=merge) if b is not None else None), errs
-
-        probs = np.full((n, len(self.classes)), np.nan, np.float32)
+            return keep, (self._forward(b, tta=tta, merge=merge, ood=ood is not None) if b is not None else None), errs
         ok = np.zeros(n, bool)
         starts = range(0, n, bs)
         with progress_bar(total=n, description="predict", enable=progress) as advance:
             for s, (keep, p, errs) in zip(starts, self._ordered(work, starts)):
                 skipped.extend(errs)
                 if p is not None:
-                    probs[keep] = p
+                    probs[keep] = p[0]
+                    if ood is not None:
+                        ood[keep] = p[1]
                     ok[keep] = True
                 advance(min(bs, n - s))
         if not ok.any():
@@ -577,7 +685,7 @@ class Predictor:
         pos = {iid: k for k, iid in enumerate(table.ids)}
         skipped.sort(key=lambda t: pos.get(t[0], 0))
         return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
-                            skipped=skipped)
+                            skipped=skipped, ood=None if ood is None else ood[idx])
 
 
 class _NoLock:

@@ -62,17 +62,19 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def load_data(table, cfg: TrainConfig, *, progress: bool):
+def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
     """Decoded images (the sharded cache store, read by index) and the usable rows.
 
     Bad images refuse training unless skip_bad. The store's location and trust come from
     ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``).
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+    projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size.
     """
     from protloc.data.cache import load_cached
 
     try:
         ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
-                         skip_bad=cfg.skip_bad)
+                         skip_bad=cfg.skip_bad, reading=reading, pixel_size=cfg.pixel_size or None)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
     log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
@@ -85,13 +87,14 @@ def load_data(table, cfg: TrainConfig, *, progress: bool):
     return ds, usable
 
 
-def load_unlabeled(cfg: TrainConfig, table, *, progress: bool):
-    """Decoded ``--unlabeled`` images (same format and channels as the training table)."""
+def load_unlabeled(cfg: TrainConfig, table, *, progress: bool, reading=None):
+    """Decoded ``--unlabeled`` images (same format, channels and reading as the training table)."""
     from protloc.data.cache import load_cached
     from protloc.data.table import load_table
 
     unl = load_table(None, cfg.unlabeled, fmt=table.fmt, channels=table.channels, schema=table.schema, labels=False)
-    ds = load_cached(unl, size=cfg.size, workers=cfg.workers or None, progress=progress, skip_bad=True)
+    ds = load_cached(unl, size=cfg.size, workers=cfg.workers or None, progress=progress, skip_bad=True,
+                     reading=reading, pixel_size=cfg.pixel_size or None)
     keep = np.setdiff1d(np.arange(len(unl)), np.asarray(ds.bad, dtype=int))
     if ds.bad:
         log.warning("--unlabeled: %d unreadable images left out", len(ds.bad))
@@ -243,6 +246,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     device = module.device if module.device.type != "meta" else "cpu"
     probs = infer_probs(net, images, mean=pre.mean, std=pre.std, indices=val_idx, batch_size=cfg.batch_size * 2,
                         device=device)
+    fit_ood(net, images, train_idx, val_idx, pre=pre, path=run.ood_path(k), batch_size=cfg.batch_size * 2,
+            device=device, seed=cfg.seed + k)
     classes = list(pre.classes)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
@@ -261,6 +266,71 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
                "val": classification_summary(y[val_idx], probs >= cfg.threshold, probs, classes=classes)}
     return {"oof": oof, "summary": summary}
+
+
+def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="cpu"):
+    """``(pooled features (N, F), image statistics (N, 3C))`` of ``images[indices]``, no augmentation."""
+    from protloc.core.ood import image_stats
+
+    net = net.to(device).eval()
+    feats, stats = [], []
+    with torch.inference_mode():
+        for s in range(0, len(indices), batch_size):
+            b = np.stack([np.asarray(images[i]) for i in indices[s:s + batch_size]])
+            x = torch.from_numpy(pre.normalize(b)).to(device)
+            feats.append(net.pooled(x).float().cpu().numpy())
+            stats.append(image_stats(b))
+    return np.concatenate(feats), np.concatenate(stats)
+
+
+def fit_ood(net, images, train_idx, val_idx, *, pre, path, batch_size: int = 64, device="cpu", seed: int = 0,
+            max_train: int = 4000):
+    """Fit fold ``k``'s :class:`~protloc.core.ood.OODDetector` on (up to ``max_train``) training
+    images and calibrate its threshold on the fold's validation images; save it to ``path``.
+
+    Skipped (logged) with fewer than 8 training or validation images."""
+    from protloc.core.ood import OODDetector
+
+    if len(train_idx) < 8 or len(val_idx) < 8:
+        log.info("out-of-distribution reference skipped: %d training / %d validation images (8 needed)",
+                 len(train_idx), len(val_idx))
+        return None
+    rng = np.random.default_rng(seed)
+    use = np.sort(rng.choice(train_idx, min(len(train_idx), max_train), replace=False))
+    ft, st = pooled_features(net, images, use, pre=pre, batch_size=batch_size, device=device)
+    fv, sv = pooled_features(net, images, np.asarray(val_idx), pre=pre, batch_size=batch_size, device=device)
+    det = OODDetector().fit(ft, st).calibrate(fv, sv)
+    det.save(path)
+    log.info("out-of-distribution reference: %d features, %d training / %d validation images, threshold %.3f",
+             det.n_features, det.n_train_, det.n_val_, det.threshold_)
+    return det
+
+
+def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | None = None) -> list[int]:
+    """Fit (again) the out-of-distribution reference of every trained fold of a finished run, from
+    its training data ``table`` (read with the run's recorded reading), its ``splits.csv`` and its
+    fold models: for runs trained before protloc recorded one. Returns the folds fitted."""
+    from protloc.data.cache import load_cached
+    from protloc.models.network import load_weights
+
+    pre = run.preprocessing()
+    sp = run.splits()
+    if sp is None:
+        raise RunFolderError(f"{run.splits_csv}: missing", fix="refit needs the run's splits (re-train)")
+    ds = load_cached(table, size=pre.size, progress=progress, workers=workers, reading=pre.reading, skip_bad=True)
+    pos = {iid: i for i, iid in enumerate(table.ids)}
+    folds = np.full(len(table), -2, dtype=int)
+    for iid, f in zip(sp["Image"], sp["fold"]):
+        if iid in pos:
+            folds[pos[iid]] = int(f)
+    folds[np.asarray(ds.bad, dtype=int)] = -2
+    done = []
+    for k in run.folds():
+        train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
+        net = load_weights(run.model_path(k))
+        if fit_ood(net, ds.images, train_idx, val_idx, pre=pre, path=run.ood_path(k), seed=run.config().seed + k):
+            done.append(k)
+    return done
 
 
 def merge_folds(run: RunFolder) -> dict:
@@ -381,8 +451,19 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
              f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
     for note in table.notes:  # rows left out of the table (e.g. --from-schema hpa28 mapping): on screen and in the log
         log.warning("note: %s", note)
-    ds, usable = load_data(table, cfg, progress=progress and main)
-    unlabeled = load_unlabeled(cfg, table, progress=progress and main) if cfg.unlabeled else None
+    resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
+    if resumed:
+        reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
+    else:
+        from protloc.data.reading import training_reading
+
+        reading, names, notes = training_reading(table, intensity=cfg.intensity, z=cfg.z,
+                                                 pixel_size=cfg.pixel_size or None)
+    for note in notes:
+        log.info("images: %s", note)
+    log.info("intensity: %s", reading.intensity.describe())
+    ds, usable = load_data(table, cfg, progress=progress and main, reading=reading)
+    unlabeled = load_unlabeled(cfg, table, progress=progress and main, reading=reading) if cfg.unlabeled else None
     y = table.y()
     sp = run.splits() if (resume or cfg.fold is not None) else None
     if sp is not None:
@@ -393,14 +474,14 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
                 folds[pos[iid]] = int(f)
     else:
         folds = assign_folds(table, cfg, usable, progress=progress and main)
-    if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
+    if resumed:
         pre = run.preprocessing()
     else:
         rng = np.random.default_rng(cfg.seed)
         sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
         mean, std = channel_stats(np.asarray(ds.images[sample]))
         pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
-                            schema=table.schema)
+                            schema=table.schema, reading=reading, channel_names=names)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
     if main:

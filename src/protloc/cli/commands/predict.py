@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command
-from protloc.cli.options import OutFile, declare_paths, device, folds, positive_int, run_folder
+from protloc.cli.options import OutFile, declare_paths, device, folds, number, positive_int, run_folder
 
 
 def register(sub) -> None:
@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("run", help="run folder (made by `protloc train`)")
     add_data_args(p, labels=False, split="test")
     p.add_argument("--out", required=True, help="submission CSV to write (Image,Label)")
-    p.add_argument("--probs", default=None, help="also write probabilities (Image + one column per class)")
+    p.add_argument("--probs", default=None, help="also write probabilities (Image + one column per class, + "
+                   "ood_score and ood_flag when the run has an out-of-distribution reference)")
     p.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
                    help="test-time augmentation: d4 = 8 flips/rotations")
     p.add_argument("--merge", default="mean", choices=("mean", "max"),
@@ -41,9 +42,22 @@ def register(sub) -> None:
                    help="give an image with no class above threshold its most probable class")
     p.add_argument("--skip-bad", action="store_true",
                    help="report unreadable/missing images and leave them out instead of stopping")
+    add_reading_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     declare_paths(p, run_folder(), OutFile("out"), OutFile("probs"))
     p.set_defaults(func=run)
+
+
+def add_reading_args(p) -> None:
+    """``--pixel-size`` and ``--z`` of the commands that read images for a run (predict, evaluate)."""
+    g = p.add_argument_group("reading (default: as the run was trained)")
+    g.add_argument("--pixel-size", default=None, metavar="UM",
+                   type=number(min=0, min_open=True, expected="a pixel size in µm > 0",
+                               fix="e.g. --pixel-size 0.1 (leave it out when unknown)"),
+                   help="physical pixel size of these images in micrometres (overrides the files' metadata); "
+                        "images are scaled to the run's training pixel size")
+    g.add_argument("--z", default=None, choices=("max", "mean", "middle"),
+                   help="projection of Z stacks (default: the run's)")
 
 
 def run(args) -> int:
@@ -61,7 +75,8 @@ def run(args) -> int:
     table = table_from_args(args, split="test", labels=False)
     notes: list[str] = []  # printed once predict worked (an error is then the only line)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
-                              threads=args.threads, int8=args.int8, note=notes.append)
+                              threads=args.threads, int8=args.int8, note=notes.append, z=args.z,
+                              axes=args.axes, pixel_size=args.pixel_size)
     res = pred.predict_table(table, tta=args.tta, merge=args.merge, batch_size=args.batch_size,
                              progress=not args.no_progress, on_error="skip" if args.skip_bad else "raise",
                              at_least_one=True if args.at_least_one else None, channels_chosen=chosen)
@@ -71,13 +86,16 @@ def run(args) -> int:
         print(f"engine: {pred.describe()}", file=sys.stderr)
     for _, msg in res.skipped:
         print(f"skipped: {msg}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
     sub = res.submission_frame()
     probs = res.probs_frame() if args.probs else None
     if probs is not None:  # probabilities first: the submission appears last, when all is done
         write_csv(args.probs, probs, float_format="%.6f")
     write_csv(args.out, sub)
     n_empty = sum(1 for s in res.label_strings if not s)
-    print(f"wrote {args.out} ({len(sub)} images, {n_empty} without a label"
+    flagged = "" if res.ood_flag is None else f", {int(res.ood_flag.sum())} unlike the training images (ood_flag)"
+    print(f"wrote {args.out} ({len(sub)} images, {n_empty} without a label{flagged}"
           f"{', ' + str(len(res.skipped)) + ' skipped' if res.skipped else ''})"
           + (f" and {args.probs}" if args.probs else ""))
     return 0

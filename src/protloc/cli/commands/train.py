@@ -58,6 +58,9 @@ def register(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue from checkpoints/fold{k}/last.ckpt")
     g.add_argument("--overwrite", action="store_true", help="retrain folds that already have checkpoints")
     g.add_argument("--merge", action="store_true", help="only merge finished folds/fold*/ into oof/metrics/summary")
+    g.add_argument("--refit-ood", action="store_true",
+                   help="only fit the out-of-distribution reference of a finished run (models/fold*.ood.npz) "
+                        "from its training data and splits, e.g. for runs trained before protloc recorded one")
     g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     from protloc.cli.commands.cache import add_store_args
 
@@ -115,6 +118,17 @@ def run(args) -> int:
     from protloc.training import check_recipe
     from protloc.training.train import merge_folds, run_training, setup_logging
 
+    if args.refit_ood:
+        from protloc.training.train import refit_ood
+
+        run_ = RunFolder(args.out).check()
+        setup_logging(run_)
+        pre = run_.preprocessing()
+        if args.channels is None and pre.fmt != "rgb":
+            args.channels = ",".join(map(str, pre.channels))
+        done = refit_ood(run_, table_from_args(args, labels=True), progress=not args.quiet)
+        print(f"out-of-distribution reference fitted for folds {done} in {run_.models_dir}")
+        return 0
     if args.merge:
         run_ = RunFolder(args.out).check(need_models=False)
         setup_logging(run_)
