@@ -70,6 +70,9 @@ RECIPES: dict[str, list[str]] = {
     "default": [],  # what `protloc train` does today
     "seed": ["--preset", "seed"],  # the reference notebook's recipe (the acceptance baseline)
     "native128": ["--size", "128", "--freeze-blocks", "0", "--epochs", "8"],  # issue 10's two flags
+    # the default before issue 10 (96 px, stem + 3 stages frozen, 12 epochs)
+    "old-default": ["--size", "96", "--freeze-blocks", "3", "--epochs", "12"],
+    "pseudo": ["--unlabeled", "{test_images}"],  # the default + pseudo-labels on the test images
 }
 
 FULL = dict(n_train=3000, n_test=1000, minutes=15.0)
@@ -220,8 +223,9 @@ def run_job(recipe: str, flags: list[str], train_spec: str, tests: list[str], *,
     if not reused:
         res["load_before_train"] = loadavg()
         t0 = time.perf_counter()
+        test_images = Path(data[tests[0]]["path"]) / "test"  # --unlabeled {test_images}: the first test style's
         run_cli(["train", "--data", tr, "--out", run, "--max-minutes", minutes, "--overwrite", "--quiet",
-                 *flags, *thr, *extra], log)
+                 *[f.replace("{test_images}", str(test_images)) for f in flags], *thr, *extra], log)
         res["train_wall_s"] = round(time.perf_counter() - t0, 1)
         res["load_after_train"] = loadavg()
         run_cli(["thresholds", run], log)

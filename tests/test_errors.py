@@ -102,8 +102,6 @@ def test_image_problems_come_from_the_error_fields(tmp_path):
         "use --format hpa-channels/tiff for other layouts, or convert the image to RGB")
 
 
-@pytest.mark.xfail(strict=True, reason="io/images.py still raises free-form '... Fix: ...' strings; run "
-                                       "the issue-11 codemod (codemod_errors.py) on it, then drop this marker")
 def test_free_form_image_errors_keep_message_and_fix_apart(tmp_path):
     sev, code, message, fix = _finding(tmp_path, "corrupt")
     assert (sev, code, fix) == ("error", "unreadable", "re-export the file as PNG/TIFF or remove its row")

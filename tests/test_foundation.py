@@ -43,7 +43,10 @@ def test_tiff_16bit_scaled_and_chw(tmp_path):
     arr = np.zeros((4, 10, 12), np.uint16)
     arr[1] = 65535
     tifffile.imwrite(tmp_path / "a.tif", arr)
-    out = read_image(tmp_path, "a", fmt="tiff", channels=(0, 1, 2, 3))
+    from protloc.core.pixels import Intensity
+    from protloc.core.preprocessing import Reading
+
+    out = read_image(tmp_path, "a", fmt="tiff", channels=(0, 1, 2, 3), reading=Reading(Intensity("scale")))
     assert out.shape == (10, 12, 4) and out[..., 1].min() == 255 and out[..., 0].max() == 0
     assert to_uint8(np.array([65535], np.uint16))[0] == 255
 

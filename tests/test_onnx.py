@@ -21,8 +21,8 @@ def run2(tmp_path_factory):
 
 
 def test_onnx_engine_matches_torch(run2, capsys):
-    with pytest.raises(RunFolderError, match=r"model.onnx: no ONNX model. Fix: run `protloc export"):
-        Predictor.from_run(run2, engine="onnx")
+    with pytest.raises(RunFolderError, match=r"other.onnx: no ONNX model. Fix: run `protloc export"):
+        Predictor.from_run(run2, engine="onnx", onnx_path=run2 / "other.onnx")
     assert main(["export", str(run2)]) == 0
     assert "max |diff|" in capsys.readouterr().out
     meta = json.loads((run2 / "model.onnx.json").read_text())
@@ -30,13 +30,17 @@ def test_onnx_engine_matches_torch(run2, capsys):
     assert meta["input"]["layout"] == "NCHW" and meta["max_abs_diff"] < 1e-4
     rng = np.random.default_rng(0)
     b = rng.integers(0, 255, (5, 32, 32, 3)).astype(np.uint8)
-    pt, po = Predictor.from_run(run2), Predictor.from_run(run2, engine="onnx")
-    assert po.models == [] and po.folds == [0, 1]
+    pt, po = Predictor.from_run(run2, engine="torch"), Predictor.from_run(run2, engine="onnx")
+    assert po.engine == "onnx" and po._models == [] and po.folds == [0, 1]
     for tta, merge in [("none", "mean"), ("d4", "mean"), ("flip", "max")]:
         np.testing.assert_allclose(po.predict_array(b, tta=tta, merge=merge),
                                    pt.predict_array(b, tta=tta, merge=merge), atol=1e-4)
     with pytest.raises(InputError, match=r"expected an export of folds \[0\], got folds \[0, 1\]"):
-        Predictor.from_run(run2, engine="onnx", folds=[0])
+        Predictor.from_run(run2, engine="onnx", folds=[0], onnx_path=run2 / "model.onnx")
+    p0 = Predictor.from_run(run2, engine="onnx", folds=[0])  # a fold subset is exported and cached on its own
+    assert p0.folds == [0] and p0.model_file.name == "model.folds-0.onnx"
+    np.testing.assert_allclose(p0.predict_array(b), Predictor.from_run(run2, engine="torch", folds=[0])
+                               .predict_array(b), atol=1e-4)
 
 
 def test_onnx_usable_alone_and_single_fold(run2, tmp_path):
@@ -52,7 +56,7 @@ def test_onnx_usable_alone_and_single_fold(run2, tmp_path):
     b = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     probs = sess.run(["probs"], {"input": pre.normalize(b)})[0]  # batch 3 though exported with 2
-    ref = Predictor.from_run(run2, folds=[1]).predict_array(b)
+    ref = Predictor.from_run(run2, folds=[1], engine="torch").predict_array(b)
     np.testing.assert_allclose(probs, ref, atol=1e-4)
     assert main(["export", str(run2), "--fold", "9"]) == 2
 

@@ -128,3 +128,47 @@ def test_upload_in_browser(browser, fake_run, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.timeout(90)
+def test_16bit_ome_tiff_and_ood_warning_in_browser(browser, trained_run, tmp_path):
+    """A 16-bit OME-TIFF of a training image is read by the run's rule (the page says which, and
+    its pixel size); a noise image gets the out-of-distribution warning, the training image none."""
+    import tifffile
+
+    from protloc.core.runfolder import RunFolder
+    from protloc.web.app import create_app
+
+    train = sorted(Path(RunFolder(trained_run).data_source().images).glob("*.png"))[0]
+    img = np.asarray(Image.open(train).convert("RGB"))
+    ome = tmp_path / "cell.ome.tif"
+    tifffile.imwrite(ome, np.moveaxis(img.astype(np.uint16) * 257, -1, 0), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    noise = write_png(tmp_path / "noise.png", np.random.default_rng(1).integers(0, 256, img.shape).astype(np.uint8))
+
+    server, thread, url = _start_server(create_app(trained_run))
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("text=validation macro F1", timeout=15000)
+        card = page.inner_text("#model-card")
+        assert "scale: 8-bit data as stored" in card and "unusual images" in card
+        page.set_input_files("#file-input", [str(ome), str(noise)])
+        expect = pytest.importorskip("playwright.sync_api").expect
+        expect(page.locator('.result[data-status="done"]')).to_have_count(2, timeout=30000)
+        tif = page.locator('.result[data-image="cell.ome"]')
+        facts = tif.locator(".input-facts").inner_text()
+        assert "intensity: scale 16-bit (x / 257.00)" in facts and "pixel size: 0.25 µm/px (OME" in facts
+        assert tif.locator(".ood-warning").count() == 0
+        warn = page.locator('.result[data-image="noise"] .ood-warning')
+        expect(warn).to_have_count(1)
+        assert "unlike the training images" in warn.inner_text()
+        assert page.locator('.result[data-ood="flagged"]').count() == 1
+        if os.environ.get("PROTLOC_SCREENSHOT_OOD"):
+            page.screenshot(path=os.environ["PROTLOC_SCREENSHOT_OOD"], full_page=True)
+        assert not problems, problems
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

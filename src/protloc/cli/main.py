@@ -37,6 +37,9 @@ def add_data_args(p: argparse.ArgumentParser, *, labels: bool = True, split: str
     g.add_argument("--channels", default=None,
                    help="hpa-channels: names, e.g. red,green,blue,yellow or 'all'; tiff: indices 0,1,2")
     g.add_argument("--id-col", default=None, help="id column name (default: Image or Id)")
+    g.add_argument("--axes", default=None,
+                   help="axes of TIFFs that do not declare theirs, e.g. CYX, ZCYX or YXC (OME/ImageJ files "
+                        "name their own)")
     if labels:
         g.add_argument("--label-col", default=None, help="label column name (default: Label or Target)")
         g.add_argument("--schema", default="ghent10", help="label schema: ghent10, hpa28 or a YAML/JSON file")
@@ -52,7 +55,8 @@ def table_from_args(args, *, split: str = "train", labels=None, strict: bool = T
     return load_table(args.csv, args.images, data=args.data, split=split, fmt=args.format,
                       channels=args.channels, schema=getattr(args, "schema", "ghent10"),
                       id_col=args.id_col, label_col=getattr(args, "label_col", None), labels=labels,
-                      from_schema=getattr(args, "from_schema", None), strict=strict)
+                      from_schema=getattr(args, "from_schema", None), strict=strict,
+                      axes=getattr(args, "axes", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

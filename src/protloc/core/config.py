@@ -6,15 +6,17 @@ Resolution order (later wins): preset (``--preset`` or the file's ``preset:``) -
 
 Presets
 -------
-``default``  the recipe chosen by measurement (docs/training.md): EfficientNet-Lite0 with offline
-             ImageNet weights at 96 px, fine-tuned except the stem and first 3 stages (CPU speed),
-             BCE + 0.5 soft-F1, AdamW + warmup-cosine for 12 epochs, D4 + rotation + crop +
-             intensity jitter; trains 3,000 images in ~13 min on 2 shared CPU cores.
+``default``  the recipe chosen on the selection image styles (docs/training.md): EfficientNet-Lite0
+             with offline ImageNet weights at the native 128 px, fully fine-tuned, BCE + 0.5
+             soft-F1, AdamW + warmup-cosine, D4 + rotation + crop + intensity jitter; with
+             ``--max-minutes`` the epochs and the schedule are planned to fill the budget.
 ``seed``     the reference notebook's recipe for comparison: frozen ImageNet backbone +
              Dense(512, relu) + Dense(10, sigmoid), soft-F1 loss, Adam 1e-4, flips/rotations,
              threshold 0.5. The notebook used InceptionResNetV2, whose weights are not available
              offline; this preset uses the offline EfficientNet-Lite0 weights instead.
 ``fast``     a quick smoke/demo recipe (small images, few epochs).
+``gpu``      what a GPU allows (used instead of ``default`` on CUDA): EfficientNet-Lite2 at 256 px,
+             fully fine-tuned, 5 folds, EMA; 4 channels when the HPA yellow files exist. Unmeasured.
 
 Options
 -------
@@ -48,7 +50,17 @@ PRESETS: dict[str, dict] = {
         warmup_epochs=0.0, freeze_epochs=-1, freeze_blocks=0, augment="d4", epochs=30, threshold=0.5, size=128,
         backbone_lr_mult=1.0),
     "fast": dict(size=64, epochs=3, batch_size=64, augment="d4", warmup_epochs=0.5, freeze_blocks=2),
+    # what a GPU allows (``protloc train`` uses it instead of ``default`` when CUDA is the accelerator
+    # and no --preset is given; 4 channels when the HPA yellow files are there). Unmeasured: no GPU
+    # was available when it was written (benchmarks/gpu_check.sh is where it would be measured).
+    "gpu": dict(note="GPU recipe (unmeasured: chosen from the CPU measurements and the HPA 2018 top teams' "
+                     "practice; see docs/training.md)",
+                model="tf_efficientnet_lite2", size=256, freeze_blocks=0, folds=5, batch_size=64, lr=2e-3,
+                backbone_lr_mult=0.5, ema=0.999, workers=4),
 }
+
+#: the preset ``protloc train`` starts from when no --preset (or config file preset) is given
+DEFAULT_PRESET, GPU_PRESET = "default", "gpu"
 
 
 #: Lightning accelerators and precisions ``protloc train`` accepts (the strategy names are checked
@@ -79,6 +91,7 @@ def _option(group: str):
 _recipe, _model, _optim = _option("recipe"), _option("model"), _option("optimisation")
 _eval, _cv, _engine = _option("evaluation"), _option("cross-validation"), _option("hardware / engine")
 _run = _option("run")
+_semi = _option("semi-supervised")
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,18 @@ class TrainConfig:
     dropout: float = _model(0.2, "head dropout", ge=0, lt=1)
     hidden: int = _model(0, "hidden units of the head (0 = linear head)", ge=0)
     drop_path: float = _model(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)", ge=0, lt=1)
-    size: int = _model(96, "image side in pixels the model sees", ge=8, le=4096)
+    size: int = _model(128, "image side in pixels the model sees", ge=8, le=4096)
+    intensity: str = _model("auto", "how raw intensities become 8 bit (recorded in preprocessing.json, applied to "
+                            "every image the run reads): scale (8-bit as stored, 16-bit divided by its bit range, "
+                            "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (decided "
+                            "from the training images: scale when they are 8-bit, else percentile)",
+                            choices=("auto", "scale", "percentile"))
+    z: str = _model("max", "projection of Z stacks: max, mean or middle plane", choices=("max", "mean", "middle"))
+    pixel_size: float = _model(0.0, "physical pixel size of the training images in micrometres (0: from the files' "
+                               "metadata, else unknown and nothing is rescaled)", ge=0, le=1000)
     # optimisation
-    epochs: int = _optim(12, "maximum epochs per fold", ge=1)
+    epochs: int = _optim(0, "epochs per fold (0 = auto: as many as --max-minutes allows, planned from the "
+                         "measured step time; 15 without a budget); with a budget, the most epochs", ge=0)
     batch_size: int = _optim(32, "images per batch and process", ge=1)
     lr: float = _optim(2e-3, "peak learning rate of the head (backbone: lr * --backbone-lr-mult)", gt=0)
     backbone_lr_mult: float = _optim(0.5, "backbone learning-rate factor", ge=0)
@@ -117,8 +139,8 @@ class TrainConfig:
                            choices=("cosine", "onecycle", "constant"))
     warmup_epochs: float = _optim(1.0, "linear warmup length (cosine schedule)", ge=0)
     freeze_epochs: int = _optim(0, "train the head only for N epochs (-1: backbone frozen throughout)", ge=-1)
-    freeze_blocks: int = _optim(3, "keep the stem + first N backbone stages frozen throughout (0 = none; "
-                                "CPU speed)", ge=0)
+    freeze_blocks: int = _optim(0, "keep the stem + first N backbone stages frozen throughout (0 = none; "
+                                "3 is ~2.5x faster on CPU but loses the small structures)", ge=0)
     accumulate: int = _optim(1, "gradient accumulation steps", ge=1)
     ema: float = _optim(0.0, "EMA decay of the weights (0 = off), e.g. 0.998", ge=0, lt=1)
     loss: str = _optim("bce+0.5*softf1", "bce | focal | asl | softf1 or a weighted sum like bce+0.5*softf1")
@@ -129,6 +151,16 @@ class TrainConfig:
                           "store a few shards at a time, for data larger than RAM or on shared file systems)",
                           choices=("random", "balanced", "shard-block"))
     augment: str = _optim("d4,rotate,crop,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
+    mix: str = _optim("none", "multi-label mixing augmentation: mixup (images and labels mixed) or cutmix (a box "
+                      "pasted in, labels joined)", choices=("none", "mixup", "cutmix"))
+    mix_alpha: float = _optim(0.4, "Beta(alpha, alpha) of the mixing weight", gt=0)
+    mix_prob: float = _optim(0.5, "fraction of batches mixed", ge=0, le=1)
+    # semi-supervised
+    unlabeled: str = _semi("", "folder of unlabeled images (e.g. the test images) for pseudo-labelling: a teacher "
+                           "trains, labels them, a student trains on both (same format and channels as --data)")
+    teacher_share: float = _semi(0.5, "share of the time budget (or of the epochs) for the teacher phase", gt=0, lt=1)
+    pseudo_targets: str = _semi("sharpened", "pseudo-label targets: sharpened (confident probabilities -> 0/1, the "
+                                "rest soft), soft, hard", choices=("sharpened", "soft", "hard"))
     # evaluation / selection
     monitor: str = _eval("val_macro_f1", "checkpoint/early-stop metric (val_macro_f1 at --threshold, "
                          "val_macro_f1_best at each class's best threshold)",
@@ -150,11 +182,12 @@ class TrainConfig:
     num_nodes: int = _engine(1, "machines for multi-node DDP", ge=1)
     precision: str = _engine("auto", "auto = bf16-mixed on CUDA, 32-true on CPU", choices=PRECISIONS)
     compile: bool = _engine(False, "torch.compile the model")
-    channels_last: bool = _engine(True, "channels-last memory layout on CUDA")
-    threads: int = _engine(0, "torch CPU threads per process (0 = cores / processes)", ge=0)
+    channels_last: bool = _engine(True, "channels-last memory layout (CPU and CUDA; faster on both)")
+    threads: int = _engine(0, "torch CPU threads per process (0 = free cores: cores minus load average, / processes)", ge=0)
     workers: int = _engine(0, "decode workers and DataLoader workers (memmapped uint8 data needs none)", ge=0)
-    max_minutes: float = _engine(0.0, "time budget: stop cleanly at an epoch boundary, keep the best (0 = none)",
-                                 ge=0)
+    max_minutes: float = _engine(0.0, "time budget of the whole command: the first steps are timed, the epochs "
+                                 "that fit are planned and the schedule ends there (re-planned as the machine "
+                                 "slows down or speeds up); the best checkpoint is kept (0 = none)", ge=0)
     skip_bad: bool = _run(False, "leave unreadable images out of training (reported) instead of refusing")
     logger: str = _run("none", "experiment tracker fed with each epoch's metrics.csv row: csv or tensorboard "
                        "(RUN/logs/), mlflow (a local store in RUN/mlflow/; pip install 'protloc[mlflow]'); the run "
@@ -195,10 +228,12 @@ class TrainConfig:
                          "config.yaml)", allow_empty=True)
 
     @classmethod
-    def resolve(cls, *, preset: str | None = None, file: str | Path | None = None, **flags) -> "TrainConfig":
-        """Preset -> config file -> flags (``None`` flags mean 'not given')."""
+    def resolve(cls, *, preset: str | None = None, file: str | Path | None = None, default_preset: str = "default",
+                **flags) -> "TrainConfig":
+        """Preset -> config file -> flags (``None`` flags mean 'not given'); ``default_preset`` when neither
+        names one (the CLI passes ``gpu`` on CUDA)."""
         data = cls.load_dict(file) if file else {}
-        cfg = cls.preset(preset or data.get("preset") or "default")
+        cfg = cls.preset(preset or data.get("preset") or default_preset)
         data = {k: v for k, v in data.items() if k != "preset"}
         return cfg.override(**data).override(**flags).validate()
 

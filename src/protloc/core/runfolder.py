@@ -18,6 +18,9 @@ Layout::
       splits.csv             Image,fold (validation fold of each training image)
       checkpoints/fold{k}/   Lightning checkpoints: best.ckpt, last.ckpt  ckpt_dir(k)
       models/fold{k}.pt      best weights of fold k (ensembled)        folds(), model_path(k)
+      models/fold{k}.ood.npz what fold k's typical inputs look like     ood(folds) -> [OODDetector]
+                             (features + pixel statistics, threshold   (None for runs made before it)
+                             calibrated on its validation images)
       folds/fold{k}/         per-fold oof.csv, metrics.csv,            fold_dir(k), fold_results()
                              summary.json (merged into the files below; folds trained on other
                              machines are merged with --merge)
@@ -29,8 +32,11 @@ Layout::
       thresholds.json        per-class thresholds + diagnostics        thresholds() -> RunThresholds
                              (protloc thresholds; absent: 0.5 for every class, said so)
       evaluation.json        last `protloc evaluate` result (optional) evaluation_json
-      model.onnx(.json)      ONNX export + its preprocessing           onnx_path, onnx_meta_path
-                             (protloc export, optional)
+      model.onnx(.json)      ONNX export + its preprocessing and the   onnx_path, onnx_meta_path,
+                             fingerprint of the weights it came from    onnx_file(folds, int8=)
+                             (protloc export, or cached by predict;
+                             model.int8.onnx: quantised, export --int8;
+                             model.folds-0-2.onnx: a fold subset)
       train.log              log
       logs/{csv,tensorboard}/fold{k}/  --logger csv|tensorboard       logs_dir
       mlflow/                --logger mlflow: mlflow.db + artifacts    mlflow_dir
@@ -45,7 +51,6 @@ present but unreadable, of the wrong shape or inconsistent with the run is a Run
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -278,6 +283,19 @@ class RunFolder:
     logs_dir = property(lambda self: self.root / "logs")
     mlflow_dir = property(lambda self: self.root / "mlflow")
 
+    def onnx_file(self, folds=None, *, int8: bool = False) -> Path:
+        """The ONNX export of ``folds`` (None: every fold, ``model.onnx``; a subset:
+        ``model.folds-0-2.onnx``); ``int8``: its quantised copy (``model.int8.onnx``...).
+
+        Examples
+        --------
+        >>> rf = RunFolder("r")
+        >>> rf.onnx_file().name, rf.onnx_file([2, 0]).name, rf.onnx_file(int8=True).name
+        ('model.onnx', 'model.folds-0-2.onnx', 'model.int8.onnx')
+        """
+        stem = "model" if folds is None else "model.folds-" + "-".join(str(int(f)) for f in sorted(folds))
+        return self.root / f"{stem}{'.int8' if int8 else ''}.onnx"
+
     def ckpt_dir(self, fold: int) -> Path:
         return self.root / "checkpoints" / f"fold{fold}"
 
@@ -288,6 +306,10 @@ class RunFolder:
         """``.launch/ID.json``: rank 0's marker that the data setup of one launch is done
         (:mod:`protloc.cluster.handshake`; ``launch`` is a :class:`~protloc.cluster.Launch`)."""
         return self.root / ".launch" / f"{launch.safe_id}.json"
+
+    def ood_path(self, fold: int) -> Path:
+        """``models/fold{k}.ood.npz``: fold k's out-of-distribution reference (:mod:`protloc.core.ood`)."""
+        return self.models_dir / f"fold{fold}.ood.npz"
 
     def fold_dir(self, fold: int) -> Path:
         """``folds/fold{k}/``: one fold's oof.csv, metrics.csv and summary.json."""
@@ -408,6 +430,16 @@ class RunFolder:
             return ModelSpec.from_dict(d)
         except (TypeError, ValueError) as e:
             raise self._damaged(self.model_json, e, fix) from None
+
+    def ood(self, folds=None) -> list | None:
+        """The :class:`~protloc.core.ood.OODDetector` of each of ``folds`` (default: all trained
+        folds), or None when any of them has none (runs trained before protloc recorded it)."""
+        from protloc.core.ood import OODDetector
+
+        use = self.folds() if folds is None else list(folds)
+        if not use or not all(self.ood_path(k).is_file() for k in use):
+            return None
+        return [OODDetector.load(self.ood_path(k)) for k in use]
 
     def data_source(self) -> DataSource | None:
         """Where the training data came from; None for runs trained before it was recorded."""

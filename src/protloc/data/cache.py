@@ -3,8 +3,10 @@
 Where: ``--cache-dir`` (``protloc cache`` / ``protloc train``), else ``$PROTLOC_CACHE_DIR``, else
 ``~/.cache/protloc``. On a cluster point it at a file system every node sees (the store is read
 by index, shard files of ~32 MiB; see docs/scale.md). One entry per (image folder, ids in order,
-format, channels, size): ``KEY.zarr/`` (a Zarr v3 store, :mod:`protloc.data.store`) and
-``KEY.json`` (its card: complete flag, identity, unreadable images).
+format, channels, size, reading): ``KEY.zarr/`` (a Zarr v3 store, :mod:`protloc.data.store`) and
+``KEY.json`` (its card: complete flag, identity, unreadable images). The reading (intensity rule,
+Z projection, axes, pixel sizes: :class:`~protloc.core.preprocessing.Reading`) is part of the
+identity, so changing any of them makes another entry.
 
 Invalidation (file name, size, mtime): the worker that decodes an image also stats its file(s)
 and stores a digest next to the pixels. Opening an entry stats the files again (threads, shard
@@ -68,19 +70,35 @@ def _ids_hash(ids) -> str:
     return h.hexdigest()[:16]
 
 
-def _identity(table, size: int) -> dict:
-    """What makes an entry: images folder, ids (in order), format, channels, size.
+def effective_reading(table, reading=None):
+    """The reading a table is decoded with: ``reading``, by default the one ``protloc train``
+    with its default options records for it (:func:`protloc.data.reading.training_reading`: the
+    ``auto`` intensity rule decided from the files), with the table's ``--axes`` for TIFFs that do
+    not declare theirs."""
+    from dataclasses import replace
+
+    if reading is None:
+        from protloc.data.reading import training_reading
+
+        reading = training_reading(table)[0]
+    return replace(reading, axes=table.axes) if getattr(table, "axes", None) else reading
+
+
+def _identity(table, size: int, reading=None, pixel_size: float | None = None) -> dict:
+    """What makes an entry: images folder, ids (in order), format, channels, size, reading.
 
     The id list is part of it, so a subset of a table (``DataTable.subset``) never replaces
-    the full table's entry."""
+    the full table's entry; so is the reading (intensity rule, Z projection, axes, pixel sizes)."""
     return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
             "channels": list(map(str, table.channels)), "ids": _ids_hash(table.ids),
-            "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None}
+            "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None,
+            "reading": {**effective_reading(table, reading).to_dict(), "input_pixel_size_um": pixel_size}}
 
 
-def cache_key(table, *, size: int) -> str:
-    """Name of ``table``'s entry at ``size`` (no file is read: file changes are found per shard)."""
-    ident = {k: v for k, v in _identity(table, size).items() if k != "csv"}
+def cache_key(table, *, size: int, reading=None, pixel_size: float | None = None) -> str:
+    """Name of ``table``'s entry at ``size`` read with ``reading`` (no file is read: file changes
+    are found per shard)."""
+    ident = {k: v for k, v in _identity(table, size, reading, pixel_size).items() if k != "csv"}
     return hashlib.sha1(json.dumps([CACHE_VERSION, ident], sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -126,11 +144,12 @@ def stat_digests(folder, ids, *, fmt: str, channels) -> np.ndarray:
 
 
 def _decode_chunk(args):
-    folder, ids, fmt, channels, size = args
+    folder, ids, fmt, channels, size, reading, pixel_size = args
     out, errors = [], []
     for iid in ids:
         try:
-            out.append(read_image(folder, iid, fmt=fmt, channels=channels, size=size))
+            out.append(read_image(folder, iid, fmt=fmt, channels=channels, size=size, reading=reading,
+                                  pixel_size=pixel_size))
             errors.append(None)
         except InputError as e:
             out.append(None)
@@ -140,7 +159,7 @@ def _decode_chunk(args):
 
 def _build_shard(job):
     """Worker: stat + decode the images of one shard and write it; returns (s, lo, n, [(row, msg)])."""
-    root, s, lo, folder, ids, fmt, channels, size, k, compress = job
+    root, s, lo, folder, ids, fmt, channels, size, k, compress, reading, pixel_size = job
     c = len(channels)
     block = np.zeros((len(ids), size, size, c), np.uint8)
     stats = np.zeros((len(ids), 2), np.int64)
@@ -148,7 +167,8 @@ def _build_shard(job):
     bad = []
     for j, iid in enumerate(ids):
         try:
-            block[j] = read_image(folder, iid, fmt=fmt, channels=channels, size=size)
+            block[j] = read_image(folder, iid, fmt=fmt, channels=channels, size=size, reading=reading,
+                                  pixel_size=pixel_size)
             stats[j, 1] = st.DECODED
         except InputError as e:
             stats[j, 1] = st.UNREADABLE
@@ -158,8 +178,13 @@ def _build_shard(job):
 
 
 def decode_table(table, *, size: int, workers: int | None = None, progress: bool = True,
-                 skip_bad: bool = False, out: np.ndarray | None = None, write=None) -> DecodedSet:
+                 skip_bad: bool = False, out: np.ndarray | None = None, write=None, reading=None,
+                 pixel_size: float | None = None) -> DecodedSet:
     """Decode every image of ``table`` into ``out`` (or a new array in RAM), in parallel.
+
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+    projection, axes, pixel size; default: the ``auto`` rule); ``pixel_size``: the images' pixel
+    size in µm given by the user (overrides the files').
 
     ``write(start, block)``, if given, receives each decoded chunk (N_chunk, size, size, C)
     in row order instead of ``out``. Raises InputError naming the first unreadable file unless
@@ -176,7 +201,8 @@ def decode_table(table, *, size: int, workers: int | None = None, progress: bool
             arr[start:start + len(block)] = block
     workers = workers or min(4, os.cpu_count() or 1)
     chunk = 64
-    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size)
+    reading = effective_reading(table, reading)
+    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, size, reading, pixel_size)
             for s in range(0, n, chunk)]
     bad, msgs = [], []
     with progress_bar(total=n, description="decoding images", enable=progress) as advance:
@@ -280,14 +306,16 @@ def _bad_rows(root: Path, k: int, n: int) -> list[int]:
     return bad
 
 
-def cache_info(table=None, *, size: int | None = None, check_files: bool = True) -> list[dict]:
-    """Cache entries (all, or those of ``table``[ at ``size``]) with key, shape, bytes, up-to-date flag."""
+def cache_info(table=None, *, size: int | None = None, check_files: bool = True, reading=None,
+               pixel_size: float | None = None) -> list[dict]:
+    """Cache entries (all, or those of ``table``[ at ``size``]) with key, shape, bytes, up-to-date flag
+    (up to date: the entry of ``table`` read with ``reading``, its files unchanged)."""
     d = cache_dir()
     out = []
     for meta, info in _entries(d):
         if table is not None:
-            ident = _identity(table, info.get("size", 0))
-            if any(info.get(k) != v for k, v in ident.items() if k not in ("size", "csv")):
+            ident = _identity(table, info.get("size", 0), reading, pixel_size)
+            if any(info.get(k) != v for k, v in ident.items() if k not in ("size", "csv", "reading")):
                 continue
             if size and info.get("size") != size:
                 continue
@@ -296,7 +324,8 @@ def cache_info(table=None, *, size: int | None = None, check_files: bool = True)
         store = root if not legacy else meta.with_suffix(".npy")
         current = None
         if table is not None and not legacy:
-            current = bool(info.get("complete")) and meta.stem == cache_key(table, size=info["size"]) and not \
+            current = bool(info.get("complete")) and meta.stem == cache_key(
+                table, size=info["size"], reading=reading, pixel_size=pixel_size) and not \
                 _stale_shards(root, table, info["shard_images"], range(-(-len(table) // info["shard_images"])),
                               check_files=check_files)
         out.append({**{k: info.get(k) for k in ("n", "size", "fmt", "channels", "images", "csv", "bad",
@@ -356,8 +385,13 @@ def _hit(meta: Path, info: dict | None, table, skip_bad: bool) -> DecodedSet | N
 
 def load_cached(table, *, size: int, workers: int | None = None, progress: bool = True,
                 skip_bad: bool = False, use_cache: bool = True, trust: bool | None = None,
-                shard_images: int | None = None, compress: str | None = None, say=None) -> DecodedSet:
+                shard_images: int | None = None, compress: str | None = None, say=None, reading=None,
+                pixel_size: float | None = None) -> DecodedSet:
     """Decoded images of ``table`` at ``size``, from the cache store when it is up to date.
+
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (default: the ``auto``
+    intensity rule), ``pixel_size``: the images' pixel size given by the user; both are part of
+    the entry's identity.
 
     The first call decodes in ``workers`` processes, each writing whole shards (RAM: one shard
     per worker, whatever the dataset size); later calls open the store (a :class:`ShardedImages`,
@@ -372,11 +406,13 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
     (15389, 128, 128, 3)
     """
     if not use_cache:
-        return decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad)
+        return decode_table(table, size=size, workers=workers, progress=progress, skip_bad=skip_bad,
+                            reading=reading, pixel_size=pixel_size)
     say = say or _say
+    reading = effective_reading(table, reading)
     trust = trust_default() if trust is None else trust
     d = cache_dir()
-    key = cache_key(table, size=size)
+    key = cache_key(table, size=size, reading=reading, pixel_size=pixel_size)
     root, meta = d / f"{key}.zarr", d / f"{key}.json"
     n, c = len(table), len(table.channels)
     info = _read_json(meta)
@@ -404,7 +440,7 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         else:
             shutil.rmtree(root, ignore_errors=True)
             st.create_store(root, n=n, size=size, channels=c, shard_images=k, compress=comp,
-                            attrs={**_identity(table, size), "n": n, "key": key})
+                            attrs={**_identity(table, size, reading, pixel_size), "n": n, "key": key})
             todo = list(range(n_shards))
         if not todo:
             hit = _hit(meta, info, table, skip_bad)
@@ -413,14 +449,15 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         from protloc.core.atomic import write_json
         from protloc.core.progress import progress_bar
 
-        card = {"complete": False, "n": n, **_identity(table, size), "key": key, "shard_images": k,
+        card = {"complete": False, "n": n, **_identity(table, size, reading, pixel_size), "key": key,
+                "shard_images": k,
                 "compress": comp, "store": root.name}
         write_json(meta, card)
         if todo and progress and usable:
             say(f"cache {root}: decoding {len(todo)} of {n_shards} shards (new or changed files)")
         chans = list(table.channels)
         jobs = ((str(root), s, s * k, str(table.images), table.ids[s * k:min(n, s * k + k)], table.fmt, chans,
-                 size, k, comp) for s in todo)
+                 size, k, comp, reading, pixel_size) for s in todo)
         workers = workers or min(4, os.cpu_count() or 1)
         msgs: dict[int, str] = {}
         with progress_bar(total=sum(min(n, s * k + k) - s * k for s in todo), description="decoding images",
@@ -435,7 +472,8 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         for row in bad:
             if row not in msgs:  # decoded by an earlier (killed) run: ask the file again
                 try:
-                    read_image(table.images, table.ids[row], fmt=table.fmt, channels=table.channels, size=size)
+                    read_image(table.images, table.ids[row], fmt=table.fmt, channels=table.channels, size=size,
+                               reading=reading, pixel_size=pixel_size)
                     msgs[row] = "unreadable image"
                 except InputError as e:
                     msgs[row] = str(e)

@@ -12,6 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from protloc.data.cache import worker_map
 from protloc.core.errors import InputError
 from protloc.io.images import TIFF_EXTS, hpa_channel_path, image_path, not_a_file, read_image, sniff_format
@@ -47,6 +49,21 @@ def _header(path: Path, real: str | None) -> dict:
         return {"format": "?", "error": str(e)}
 
 
+def _max_16bit(paths) -> int:
+    """The largest raw value of an image's 16-bit files (cached per file list)."""
+    from protloc.io.images import read_array
+
+    key = tuple(str(p) for _, p in paths if p is not None)
+    if key not in _MAX_CACHE:
+        _MAX_CACHE.clear()
+        vals = [read_array(Path(p)) for p in key]
+        _MAX_CACHE[key] = max(int(v.max(initial=0)) for v in vals if v.dtype == np.uint16) if vals else 0
+    return _MAX_CACHE[key]
+
+
+_MAX_CACHE: dict = {}
+
+
 def _classify(e: InputError) -> str:
     """The finding code of an image read error, from its fields."""
     if e.expected is not None:  # a value mismatch: the wrong number of channels, or a bad layout
@@ -58,8 +75,11 @@ def _classify(e: InputError) -> str:
     return "unreadable"
 
 
-def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rotations: bool = False) -> dict:
-    """Inspect one image: its files (name, bytes, SHA-1, header), problems, size, hash."""
+def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rotations: bool = False,
+                  axes: str | None = None) -> dict:
+    """Inspect one image: its files (name, bytes, SHA-1, header), problems, size, hash.
+
+    ``axes``: the axes of TIFFs that do not declare theirs (``--axes``)."""
     folder = Path(folder)
     rec = {"files": [], "problems": [], "shape": None, "hash": None, "dtypes": []}
     if fmt == "hpa-channels":
@@ -130,7 +150,11 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rota
     if any(s == "error" for s, *_ in rec["problems"]):
         return rec
     try:
-        img = read_image(folder, iid, fmt=fmt, channels=channels)
+        from dataclasses import replace
+
+        from protloc.core.preprocessing import default_reading
+
+        img = read_image(folder, iid, fmt=fmt, channels=channels, reading=replace(default_reading(), axes=axes))
     except InputError as e:
         rec["problems"].append(("error", _classify(e), e.problem.replace(str(folder) + os.sep, ""),
                                 e.fix or "re-export the file, or delete the row"))
@@ -139,10 +163,11 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rota
     if int(img.max()) == int(img.min()):
         rec["problems"].append(("warning", "blank_image", f"every pixel is {int(img.max())} (an empty image)",
                                 "check the export, or delete the row"))
-    elif "uint16" in rec["dtypes"] and int(img.max()) < 32:  # e.g. 12-bit camera data in 16 bits
-        rec["problems"].append(("warning", "dark_16bit", "16-bit data uses only the low bits (8-bit max "
-                                f"{int(img.max())} after the 1/257 scaling); the image is almost black",
-                                "rescale the TIFFs to the full 16-bit range, or export 8-bit PNGs"))
+    elif "uint16" in rec["dtypes"] and _max_16bit(paths) <= 4095:  # 12-bit camera data in 16 bits
+        rec["problems"].append(("info", "dark_16bit", f"16-bit data uses only the low 12 bits (maximum "
+                                f"{_max_16bit(paths)}): it is read as 12-bit data (--intensity auto normalises "
+                                "each image by its percentiles, scale divides by 4095), not divided by 257",
+                                "nothing to do; pass --intensity to choose the rule"))
     if hash_idx is not None:
         fn = image_hashes_d4 if rotations else image_hash  # (8, 2) or (2,) uint64
         rec["hash"] = fn(img, protein=min(hash_idx[0], img.shape[2] - 1), nucleus=min(hash_idx[1], img.shape[2] - 1))
@@ -150,8 +175,9 @@ def inspect_image(folder, iid: str, fmt: str, channels, *, hash_idx=(1, 2), rota
 
 
 def _inspect_chunk(args):
-    folder, ids, fmt, channels, hash_idx, rotations = args
-    return [inspect_image(folder, iid, fmt, channels, hash_idx=hash_idx, rotations=rotations) for iid in ids]
+    folder, ids, fmt, channels, hash_idx, rotations, axes = args
+    return [inspect_image(folder, iid, fmt, channels, hash_idx=hash_idx, rotations=rotations, axes=axes)
+            for iid in ids]
 
 
 def inspect_table(table, *, near_dup: bool = True, rotations: bool = False, workers: int | None = None,
@@ -162,8 +188,8 @@ def inspect_table(table, *, near_dup: bool = True, rotations: bool = False, work
     n = len(table)
     hidx = hash_channels(table.fmt, table.channels) if near_dup else None
     chunk = 32
-    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, hidx, rotations)
-            for s in range(0, n, chunk)]
+    jobs = [(str(table.images), table.ids[s:s + chunk], table.fmt, table.channels, hidx, rotations,
+             getattr(table, "axes", None)) for s in range(0, n, chunk)]
     workers = workers or min(4, os.cpu_count() or 1)
     out: list[dict] = []
     with progress_bar(total=n, description=description, enable=progress) as advance:

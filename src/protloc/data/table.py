@@ -44,6 +44,8 @@ class DataTable:
     schema : LabelSchema
     csv_rows : list of int
         1-based line number in the CSV for each id (for messages), header = line 1.
+    axes : str or None
+        The axes of TIFFs that do not declare theirs (``--axes CYX``), for every reader.
     """
 
     ids: list[str]
@@ -55,6 +57,7 @@ class DataTable:
     csv_path: Path | None = None
     csv_rows: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    axes: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,6 +96,7 @@ class DataTable:
             ids=[self.ids[i] for i in idx], images=self.images, fmt=self.fmt, channels=self.channels,
             schema=self.schema, labels=None if self.labels is None else [self.labels[i] for i in idx],
             csv_path=self.csv_path, csv_rows=[self.csv_rows[i] for i in idx] if self.csv_rows else [],
+            axes=self.axes,
         )
 
     def label_strings(self) -> list[str]:
@@ -185,7 +189,7 @@ def _ids_from_folder(images: Path) -> list[str]:
 
 def load_table(csv_path=None, images=None, *, data=None, split: str = "train", fmt: str = "auto",
                channels=None, schema="ghent10", id_col=None, label_col=None, labels: bool | None = None,
-               from_schema: str | None = None, strict: bool = True) -> DataTable:
+               from_schema: str | None = None, strict: bool = True, axes: str | None = None) -> DataTable:
     """Build a :class:`DataTable` from a CSV and an image folder.
 
     Parameters
@@ -204,6 +208,8 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
         Force reading labels (True) or ignoring them (False); default: if the column exists.
     strict : bool
         Raise on the first bad label/duplicate id (True), or record them in ``notes``.
+    axes : str, optional
+        Axes of TIFFs that do not declare theirs (``CYX``...), see :mod:`protloc.io.images`.
 
     Examples
     --------
@@ -263,8 +269,10 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
     if not ids:
         raise InputError(f"{csv_path}: no rows", fix="add at least one image row")
     fmt, channels = _resolve_format(images, ids, fmt, channels)
+    from protloc.core.preprocessing import check_axes
+
     return DataTable(ids=ids, images=images, fmt=fmt, channels=channels, schema=schema, labels=lab,
-                     csv_path=csv_path, csv_rows=rows, notes=notes)
+                     csv_path=csv_path, csv_rows=rows, notes=notes, axes=check_axes(axes))
 
 
 def _resolve_format(images: Path, ids: list[str], fmt: str, channels) -> tuple[str, tuple]:

@@ -205,9 +205,9 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
                                             set=name, index=i))
     if len(dtypes) > 1:
         findings.append(Finding("warning", "mixed_bit_depth", "all files", "files mix bit depths "
-                                f"({dict(dtypes)}); 16-bit values are scaled by 1/257, so dim 16-bit images "
-                                "look darker than 8-bit ones",
-                                "export all images with the same bit depth"))
+                                f"({dict(dtypes)}); with --intensity auto 8-bit files keep their values and "
+                                "deeper ones are normalised per image, so the two kinds can look different",
+                                "export all images with the same bit depth, or train with --intensity percentile"))
     for members in by_sha.values():
         if len(members) < 2:
             continue

@@ -178,8 +178,9 @@ def check_manifest(folder: Path, want: dict) -> None:
 class _Rows:
     """``dataset.__getitems__(range(a, b))`` -> ``(a, b, ok rows, uint8 images, [(row, msg)], note)``."""
 
-    def __init__(self, table, pre, *, channels_chosen: bool):
+    def __init__(self, table, pre, *, channels_chosen: bool, pixel_size: float | None = None):
         self.table, self.pre, self.channels_chosen = table, pre, channels_chosen
+        self.pixel_size = pixel_size  # --pixel-size: the input images' (overrides the files')
         self._note = None
 
     def __len__(self) -> int:
@@ -197,7 +198,7 @@ class _Rows:
         for i in rows:
             try:
                 imgs[len(ok)] = read_table_row(self.table, i, pre, channels_chosen=self.channels_chosen,
-                                               on_resize=self._resized)
+                                               on_resize=self._resized, pixel_size=self.pixel_size)
                 ok.append(i)
             except InputError as e:  # returned as data: the main process raises or skips it
                 errs.append((i, f"{self.table.where(i)}: {e}"))
@@ -340,7 +341,7 @@ def _predict_local(run_root, table, pre, plan, todo, sink: PartSink, kw, *, tta,
     from protloc.inference.predictor import Predictor
 
     predictor = Predictor.from_run(run_root, **kw)
-    _ROWS = _Rows(table, pre, channels_chosen=channels_chosen)
+    _ROWS = _Rows(table, pre, channels_chosen=channels_chosen, pixel_size=kw.get("pixel_size"))
     w = max(1, min(4, _cores() // 2)) if workers < 0 else int(workers)
     sink.start("rank 0")
     try:
@@ -387,9 +388,10 @@ def _lightning_parts():
         """Rank 0 lists the parts not on disk and broadcasts them; rank r takes every W-th."""
 
         def __init__(self, table, pre, plan: PartPlan, parts, folder: Path, *, batch_size: int, workers: int,
-                     channels_chosen: bool):
+                     channels_chosen: bool, pixel_size: float | None = None):
             super().__init__()
             self.table, self.pre, self.plan, self.parts, self.folder = table, pre, plan, list(parts), folder
+            self.pixel_size = pixel_size
             self.batch_size, self.workers, self.channels_chosen = batch_size, workers, channels_chosen
             self.todo: list[int] = []
             self.mine: list[int] = []
@@ -407,7 +409,8 @@ def _lightning_parts():
             w = int(self.workers)
             if w < 0:  # auto: one decoder per two cores of this rank, at most 4
                 w = max(1, min(4, _cores() // max(1, self.trainer.num_devices) // 2))
-            loader = DataLoader(_Rows(self.table, self.pre, channels_chosen=self.channels_chosen),
+            loader = DataLoader(_Rows(self.table, self.pre, channels_chosen=self.channels_chosen,
+                                      pixel_size=self.pixel_size),
                                 batch_sampler=_PartBatches(self.plan, self.mine, self.batch_size),
                                 collate_fn=_unbatched, num_workers=w, prefetch_factor=2 if w else None)
             return _Batches(loader)
@@ -561,7 +564,7 @@ def predict_parts(run_root, table, out, *, probs_out=None, predictor_kw: dict | 
     check_choice("on_error", on_error, ("raise", "skip"))
     kw = dict(predictor_kw or {})
     rf = RunFolder(run_root).check(need_models=kw.get("engine", "torch") == "torch")
-    pre = rf.preprocessing()
+    pre = rf.preprocessing().with_reading(z=kw.get("z"), axes=kw.get("axes"))  # --z / --axes
     check_table(table, pre)
     folder = parts_dir(out)
     if folder.exists() and not folder.is_dir():
@@ -649,5 +652,5 @@ def _trainer(run_root, table, pre, plan, parts, folder, kw, sink, *, tta, merge,
                          fix="pick devices this machine (or launcher) has, e.g. --devices 1, or --device cpu") from None
     module = PartsModule(run_root, kw, tta=tta, merge=merge, at_least_one=at_least_one, on_error=on_error)
     data = PartsData(table, pre, plan, parts, folder, batch_size=batch_size, workers=workers,
-                     channels_chosen=channels_chosen)
+                     channels_chosen=channels_chosen, pixel_size=kw.get("pixel_size"))
     return trainer, module, data

@@ -43,54 +43,64 @@ def as_items(images) -> tuple[list[str], object]:
     return ids, seq
 
 
-def _prepare_file(path: Path, pre, *, where: str, channels=None, on_resize=None) -> np.ndarray:
+def _prepare_file(path: Path, pre, *, where: str, channels=None, on_resize=None, pixel_size=None,
+                  info: dict | None = None) -> np.ndarray:
     from protloc.io import images as imageio
 
     tiff = imageio.sniff_format(path) == "TIFF" or path.suffix.lower() in imageio.TIFF_EXTS
-    return pre.prepare(imageio.read_array(path), where=where, channels=channels, rgba=not tiff,
-                       on_resize=on_resize)
+    raw, meta = imageio.read_raw(path, axes=pre.reading.axes, z=pre.reading.z)
+    return pre.prepare(raw, where=where, channels=channels, rgba=not tiff, on_resize=on_resize, meta=meta,
+                       pixel_size=pixel_size, info=info)
 
 
-def read_for_run(path, pre, *, channels=None, on_resize=None) -> np.ndarray:
+def read_for_run(path, pre, *, channels=None, on_resize=None, pixel_size: float | None = None,
+                 info: dict | None = None) -> np.ndarray:
     """Read one image the way the run with preprocessing ``pre`` was trained.
 
     ``path`` is an image file (PNG/JPEG/TIFF), or ``DIR/ID`` for an image id in a folder
     (``DIR/ID.png``, ``DIR/ID.tif``..., or the channel files ``DIR/ID_red.png``... of an
     ``hpa-channels`` run). ``channels``: TIFF channel indices the user chose (else the run's rule,
-    :meth:`~protloc.core.preprocessing.Preprocessing.pick_channels`). Returns uint8
-    (size, size, in_chans), exactly what the model saw in training.
+    :meth:`~protloc.core.preprocessing.Preprocessing.pick_channels`). ``pixel_size``: the image's
+    pixel size in µm when the user gave one (``--pixel-size``; overrides the file's). The file's
+    axes, Z projection, bits and pixel size are read with the run's
+    :class:`~protloc.core.preprocessing.Reading`; ``info`` (a dict) receives what was done.
+    Returns uint8 (size, size, in_chans), exactly what the model saw in training.
     """
     from protloc.io import images as imageio
 
     p = Path(path)
     if not p.is_file():
         if pre.fmt == "hpa-channels":
-            raw = imageio.read_hpa_channels(p.parent, p.name, channels=pre.channels)
-            return pre.prepare(raw, where=str(p), on_resize=on_resize)
+            raw, meta = imageio.read_hpa_raw(p.parent, p.name, channels=pre.channels, reading=pre.reading)
+            return pre.prepare(raw, where=str(p), on_resize=on_resize, meta=meta, pixel_size=pixel_size, info=info)
         found = imageio.image_path(p.parent, p.name, "rgb")
         if found is None:
-            raise imageio.ImageReadError(f"{p}: file not found (also looked for {p.name}.png, .jpg and .tif). "
-                                         "Fix: check the path, or the --images folder and the id")
+            raise imageio.ImageReadError(f"{p}: file not found (also looked for {p.name}.png, .jpg and .tif)",
+                                         fix="check the path, or the --images folder and the id")
         p = found
-    return _prepare_file(p, pre, where=str(p), channels=channels, on_resize=on_resize)
+    return _prepare_file(p, pre, where=str(p), channels=channels, on_resize=on_resize, pixel_size=pixel_size,
+                         info=info)
 
 
-def read_table_row(table, i: int, pre, *, channels_chosen: bool = True, on_resize=None) -> np.ndarray:
+def read_table_row(table, i: int, pre, *, channels_chosen: bool = True, on_resize=None,
+                   pixel_size: float | None = None, info: dict | None = None) -> np.ndarray:
     """Read row ``i`` of a :class:`~protloc.data.table.DataTable` for the run ``pre`` (see
     :func:`read_for_run`). ``channels_chosen``: the table's TIFF channels were chosen by the user
     (else a wider TIFF follows the run's rule, and is refused by a run with fewer channels)."""
     from protloc.io import images as imageio
 
     where = f"{table.where(i)} ({table.files(i)[0]})"
+    pre = pre.with_reading(axes=getattr(table, "axes", None))  # the user's --axes for undeclared TIFFs
     if table.fmt == "hpa-channels":
-        raw = imageio.read_hpa_channels(table.images, table.ids[i], channels=table.channels)
-        return pre.prepare(raw, where=where, on_resize=on_resize)
+        raw, meta = imageio.read_hpa_raw(table.images, table.ids[i], channels=table.channels, reading=pre.reading)
+        return pre.prepare(raw, where=where, on_resize=on_resize, meta=meta, pixel_size=pixel_size, info=info)
     p = imageio.image_path(table.images, table.ids[i], table.fmt)
     if p is None:
-        raise imageio.ImageReadError(f"{table.where(i)}: image file missing: {table.files(i)[0]}. Fix: check "
-                                     "--images and the ids")
+        raise imageio.ImageReadError(f"{table.where(i)}: image file missing: {table.files(i)[0]}",
+                                     fix="check --images and the ids")
     chans = table.channels if (table.fmt == "tiff" and channels_chosen) else None
-    return _prepare_file(p, pre, where=where, channels=chans, on_resize=on_resize)
+    return _prepare_file(p, pre, where=where, channels=chans, on_resize=on_resize, pixel_size=pixel_size,
+                         info=info)
 
 
 def run_channels(pre, fmt: str = "auto"):

@@ -22,10 +22,32 @@ folds with ``merge='mean'`` (default) or ``'max'``.
 
 Engines
 -------
-``torch`` (default): CUDA with AMP (float16) when available, else CPU float32; channels_last
-memory layout on both; always under ``torch.inference_mode()``. ``onnx``: onnxruntime on ``RUN/model.onnx`` written by
-``protloc export`` (float NCHW normalised input, sigmoid probabilities out); same numbers as
-torch within 1e-4.
+``auto`` (default): onnxruntime on CPU, torch on CUDA. ``onnx``: onnxruntime on the run's ONNX
+model, exported once and cached in the run folder (:func:`protloc.inference.onnx.cached_onnx`:
+re-exported, with a note, when the fold weights or the preprocessing changed); the int8 model
+of ``protloc export --int8`` is used when its recorded held-out macro-F1 drop is <= 0.005.
+``auto`` falls back to torch, with a one-line note, when the export is impossible.
+``torch``: CUDA with AMP (float16) when available, else CPU float32; channels_last; always
+under ``torch.inference_mode()``. Both give the same numbers within 1e-4 (int8: see
+``model.onnx.json``).
+
+Threads
+-------
+On CPU the work is split into independent batches run by ``threads`` worker threads (default:
+the cores this process may use), each batch decoded, normalised and run by one worker with a
+single-threaded engine call (onnxruntime intra-op 1, no spinning; torch 1 intra-op thread).
+No worker waits on another, so more threads are never slower, on an idle machine or on a
+busy one (``benchmarks/bench_predict.py``, docs/speed.md). TTA views of a batch go through the
+model in one call (views x images), each image decoded once.
+
+Reading and out-of-distribution scores
+--------------------------------------
+Files are read with the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+projection, pixel size; ``from_run(z=, axes=, pixel_size=)`` change the projection, the axes of
+undeclared TIFFs and the input images' pixel size). When the run holds an out-of-distribution
+reference per fold (``models/fold{k}.ood.npz``, :mod:`protloc.core.ood`), every prediction
+also gets ``ood_score`` (1.0 = the flag threshold; the mean over the fold models, computed on
+the un-augmented image) and ``ood_flag`` (score > 1): the image is unlike the training images.
 
 Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views and merging in
 :mod:`protloc.core.tta`; their public names are re-exported here.
@@ -34,6 +56,8 @@ Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views
 from __future__ import annotations
 
 import concurrent.futures as cf
+import sys
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -49,10 +73,70 @@ from protloc.core.tta import MERGES, TTA_MODES, d4_views, merge_probs, tta_views
 from protloc.inference.inputs import (as_items, check_choice, check_table, find_missing, load_chunk,
                                       read_for_run, read_table_row)
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("auto", "torch", "onnx")
+INT8 = ("auto", "on", "off")
 
 __all__ = ["Predictor", "PredictionResult", "d4_views", "tta_views", "merge_probs", "ENGINES",
-           "TTA_MODES", "MERGES"]
+           "TTA_MODES", "MERGES", "resolve_engine", "check_threads"]
+
+#: view-images per engine call (TTA views x images); bounds the memory of one call
+CALL_IMAGES = 64
+
+
+def check_threads(threads, *, flag: str = "--threads") -> int | None:
+    """None (automatic) or an integer >= 1.
+
+    Examples
+    --------
+    >>> check_threads(None), check_threads("2")
+    (None, 2)
+    >>> check_threads(0)
+    Traceback (most recent call last):
+    ...
+    protloc.core.errors.InputError: --threads: expected an integer >= 1 (or leave it out: one per core), got 0. Fix: e.g. --threads 2.
+    """
+    if threads is None:
+        return None
+    try:
+        n = int(threads)
+        ok = n >= 1 and float(threads) == n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(flag, expected="an integer >= 1 (or leave it out: one per core)", got=repr(threads)
+                         if isinstance(threads, str) else str(threads), fix=f"e.g. {flag} 2")
+    return n
+
+
+def _cuda_present() -> bool:
+    """CUDA is usable (imports torch only when an NVIDIA driver is there or torch is loaded)."""
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia")):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_engine(engine: str = "auto", device=None) -> str:
+    """The engine ``'auto'`` means here: torch on CUDA, onnxruntime on CPU (when installed).
+
+    Examples
+    --------
+    >>> resolve_engine("torch"), resolve_engine("auto", "cpu"), resolve_engine("auto", "cuda:1")
+    ('torch', 'onnx', 'torch')
+    """
+    check_choice("engine", engine, ENGINES)
+    if engine != "auto":
+        return engine
+    if device is not None and str(device).strip() not in ("", "auto"):
+        return "torch" if str(device).strip().startswith("cuda") else "onnx"
+    return "torch" if _cuda_present() else "onnx"
+
+
+def _default_threads() -> int:
+    from protloc.inference.onnx import default_threads
+
+    return default_threads()
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +154,9 @@ class PredictionResult:
     label_strings : list of str    the competition's ``"1 4"`` strings ('' when none)
     classes : list of str
     skipped : list of (id, message)  unreadable images left out (only with ``on_error='skip'``)
+    ood_score : ndarray (N,) float32 or None   out-of-distribution score (> 1: flagged); None
+                                    when the run has no OOD reference
+    notes : list of str             what the reading did that holds for many images (with counts)
     """
 
     ids: list
@@ -78,9 +165,16 @@ class PredictionResult:
     label_strings: list
     classes: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    ood_score: np.ndarray | None = None
+    notes: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def ood_flag(self) -> np.ndarray | None:
+        """True where the image is unlike the training images (``ood_score > 1``)."""
+        return None if self.ood_score is None else np.asarray(self.ood_score) > 1.0
 
     def submission_frame(self):
         """``Image,Label`` DataFrame in the competition format."""
@@ -89,11 +183,14 @@ class PredictionResult:
         return pd.DataFrame({"Image": list(self.ids), "Label": list(self.label_strings)})
 
     def probs_frame(self):
-        """``Image`` + one column per class name."""
+        """``Image`` + one column per class name (+ ``ood_score``, ``ood_flag`` when scored)."""
         import pandas as pd
 
         df = pd.DataFrame(self.probs, columns=list(self.classes))
         df.insert(0, "Image", list(self.ids))
+        if self.ood_score is not None:
+            df["ood_score"] = np.round(np.asarray(self.ood_score, np.float64), 4)
+            df["ood_flag"] = self.ood_flag.astype(int)
         return df
 
 
@@ -111,15 +208,24 @@ class Predictor:
     at_least_one : bool         from ``thresholds.json``
     threshold_rule : RunThresholds   both, with where they came from (``.source``) and the
                                 fitted diagnostics (``RunFolder.thresholds()``)
-    models : list of nn.Module  (torch engine; empty for onnx)
+    models : list of nn.Module  the fold networks (onnx engine: loaded from the run on first
+                                use, e.g. for Grad-CAM)
     folds : list of int         fold numbers in the ensemble
-    engine, device : str
+    engine, device : str        the engine actually used (``'torch'`` or ``'onnx'``)
+    model_file : Path or None   the ONNX file in use (onnx engine)
+    quantized : str or None     ``'int8'`` when the int8 model is in use
+    threads : int               CPU worker threads (see the module docstring)
+    decisions : list of str     what was decided on the way (exports, fallbacks)
+    ood : list of OODDetector or None   one per fold model (``RUN/models/fold{k}.ood.npz``)
+    pixel_size : float or None  the input images' pixel size in µm given by the user (overrides
+                                the files'; ``--pixel-size``)
     """
 
     def __init__(self, preprocessing: Preprocessing, models=(), *, thresholds=None,
                  at_least_one: bool = False, device=None, engine: str = "torch", onnx_session=None,
-                 folds=None, root: Path | None = None):
-        check_choice("engine", engine, ENGINES)
+                 folds=None, root: Path | None = None, threads: int | None = None, ood=None,
+                 pixel_size: float | None = None):
+        check_choice("engine", engine, ENGINES[1:])
         self.preprocessing = preprocessing
         self.classes = list(preprocessing.classes)
         c = len(self.classes)
@@ -132,27 +238,63 @@ class Predictor:
                                  at_least_one=bool(at_least_one), source="given")
         self.threshold_rule = rule
         self.engine = engine
-        self.models = list(models)
-        self.folds = list(folds) if folds is not None else list(range(len(self.models)))
+        self._models = list(models)
+        self.folds = list(folds) if folds is not None else list(range(len(self._models)))
         self.root = root
         self._session = onnx_session
         self._warned_resize = False
+        self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
+        self._pool = None
+        self.model_file = None
+        self.quantized = None
+        self.decisions: list[str] = []
+        self.threads = check_threads(threads, flag="threads") or _default_threads()
+        self.ood = list(ood) if ood else None
+        self.pixel_size = None if pixel_size is None else float(pixel_size)
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise InputError("--pixel-size", expected="a pixel size in µm > 0", got=str(pixel_size),
+                             fix="e.g. --pixel-size 0.1")
+        self._notes: dict[str, int] = {}
         if engine == "torch":
             import torch
 
-            if not self.models:
+            if not self._models:
                 raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
             from protloc.models.device import resolve_device
 
             self.device = resolve_device(device)  # 'bogus' or 'cuda' without a GPU: an InputError
             self._cuda = self.device.startswith("cuda")
-            for m in self.models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
+            for m in self._models:  # channels_last: faster convolutions on CUDA and on CPU (oneDNN)
                 m.eval().to(self.device).to(memory_format=torch.channels_last)
+            if not self._cuda:
+                # one intra-op thread per worker: workers never wait on each other (no spinning
+                # OpenMP barriers, which made 2 threads 25x slower than 1 on a busy machine)
+                torch.set_num_threads(1)
         else:
             self.device = "cpu" if device is None else str(device)
             self._cuda = False
             if onnx_session is None:
                 raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+            if self.ood and "features" not in {o.name for o in onnx_session.get_outputs()}:
+                self.ood = None  # an export made before features were exported: no OOD score
+                self._notes["the ONNX export has no features output (re-export with `protloc export`): "
+                            "no out-of-distribution scores"] = 1
+        # serial engines (one GPU) run one call at a time; CPU engines run one per worker
+        self._serial = self._cuda or (engine == "onnx" and not self.device.startswith("cpu"))
+
+    @property
+    def models(self) -> list:
+        """The fold networks; the onnx engine loads them from the run on first use (Grad-CAM)."""
+        if not self._models and self.engine == "onnx" and self.root is not None:
+            with self._lock:
+                if not self._models:
+                    from protloc.models.network import load_weights
+
+                    run = RunFolder(self.root)
+                    self._models = [load_weights(run.model_path(f)).eval() for f in self.folds
+                                    if run.model_path(f).is_file()]
+        return self._models
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -173,48 +315,90 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, path, *, device=None, engine: str = "torch", folds=None,
-                 onnx_path=None, threads: int | None = None) -> "Predictor":
-        """Load ``RUN``: preprocessing, fold models (all by default) and thresholds.
+    def from_run(cls, path, *, device=None, engine: str = "auto", folds=None, onnx_path=None,
+                 threads: int | None = None, int8: str = "auto", note=None, z: str | None = None,
+                 axes: str | None = None, pixel_size: float | None = None) -> "Predictor":
+        """Load ``RUN``: preprocessing, fold models (all by default), thresholds and the
+        out-of-distribution references.
 
-        ``folds``: None (all), an int or a list of fold numbers. ``engine='onnx'`` loads
-        ``RUN/model.onnx`` (or ``onnx_path``) written by ``protloc export`` and never imports
-        torch. ``threads``: CPU threads (torch: ``torch.set_num_threads``, process-wide; onnx:
-        the session's intra-op threads); None keeps the library default (all cores). On a busy
-        shared machine fewer threads than cores can be much faster.
+        ``z``, ``axes``: another Z projection / the axes of TIFFs that do not declare theirs (else
+        the run's); ``pixel_size``: the input images' pixel size in µm (overrides the files').
+
+        ``folds``: None (all), an int or a list of fold numbers. ``engine``: ``'auto'`` (onnx
+        on CPU, torch on CUDA), ``'onnx'`` or ``'torch'`` (module docstring). The onnx engine
+        uses the run's cached ONNX model (exported on first use; ``onnx_path``: that file
+        instead, as it is) and never imports torch when the cache is current. ``int8``:
+        ``'auto'`` (the int8 model when it passed its macro-F1 check), ``'on'`` or ``'off'``.
+        ``threads``: CPU worker threads (None: one per core). ``note(message)`` receives what
+        was decided on the way (default: printed to stderr as ``note: ...``).
         """
+        from protloc.inference.onnx import _note_stderr
+
         check_choice("engine", engine, ENGINES)
-        run = RunFolder(path).check(need_models=engine == "torch")
+        check_choice("int8", int8, INT8)
+        threads = check_threads(threads, flag="threads")
+        notes: list[str] = []
+
+        def say(message: str) -> None:
+            notes.append(message)
+            (note or _note_stderr)(message)
+
+        run = RunFolder(path)
+        run.check(need_models=engine == "torch" or (onnx_path is None and not run.onnx_path.is_file()))
         pre = run.preprocessing()
         rule = run.thresholds()
-        if engine == "torch":
-            from protloc.models.network import load_weights
+        read = dict(z=z, axes=axes, pixel_size=pixel_size)
+        use = resolve_engine(engine, device)
+        if use == "onnx" and engine == "auto" and onnx_path is None:
+            try:
+                return cls._from_onnx(run, pre, rule, device=device, folds=folds, threads=threads, int8=int8,
+                                      say=say, notes=notes, read=read)
+            except InputError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an export can fail in many ways (an op ONNX lacks...)
+                say(f"cannot use onnxruntime for this run ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                    "using torch")
+                use = "torch"
+        elif use == "onnx":
+            return cls._from_onnx(run, pre, rule, device=device, folds=folds, threads=threads, int8=int8,
+                                  say=say, notes=notes, onnx_path=onnx_path, read=read)
+        from protloc.models.network import load_weights
 
-            if threads is not None and (isinstance(threads, bool) or int(threads) < 0):
-                raise InputError("--threads", expected="an integer >= 1 (0 or None: all cores)", got=repr(threads),
-                                 fix="e.g. --threads 2")
-            if threads:
-                import torch
+        run.check(need_models=True)
+        use_folds = run.select_folds(folds)
+        models = [load_weights(run.model_path(f)) for f in use_folds]
+        for f, m in zip(use_folds, models):
+            if m.spec.in_chans != pre.in_chans or m.spec.num_classes != len(pre.classes):
+                raise RunFolderError(fmt_problem(f"{run.model_path(f)}", expected=f"{pre.in_chans} input "
+                                                 f"channels and {len(pre.classes)} classes "
+                                                 "(preprocessing.json)",
+                                                 got=f"{m.spec.in_chans} and {m.spec.num_classes}",
+                                                 fix="keep the run folder's files together"))
+        ood = run.ood(use_folds)
+        if ood is not None:
+            feats = [int(m.backbone.num_features * (2 if m.spec.pool == "catavgmax" else 1)) for m in models]
+            if any(d.n_features != n for d, n in zip(ood, feats)):
+                raise RunFolderError(f"{run.ood_path(use_folds[0])}: OOD reference of {ood[0].n_features} features "
+                                     f"does not fit the model's {feats[0]}",
+                                     fix="keep the run folder's files together (or delete the .ood.npz files)")
+        pred = cls._with_reading(pre, models, thresholds=rule, device=device, engine="torch", folds=use_folds,
+                                 root=run.root, threads=threads, ood=ood, **read)
+        pred.decisions = notes
+        return pred
 
-                torch.set_num_threads(int(threads))
-
-            use = run.select_folds(folds)
-            models = [load_weights(run.model_path(f)) for f in use]
-            for f, m in zip(use, models):
-                if m.spec.in_chans != pre.in_chans or m.spec.num_classes != len(pre.classes):
-                    raise RunFolderError(fmt_problem(f"{run.model_path(f)}", expected=f"{pre.in_chans} input "
-                                                     f"channels and {len(pre.classes)} classes "
-                                                     "(preprocessing.json)",
-                                                     got=f"{m.spec.in_chans} and {m.spec.num_classes}",
-                                                     fix="keep the run folder's files together"))
-            return cls(pre, models, thresholds=rule, device=device, engine="torch", folds=use, root=run.root)
+    @classmethod
+    def _from_onnx(cls, run: RunFolder, pre, rule, *, device, folds, threads, int8, say, notes, read,
+                   onnx_path=None) -> "Predictor":
         from protloc.core.runfolder import parse_folds
-        from protloc.inference.onnx import load_onnx
+        from protloc.inference.onnx import cached_onnx, load_onnx
 
-        want = parse_folds(folds)
-        onnx_file = Path(onnx_path) if onnx_path else run.onnx_path
-        session, meta = load_onnx(onnx_file, device=device, threads=threads)
+        if onnx_path is not None:
+            onnx_file, meta = Path(onnx_path), None
+        else:
+            onnx_file, meta = cached_onnx(run.root, folds, int8=int8, note=say)
+        session, meta = load_onnx(onnx_file, device=device, meta=meta, threads=1)
         have = list(meta.get("folds", []))
+        want = parse_folds(folds)
         if want is not None and sorted(want) != sorted(have):
             raise InputError(fmt_problem(f"{onnx_file}", expected=f"an export of folds {want}",
                                          got=f"folds {have}",
@@ -223,8 +407,21 @@ class Predictor:
             raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
                                              got="a different one (exported from another run?)",
                                              fix=f"re-export with `protloc export {run.root}`"))
-        return cls(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
-                   folds=have, root=run.root)
+        pred = cls._with_reading(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
+                                 folds=have, root=run.root, threads=threads, ood=run.ood(have) if have else None,
+                                 **read)
+        pred.model_file, pred.quantized, pred.decisions = onnx_file, meta.get("quantized"), notes
+        return pred
+
+    @classmethod
+    def _with_reading(cls, pre, models, *, z, axes, pixel_size, **kw) -> "Predictor":
+        return cls(pre.with_reading(z=z, axes=axes), models, pixel_size=pixel_size, **kw)
+
+    def describe(self) -> str:
+        """One line: engine, model file, threads (what predict prints)."""
+        what = self.engine + (f" ({self.model_file.name}{', int8' if self.quantized else ''})"
+                              if self.model_file is not None else f" on {self.device}")
+        return f"{what}, {len(self.folds)} fold model(s), {self.threads} thread(s)"
 
     # ------------------------------------------------------------------------------------
     def _warn_resize(self, message: str) -> None:
@@ -233,13 +430,38 @@ class Predictor:
             self._warned_resize = True
             warnings.warn(f"{message} (shown once)", UserWarning, stacklevel=5)
 
+    def _note(self, info: dict) -> None:
+        for n in info.get("notes", ()):
+            self._notes[n] = self._notes.get(n, 0) + 1
+
+    def notes(self) -> list[str]:
+        """What the reading did that holds for many images so far, with counts."""
+        return [n if c <= 1 else f"{n} ({c} images)" for n, c in self._notes.items()]
+
     def _prepare(self, img, where: str) -> np.ndarray:
         """One (H, W, C) array -> the run's input (:meth:`Preprocessing.prepare`; warns once if enlarging)."""
-        return self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize)
+        info: dict = {}
+        out = self.preprocessing.prepare(img, where=where, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                                         info=info)
+        self._note(info)
+        return out
 
-    def read_file(self, path) -> np.ndarray:
-        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans)."""
-        return read_for_run(path, self.preprocessing, on_resize=self._warn_resize)
+    def read_file(self, path, *, info: dict | None = None) -> np.ndarray:
+        """Read one image file (or ``DIR/ID``) as the run expects it: uint8 (size, size, in_chans).
+
+        ``info`` (a dict) receives what the reading did (intensity rule, pixel size, notes)."""
+        info = {} if info is None else info
+        out = read_for_run(path, self.preprocessing, on_resize=self._warn_resize, pixel_size=self.pixel_size,
+                           info=info)
+        self._note(info)
+        return out
+
+    def _read_row(self, table, i: int, *, channels_chosen: bool) -> np.ndarray:
+        info: dict = {}
+        out = read_table_row(table, i, self.preprocessing, channels_chosen=channels_chosen,
+                             on_resize=self._warn_resize, pixel_size=self.pixel_size, info=info)
+        self._note(info)
+        return out
 
     def _as_batch(self, images) -> tuple[list[str], np.ndarray]:
         """Paths / arrays (see :func:`protloc.inference.inputs.as_items`) -> (ids, uint8 batch)."""
@@ -254,11 +476,33 @@ class Predictor:
         return ids, out
 
     # ------------------------------------------------------------------------------------
+    def _executor(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(self.threads, thread_name_prefix="protloc-predict")
+            return self._pool
+
+    def _ordered(self, fn, items, *, depth: int | None = None):
+        """``fn(item)`` for each item on the worker threads, yielded in order, at most ``depth``
+        (default 2 x threads) in flight (bounded memory)."""
+        items = list(items)
+        if self.threads == 1 or len(items) <= 1:
+            yield from map(fn, items)
+            return
+        pool, depth = self._executor(), depth or 2 * self.threads
+        futs = [pool.submit(fn, it) for it in items[:depth]]
+        for j in range(len(items)):
+            fut = futs[j]
+            if j + depth < len(items):
+                futs.append(pool.submit(fn, items[j + depth]))
+            yield fut.result()
+
     def predict_array(self, batch, *, tta: str = "none", merge: str = "mean",
-                      batch_size: int = 64) -> np.ndarray:
+                      batch_size: int = 64, with_ood: bool = False):
         """uint8 (N, H, W, C) -> probabilities (N, C) float32 (the core; web/explain use it).
 
         Images of another size are resized (one warning); a wrong channel count raises.
+        ``with_ood``: return ``(probs, ood_score (N,) or None)``.
         """
         check_choice("tta", tta, TTA_MODES)
         check_choice("merge", merge, MERGES)
@@ -272,40 +516,75 @@ class Predictor:
         if b.shape[1:] != (pre.size, pre.size, pre.in_chans) or b.dtype != np.uint8:
             b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
         out = np.empty((len(b), len(self.classes)), np.float32)
-        bs = max(1, int(batch_size))
-        for s in range(0, len(b), bs):
-            out[s:s + bs] = self._forward(b[s:s + bs], tta=tta, merge=merge)
-        return out
+        ood = np.empty(len(b), np.float32) if (with_ood and self.ood) else None
+        step = self._step(len(b), batch_size, tta)
+        starts = range(0, len(b), step)
+        for s, (p, o) in zip(starts, self._ordered(
+                lambda s: self._forward(b[s:s + step], tta=tta, merge=merge, ood=ood is not None), starts)):
+            out[s:s + step] = p
+            if ood is not None:
+                ood[s:s + step] = o
+        return (out, ood) if with_ood else out
 
-    def _forward(self, b: np.ndarray, *, tta: str, merge: str) -> np.ndarray:
+    def _step(self, n: int, batch_size: int, tta: str) -> int:
+        """Images per work item: at most ``batch_size``, and small enough that every worker
+        gets one when there are few images."""
+        bs = max(1, int(batch_size))
+        if self._serial or self.threads == 1:
+            return bs
+        return max(1, min(bs, -(-n // self.threads)))
+
+    def _ood_scores(self, b: np.ndarray, feats: list) -> np.ndarray:
+        """The images' OOD score from each fold model's pooled features (:mod:`protloc.core.ood`)."""
+        from protloc.core.ood import combine_folds, image_stats
+
+        stats = image_stats(b)
+        return combine_folds([d.score(f, stats) for d, f in zip(self.ood, feats)])
+
+    def _forward(self, b: np.ndarray, *, tta: str, merge: str, ood: bool = False):
+        """uint8 (n, H, W, C) -> (merged probabilities (n, C), OOD scores (n,) when ``ood`` else
+        None): the TTA views of up to :data:`CALL_IMAGES` view-images go through the model in one
+        call; the OOD score compares the un-augmented view's pooled features."""
+        ood = bool(ood and self.ood)
+        n_views = len(tta_views(np.zeros((1, 1, 1, 1)), tta))
+        step = max(1, CALL_IMAGES // n_views)
+        if len(b) > step:
+            parts = [self._forward(b[s:s + step], tta=tta, merge=merge, ood=ood) for s in range(0, len(b), step)]
+            return (np.concatenate([p for p, _ in parts]),
+                    np.concatenate([o for _, o in parts]) if ood else None)
         x = self.preprocessing.normalize(b)
+        n = len(x)
+        xv = np.concatenate(tta_views(x, tta)) if n_views > 1 else x
         if self.engine == "onnx":
-            stack = []
-            for v in tta_views(x, tta):
-                fold_probs = self._session.run(["fold_probs"], {"input": np.ascontiguousarray(v)})[0]
-                stack.extend(np.moveaxis(fold_probs, 1, 0))
-            return merge_probs(np.stack(stack), merge)
+            names = ["fold_probs", "features"] if ood else ["fold_probs"]
+            got = self._session.run(names, {"input": np.ascontiguousarray(xv)})
+            fold_probs = got[0]
+            stack = fold_probs.reshape(n_views, n, *fold_probs.shape[1:])            # (V, n, F, C)
+            stack = np.moveaxis(stack, 2, 1).reshape(-1, n, fold_probs.shape[-1])  # (V*F, n, C)
+            feats = list(np.moveaxis(got[1][:n], 1, 0)) if ood else None          # view 0: (F, n, D)
+            return merge_probs(stack, merge), (self._ood_scores(b, feats) if ood else None)
+        probs, feats = self._forward_torch(xv, n_views=n_views, n=n, merge=merge, features=ood)
+        return probs, (self._ood_scores(b, feats) if ood else None)
+
+    def _forward_torch(self, xv: np.ndarray, *, n_views: int, n: int, merge: str, features: bool = False):
         import torch
 
-        with torch.inference_mode():
-            xt = torch.from_numpy(x).to(self.device, non_blocking=True)
-            acc = None
-            n = 0
-            for v in tta_views(xt, tta):
-                v = v.contiguous(memory_format=torch.channels_last)
-                for m in self.models:
-                    with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
-                        p = torch.sigmoid(m(v).float())
-                    if acc is None:
-                        acc = p.clone()
-                    elif merge == "mean":
-                        acc += p
-                    else:  # "max" (every public method checks merge against MERGES first)
-                        acc = torch.maximum(acc, p)
-                    n += 1
-            if merge == "mean":
-                acc /= n
-            return acc.cpu().numpy().astype(np.float32)
+        lock = self._engine_lock if self._serial else _NO_LOCK
+        with lock, torch.inference_mode():
+            xt = torch.from_numpy(xv).to(self.device, non_blocking=True)
+            xt = xt.contiguous(memory_format=torch.channels_last)
+            probs, feats = [], []
+            for m in self._models:
+                with torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda):
+                    if features:  # the un-augmented view's pooled features (the first n rows)
+                        logits, f = m.forward_with_features(xt)
+                        feats.append(f[:n].float().cpu().numpy())
+                    else:
+                        logits = m(xt)
+                    probs.append(torch.sigmoid(logits.float()))
+            stack = torch.stack(probs).reshape(len(probs) * n_views, n, -1)       # (F*V, n, C)
+            out = stack.mean(0) if merge == "mean" else stack.amax(0)
+            return out.cpu().numpy().astype(np.float32), (feats if features else None)
 
     # ------------------------------------------------------------------------------------
     def labels_from_probs(self, probs, *, at_least_one: bool | None = None):
@@ -314,10 +593,11 @@ class Predictor:
         labels = [np.flatnonzero(r).tolist() for r in hot]
         return labels, [" ".join(map(str, ls)) for ls in labels]
 
-    def _result(self, ids, probs, *, at_least_one, skipped=()) -> PredictionResult:
+    def _result(self, ids, probs, *, at_least_one, skipped=(), ood=None) -> PredictionResult:
         labels, strings = self.labels_from_probs(probs, at_least_one=at_least_one)
         return PredictionResult(ids=list(ids), probs=probs, labels=labels, label_strings=strings,
-                                classes=list(self.classes), skipped=list(skipped))
+                                classes=list(self.classes), skipped=list(skipped), ood_score=ood,
+                                notes=self.notes())
 
     def predict(self, images, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                 progress: bool = False, at_least_one: bool | None = None) -> PredictionResult:
@@ -335,27 +615,35 @@ class Predictor:
         check_choice("tta", tta, TTA_MODES)
         check_choice("merge", merge, MERGES)
         ids, seq = as_items(images)
-        bs = max(1, int(batch_size))
+        step = self._step(len(seq), batch_size, tta)
         probs = np.empty((len(seq), len(self.classes)), np.float32)
+        ood = np.empty(len(seq), np.float32) if self.ood else None
+
+        def work(s):
+            _, b = self._as_batch(seq[s:s + step])
+            return len(b), self._forward(b, tta=tta, merge=merge, ood=ood is not None)
+
+        starts = range(0, len(seq), step)
         with progress_bar(total=len(seq), description="predict", enable=progress) as advance:
-            for s in range(0, len(seq), bs):
-                _, b = self._as_batch(seq[s:s + bs])
-                probs[s:s + bs] = self._forward(b, tta=tta, merge=merge)
-                advance(len(b))
-        return self._result(ids, probs, at_least_one=at_least_one)
+            for s, (k, (p, o)) in zip(starts, self._ordered(work, starts)):
+                probs[s:s + k] = p
+                if ood is not None:
+                    ood[s:s + k] = o
+                advance(k)
+        return self._result(ids, probs, at_least_one=at_least_one, ood=ood)
 
     def predict_table(self, table, *, tta: str = "none", merge: str = "mean", batch_size: int = 64,
                       progress: bool = False, on_error: str = "raise", at_least_one: bool | None = None,
                       channels_chosen: bool | None = None) -> PredictionResult:
         """Predict every image of a :class:`~protloc.data.table.DataTable`, streaming in chunks.
 
-        Only two chunks of images are in memory at a time (the next one is decoded in a thread
-        while the model runs), so memory does not grow with the table. ``on_error='skip'``
-        leaves unreadable or missing images out and lists them in ``result.skipped``;
-        ``'raise'`` (default) stops with an error naming the file. ``channels_chosen``: the
-        table's TIFF channels were chosen by the user (``--channels``), so a wider TIFF is cut to
-        them; otherwise it must have the run's channel count. None: chosen when they differ from
-        the default choice.
+        Each worker thread decodes a chunk and runs the model on it; at most 2 chunks per
+        worker are in memory at a time, so memory does not grow with the table.
+        ``on_error='skip'`` leaves unreadable or missing images out and lists them in
+        ``result.skipped``; ``'raise'`` (default) stops with an error naming the file.
+        ``channels_chosen``: the table's TIFF channels were chosen by the user (``--channels``),
+        so a wider TIFF is cut to them; otherwise it must have the run's channel count. None:
+        chosen when they differ from the default choice.
         """
         from protloc.core.progress import progress_bar
 
@@ -364,27 +652,30 @@ class Predictor:
         check_choice("on_error", on_error, ("raise", "skip"))
         check_table(table, self.preprocessing)
         n = len(table)
-        bs = max(1, int(batch_size))
+        bs = self._step(n, batch_size, tta)
         bad, skipped = find_missing(table, on_error=on_error)
         if channels_chosen is None:
             from protloc.data.table import normalize_channels
 
             channels_chosen = tuple(table.channels) != normalize_channels(table.fmt, None)
-        read = partial(read_table_row, pre=self.preprocessing, channels_chosen=channels_chosen,
-                       on_resize=self._warn_resize)
+        read = partial(self._read_row, channels_chosen=channels_chosen)
         load = partial(load_chunk, table, size=bs, bad=bad, on_error=on_error, read=read)
+
         probs = np.full((n, len(self.classes)), np.nan, np.float32)
+        ood = np.full(n, np.nan, np.float32) if self.ood else None
+
+        def work(s):
+            keep, b, errs = load(s)
+            return keep, (self._forward(b, tta=tta, merge=merge, ood=ood is not None) if b is not None else None), errs
         ok = np.zeros(n, bool)
-        with progress_bar(total=n, description="predict", enable=progress) as advance, \
-                cf.ThreadPoolExecutor(1) as pool:
-            starts = list(range(0, n, bs))
-            fut = pool.submit(load, starts[0]) if starts else None
-            for j, s in enumerate(starts):
-                keep, b, errs = fut.result()
-                fut = pool.submit(load, starts[j + 1]) if j + 1 < len(starts) else None
+        starts = range(0, n, bs)
+        with progress_bar(total=n, description="predict", enable=progress) as advance:
+            for s, (keep, p, errs) in zip(starts, self._ordered(work, starts)):
                 skipped.extend(errs)
-                if b is not None:
-                    probs[keep] = self._forward(b, tta=tta, merge=merge)
+                if p is not None:
+                    probs[keep] = p[0]
+                    if ood is not None:
+                        ood[keep] = p[1]
                     ok[keep] = True
                 advance(min(bs, n - s))
         if not ok.any():
@@ -394,4 +685,15 @@ class Predictor:
         pos = {iid: k for k, iid in enumerate(table.ids)}
         skipped.sort(key=lambda t: pos.get(t[0], 0))
         return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
-                            skipped=skipped)
+                            skipped=skipped, ood=None if ood is None else ood[idx])
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()

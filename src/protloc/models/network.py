@@ -73,6 +73,15 @@ class ProtlocNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features (N, F) the head classifies (out-of-distribution scores)."""
+        return self.backbone.forward_head(self.forward_features(x), pre_logits=True)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, pooled features)`` in one pass."""
+        f = self.pooled(x)
+        return self.head(f), f
+
     def backbone_parameters(self):
         return self.backbone.parameters()
 

@@ -160,7 +160,7 @@ def explain_image(models_or_predictor, preprocessing, image, *, classes=None, th
     if thresholds is None:
         thresholds = getattr(pred, "thresholds", None)
     thr = np.full(len(names), 0.5) if thresholds is None else np.asarray(thresholds, float)
-    img = preprocessing.prepare(image)
+    img = preprocessing.as_input(image)  # a model input as is, else prepared
     x = torch.from_numpy(preprocessing.normalize(img[None]))
     with torch.no_grad():
         probs = np.mean([torch.sigmoid(m(x.to(next(m.parameters()).device)).float()).cpu().numpy()[0]
@@ -214,7 +214,7 @@ def render_explanation(image, explanations, *, preprocessing, as_png: bool = Fal
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    img = preprocessing.prepare(image)
+    img = preprocessing.as_input(image)  # a model input as is, else prepared
     rgb = composite(img, preprocessing.channels)
     green = img[..., protein_channel(preprocessing)]
     green_rgb = np.stack([np.zeros_like(green), green, np.zeros_like(green)], -1)

@@ -324,7 +324,8 @@ def _image_sections(page: Page, table, *, size: int, sample: int, seed: int, per
     page.section("Channel intensities", Page.figure(plots.histograms_figure(hist, roles), alt="histograms")
                  + _tab(stats),
                  note=f"{len(hist_idx) - bad} randomly sampled images (of {len(table)}), decoded at {size}x{size} "
-                      "px, 8 bit (16-bit files scaled by 1/257)." + (f" {bad} unreadable, skipped." if bad else ""))
+                      "px, 8 bit (deeper files normalised per image: the auto intensity rule)."
+                      + (f" {bad} unreadable, skipped." if bad else ""))
 
 
 # ----------------------------------------------------------------------------- the report

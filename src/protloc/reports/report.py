@@ -3,8 +3,9 @@
 What it shows (section titles in :data:`SECTIONS`): a summary with the headline numbers,
 training curves, per-class precision/recall/F1 at the chosen thresholds, precision-recall
 curves, probability densities of positives vs negatives, a reliability plot, a true-vs-predicted
-label co-occurrence matrix, galleries of the worst false positives/negatives per class, and
-Grad-CAM overlays for a few confident predictions.
+label co-occurrence matrix, galleries of the worst false positives/negatives per class,
+Grad-CAM overlays for a few confident predictions, and how images are read (intensity rule, Z
+projection, the training pixel size) with the distribution of out-of-distribution scores.
 
 By default it reports on the out-of-fold probabilities (``RUN/oof.csv``), reading gallery images
 from the training image folder recorded in ``RUN/data.json``; with a labeled table it predicts
@@ -33,7 +34,8 @@ from protloc.core.runfolder import RunFolder
 
 SECTIONS = ("Summary", "Training curves", "Per-class metrics", "Precision-recall curves",
             "Probability distributions", "Calibration", "Label co-occurrence",
-            "Worst false positives and false negatives", "Grad-CAM examples")
+            "Worst false positives and false negatives", "Grad-CAM examples",
+            "Image reading and out-of-distribution scores")
 THUMB = 96  # gallery thumbnails are at most this many pixels wide
 GRADCAM_PX = 120  # side of each Grad-CAM panel
 
@@ -53,6 +55,7 @@ class ReportData:
     metrics: pd.DataFrame | None = None
     notes: list = field(default_factory=list)
     channels: tuple = ()  # the run's channel names/indices (for composites)
+    ood: np.ndarray | None = None  # out-of-distribution scores of these images (None: not scored)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def from_table(run: RunFolder, table, *, tta: str = "none", progress: bool = Fal
     notes = [f"{len(res.skipped)} unreadable images were left out (e.g. {res.skipped[0][1]})"] if res.skipped else []
     chosen = channels_chosen if channels_chosen is not None else True
     return ReportData(ids=list(res.ids), probs=np.asarray(res.probs, np.float32), y=y, classes=list(pre.classes),
-                      thresholds=np.full(len(pre.classes), 0.5), notes=notes,
+                      thresholds=np.full(len(pre.classes), 0.5), notes=notes + list(res.notes), ood=res.ood_score,
                       source=f"{table.csv_path.name if table.csv_path else table.images} ({len(res.ids)} "
                              f"images, predicted with tta={tta})", channels=pre.channels,
                       read=image_reader(lambda iid: read_table_row(table, pos[iid], pre, channels_chosen=chosen)))
@@ -250,7 +253,7 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
         page.section(SECTIONS[8], '<p class="warn">No images available: Grad-CAM skipped.</p>')
         return
     try:
-        pred = Predictor.from_run(run.root, device=device)
+        pred = Predictor.from_run(run.root, device=device, engine="torch")  # Grad-CAM needs torch
     except InputError as e:
         page.section(SECTIONS[8], f'<p class="warn">Models could not be loaded ({esc(e)}): Grad-CAM skipped.</p>')
         return
@@ -268,7 +271,7 @@ def _gradcam(page: Page, d: ReportData, run: RunFolder, *, n: int, device=None) 
             continue
         try:
             e = explain_image(pred, pre, img, classes=[c], thresholds=d.thresholds)[0]
-            a = pre.prepare(img)
+            a = pre.as_input(img)
         except InputError:  # e.g. an image with other channels than the run's
             continue
         g = a[..., protein_channel(pre)]
@@ -315,4 +318,46 @@ def build_report(run, data: ReportData | None = None, *, gallery_k: int = 3, n_g
                       "holds true positives, bright off-diagonal cells show classes that get confused.")
     _galleries(page, d, k=gallery_k)
     _gradcam(page, d, run, n=n_gradcam, device=device)
+    _reading_and_ood(page, d, run)
     return page
+
+
+def _reading_and_ood(page: Page, d: ReportData, run: RunFolder) -> None:
+    """How the run reads images, and the out-of-distribution scores of validation (and these) images."""
+    pre = run.preprocessing()
+    r = pre.reading
+    model_px = r.model_pixel_size(pre.size)
+    rows = [("intensity", r.intensity.describe()),
+            ("Z stacks", f"{r.z} projection; time series are refused"),
+            ("axes of TIFFs without axis metadata", r.axes or "channels for up to 8 planes, else refused "
+                                                            "(pass --axes)"),
+            ("training pixel size", f"{r.pixel_size:g} µm/px, typical image {r.field} px; the model sees "
+                                    f"{model_px:.3g} µm/px" if r.pixel_size else
+             "unknown (not in the files, no --pixel-size): images are resized by pixel count")]
+    if pre.channel_names:
+        rows.append(("channel names (matched in OME files)", ", ".join(pre.channel_names)))
+    body = Page.table(pd.DataFrame(rows, columns=["reading", "rule"]))
+    try:
+        dets = run.ood()
+    except RunFolderError as e:
+        dets = None
+        body += f'<p class="warn">OOD reference unreadable: {esc(e)}</p>'
+    if not dets:
+        body += ('<p class="warn">No out-of-distribution reference in this run (trained before protloc '
+                 'recorded one): predictions carry no OOD score.</p>')
+        page.section(SECTIONS[9], body)
+        return
+    groups = {"validation (held out, calibration)": np.concatenate([det.val_scores_ for det in dets])}
+    if d.ood is not None and len(d.ood):
+        groups[d.source.split(" (")[0]] = np.asarray(d.ood, float)
+    body += Page.figure(rp.ood_scores(groups), alt="out-of-distribution scores", dpi=80)
+    q = dets[0].quantile
+    note = (f"The score is the larger of two Mahalanobis distances to the training images (the network's "
+            f"pooled features, and per-channel intensity and foreground statistics), over the threshold: the "
+            f"{100 * q:g}th percentile on each fold's held-out validation images, so about {100 * (1 - q):g} % "
+            "of images like them are flagged. A flagged image (score > 1) is unlike anything the model was "
+            "trained on: another stain, wrong channel order, an empty field, another microscope.")
+    if d.ood is not None and len(d.ood):
+        flagged = int((np.asarray(d.ood) > 1).sum())
+        note += f" Of the {len(d.ood)} images reported here, {flagged} are flagged."
+    page.section(SECTIONS[9], body, note=note)

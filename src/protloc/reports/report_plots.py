@@ -262,3 +262,39 @@ def cooccurrence(y_true, y_pred, classes):
     ax.set(xlabel="predicted class", ylabel="true class (support)")
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class's images")
     return fig
+
+
+def ood_scores(groups: dict, *, threshold: float = 1.0):
+    """Histogram of out-of-distribution scores, one colour per group (``{name: scores}``), on a
+    log x axis with the flag threshold (1.0) marked; the legend gives each group's flagged share.
+
+    Examples
+    --------
+    >>> fig = ood_scores({"validation": np.array([0.5, 0.8, 1.2])})
+    >>> len(fig.axes)
+    1
+    """
+    fig = _fig(7.5, 3.2)
+    ax = fig.subplots()
+    vals = [np.asarray(v, float) for v in groups.values() if len(v)]
+    allv = np.concatenate(vals) if vals else np.array([threshold])
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    lo, hi = (min(allv.min(), threshold) * 0.8, max(allv.max(), threshold) * 1.25) if len(allv) else (0.1, 10)
+    bins = np.geomspace(lo, hi, 40)
+    colors = [POS, "#e76f51", "#264653", "#e9c46a", NEG, "#9b5de5", "#f15bb5", "#00bbf9"]
+    for k, (name, v) in enumerate(groups.items()):
+        c = colors[k % len(colors)]
+        v = np.asarray(v, float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        share = float((v > threshold).mean())
+        ax.hist(np.clip(v, lo, hi), bins=bins, color=c, alpha=0.55, density=True,
+                label=f"{name}: {len(v)} images, {100 * share:.1f} % flagged")
+    ax.axvline(threshold, color=THR, ls="--", lw=1.2, label="flag threshold")
+    ax.set_xscale("log")
+    ax.set(xlabel="out-of-distribution score (1 = threshold)", ylabel="density",
+           title="how far images are from the training images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -92,6 +92,53 @@ def random_jitter(x: torch.Tensor, generator: torch.Generator, *, brightness: fl
     return y.clamp_min(1e-6).pow(g).clamp(0, 1)
 
 
+MIX_MODES = ("none", "mixup", "cutmix")
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, *, mode: str = "mixup",
+              alpha: float = 0.4, prob: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-label mixing augmentation of a batch with a shuffled copy of itself.
+
+    ``mixup``: ``x = l*x + (1-l)*x[perm]`` and the labels mixed the same way (soft targets);
+    ``cutmix``: a random box of ``x[perm]`` (area ``1-l``) pasted in, labels the **union** of both
+    images' labels (a localisation pattern shows in every cell, so a patch carries its labels).
+    ``l ~ Beta(alpha, alpha)``; the batch is mixed with probability ``prob``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x, y = torch.rand(4, 3, 8, 8), torch.eye(4)[:, :3]
+    >>> xm, ym = mix_batch(x, y, g, mode="cutmix")
+    >>> xm.shape == x.shape, bool((ym >= y).all()), bool(ym.max() <= 1)
+    (True, True, True)
+    """
+    if mode == "none" or float(torch.rand(1, generator=generator)) >= prob:
+        return x, y
+    n = x.shape[0]
+    lam = _beta(alpha, generator)
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    if mode == "mixup":
+        return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    if ch == 0 or cw == 0:
+        return x, y
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+    x = x.clone()
+    x[..., top:top + ch, left:left + cw] = x[perm][..., top:top + ch, left:left + cw]
+    return x, torch.maximum(y, y[perm])
+
+
+def _beta(alpha: float, generator: torch.Generator) -> float:
+    """One Beta(alpha, alpha) draw, determined by ``generator``."""
+    import numpy as np
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
 class BatchAugment:
     """Compose the ops named in ``spec`` (comma list of ``d4, flips, rotate, crop, jitter``
     or ``none``).

@@ -5,8 +5,9 @@
   ``freeze_blocks=N`` keeps the stem and first N stages frozen throughout (generic low-level
   features; no backward through the high-resolution layers: ~2-3x faster steps on CPU).
   A frozen backbone also keeps its BatchNorm statistics (eval mode), like Keras' frozen models.
-- :class:`TimeBudget`: fits training into ``--max-minutes``: fewer epochs with a compressed
-  cosine schedule, stopping cleanly at an epoch boundary (the best checkpoint is kept).
+- :class:`TimeBudget`: uses ``--max-minutes``: times the first steps, plans the epochs that fit
+  and ends the cosine schedule there, re-plans as the machine slows down or speeds up, and stops
+  inside an epoch when even that one cannot finish (the best checkpoint is kept).
 - :class:`EpochRecorder`: one row per epoch -> ``folds/fold{k}/metrics.csv`` (atomic) + log, and
   the same row to the trainer's loggers (``--logger``, :mod:`protloc.training.tracking`).
 - :class:`AtomicCheckpointIO`: checkpoints written to a temp file and renamed.
@@ -83,59 +84,118 @@ class FreezeBackbone(pl.Callback):
 
 
 class TimeBudget(pl.Callback):
-    """Fit the run into ``deadline`` (a ``time.time()`` value).
+    """Use the time until ``deadline`` (a ``clock()`` value) for the best model that fits.
 
-    After every epoch the epochs that still fit are estimated from the mean epoch time. When
-    fewer than ``max_epochs`` fit, ``max_epochs`` shrinks and the warmup-cosine schedule is
-    compressed to end with the new last epoch (so a budgeted run still anneals its learning
-    rate); when no further epoch fits, training stops cleanly after this epoch's validation and
-    checkpoints. The decision is taken on rank 0 and broadcast, so all processes agree.
+    The first steps are timed (:class:`protloc.training.budget.BudgetPlanner`), then the epochs
+    that fit are planned and the warmup-cosine schedule is set to end with the last planned
+    epoch. Every ``check_every`` steps and at every epoch start the plan is revised from the
+    recent step time and the measured validation time, and the schedule's end moves with it (up to
+    ``trainer.max_epochs``). ``reserve_s`` (plus one validation pass, about what the out-of-fold
+    inference costs) is kept free for the work after training. When the current epoch cannot
+    finish, training stops inside it: the stop triggers the validation and checkpoint of a normal
+    epoch end. Decisions are taken on rank 0 and broadcast, so all processes agree.
     """
 
-    def __init__(self, deadline: float | None):
-        self.deadline = deadline
-        self.t0 = None
-        self.epochs = 0
-        self.stopped = False
-        self.shrunk_to = None
+    def __init__(self, deadline: float | None, *, reserve_s: float = 0.0, clock=time.time, check_every: int = 10):
+        self.deadline, self.reserve_s, self.clock, self.check_every = deadline, float(reserve_s), clock, check_every
+        self.planner = None
+        self.stopped = False            # the budget changed the run (fewer epochs than --epochs, or a mid-epoch stop)
+        self.stopped_mid_epoch = False
+        self._planned = None
+        self.max_epochs = None
+        self._epoch_end = None
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        if self.t0 is None:
-            self.t0 = time.time()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs += 1
+    # --------------------------------------------------------------------------- hooks
+    def on_train_start(self, trainer, pl_module):
         if not self.deadline:
             return
-        per_epoch = (time.time() - self.t0) / self.epochs
-        fit = trainer.current_epoch + 1 + int(max(self.deadline - time.time(), 0) // max(per_epoch, 1e-6))
-        fit = int(trainer.strategy.broadcast(fit, src=0))
-        max_epochs = trainer.max_epochs or 0
-        if fit >= max_epochs:
+        from protloc.training.budget import BudgetPlanner
+
+        acc = max(trainer.accumulate_grad_batches, 1)
+        dm = trainer.datamodule
+        n_val = len(getattr(dm, "val_idx", ())) or int(sum(trainer.num_val_batches or [0])) * _batch_size(dm)
+        self.max_epochs = int(trainer.max_epochs or 1)
+        self.planner = BudgetPlanner(deadline=self.deadline, steps_per_epoch=max(int(trainer.num_training_batches), 1),
+                                     val_images=n_val, batch_size=_batch_size(dm) * acc, max_epochs=self.max_epochs,
+                                     reserve_s=self.reserve_s)
+        self.planner.done_steps = int(trainer.global_step) * acc   # resumed runs
+        self.planner.validated_epochs = int(trainer.current_epoch)
+        self._acc = acc
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.planner is None:
             return
-        if fit <= trainer.current_epoch + 1:
+        now = self.clock()
+        if self._epoch_end is not None:  # validation + checkpoints of the previous epoch
+            self.planner.validated(now - self._epoch_end, now)
+            self._apply(trainer, self.planner.replan(now))
+        self.planner.start(now)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.planner is None:
+            return
+        p, now = self.planner, self.clock()
+        p.step(now)
+        self._epoch_end = now
+        if p.ready and (p.plan is None or p.done_steps % self.check_every == 0):
+            self._apply(trainer, p.replan(now))
+        stop = (p.plan is not None and p.plan.partial and p.done_steps >= p.plan.total_steps) or p.must_stop(now)
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if int(trainer.strategy.broadcast(int(stop), src=0)) and not last_of_epoch:
+            self.stopped = self.stopped_mid_epoch = True
+            trainer.should_stop = True
+            log.info("time budget: stopping inside epoch %d after step %d of %d (%.2f s per step, %.0f s left)",
+                     trainer.current_epoch, batch_idx + 1, trainer.num_training_batches, p.step_s,
+                     self.deadline - now)
+        elif stop:
             self.stopped = True
             trainer.should_stop = True
-            log.info("time budget: stopping after epoch %d (%.0f s per epoch, %.0f s left)",
-                     trainer.current_epoch, per_epoch, self.deadline - time.time())
-            return
-        self.stopped = True
-        self.shrunk_to = fit
-        trainer.fit_loop.max_epochs = fit
-        steps = max(trainer.num_training_batches // max(trainer.accumulate_grad_batches, 1), 1)
+
+    # --------------------------------------------------------------------------- plan -> trainer
+    def _apply(self, trainer, plan) -> None:
+        epochs = int(trainer.strategy.broadcast(plan.epochs + (1 if plan.partial else 0), src=0))
+        total = int(trainer.strategy.broadcast(plan.total_steps, src=0))
+        first = len(self.planner.history) <= 1 and self._planned is None
+        if epochs != self._planned:
+            trainer.fit_loop.max_epochs = max(epochs, trainer.current_epoch + 1)
+            if epochs < self.max_epochs:
+                self.stopped = True
+            msg = ("time budget: %s%d epochs fit (%.2f s per step, %.1f s validation, %.0f s left); schedule ends at "
+                   "step %d" % ("" if first else "re-planned: ", plan.epochs, self.planner.step_s, self.planner.val_s,
+                                self.deadline - self.clock(), total // self._acc))
+            if plan.partial:
+                msg += f" (epoch {plan.epochs} stops after {total - plan.epochs * self.planner.steps_per_epoch} of " \
+                       f"{self.planner.steps_per_epoch} steps)"
+            log.info(msg)
+        self._planned = epochs
         for cfg in trainer.lr_scheduler_configs:
             for fn in getattr(cfg.scheduler, "lr_lambdas", []):
                 if hasattr(fn, "total"):
-                    fn.total = min(fn.total, fit * steps)
-        log.info("time budget: %d of %d epochs fit (%.0f s per epoch); schedule compressed to %d epochs",
-                 fit, max_epochs, per_epoch, fit)
+                    fn.total = max(total // self._acc, 1)
+                    fn.warm = min(fn.warm, max(fn.total // 4, 1))
+
+    def summary(self) -> dict:
+        """Budget facts for the fold summary (empty without a budget)."""
+        if self.planner is None:
+            return {}
+        p = self.planner
+        return {"planned_epochs": p.plan.epochs + (1 if p.plan and p.plan.partial else 0) if p.plan else None,
+                "max_epochs": self.max_epochs, "stopped_mid_epoch": self.stopped_mid_epoch,
+                "step_seconds": round(p.step_s, 4), "validation_seconds": round(p.val_s, 2),
+                "reserve_seconds": round(self.reserve_s, 1), "plans": p.history}
+
+
+def _batch_size(dm) -> int:
+    return int(getattr(dm, "batch_size", 1) or 1)
 
 
 class EpochRecorder(pl.Callback):
     """Collects one row of metrics per epoch (rank 0) and writes them after each epoch."""
 
-    def __init__(self, fold: int, path: Path, *, rows: list | None = None, echo: bool = True):
+    def __init__(self, fold: int, path: Path, *, rows: list | None = None, echo: bool = True, epoch_offset: int = 0,
+                 phase: str | None = None):
         self.fold, self.path, self.rows, self.echo = fold, Path(path), rows or [], echo
+        self.epoch_offset, self.phase = int(epoch_offset), phase  # a second phase (student) continues the rows
         self.t_epoch = None
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -152,7 +212,8 @@ class EpochRecorder(pl.Callback):
         m = dict(pl_module.epoch_metrics)
         empty = m.pop("val_empty_classes", [])
         lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
-        row = {"fold": self.fold, "epoch": trainer.current_epoch, "lr": lr,
+        row = {"fold": self.fold, "epoch": self.epoch_offset + trainer.current_epoch, "lr": lr,
+               **({"phase": self.phase} if self.phase else {}),
                "seconds": round(time.time() - (self.t_epoch or time.time()), 2), **m}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         write_csv(self.path, pd.DataFrame(self.rows))

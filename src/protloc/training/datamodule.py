@@ -56,6 +56,39 @@ class ArrayDataset(Dataset):
         return torch.from_numpy(ii), torch.from_numpy(imgs), torch.from_numpy(self.y[ii])
 
 
+class ConcatImages:
+    """Several (N_i, H, W, C) image arrays read as one (sum N_i, H, W, C): the labeled images
+    followed by the unlabeled ones of semi-supervised training (no copy).
+
+    Examples
+    --------
+    >>> c = ConcatImages(np.zeros((2, 4, 4, 3), np.uint8), np.ones((3, 4, 4, 3), np.uint8))
+    >>> c.shape, int(c[np.array([1, 2, 4])].sum(axis=(1, 2, 3))[1]), int(c[4].max())
+    ((5, 4, 4, 3), 48, 1)
+    """
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = np.uint8
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        if np.isscalar(idx):
+            j = int(np.searchsorted(self.starts, int(idx), side="right")) - 1
+            return self.parts[j][int(idx) - int(self.starts[j])]
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), *self.shape[1:]), np.uint8)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        for j in np.unique(part):
+            sel = np.flatnonzero(part == j)
+            out[sel] = self.parts[j][idx[sel] - int(self.starts[j])]
+        return out
+
+
 def _batch_collate(batch):
     """``__getitems__`` already returns a collated batch."""
     return batch

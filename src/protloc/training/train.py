@@ -10,7 +10,6 @@ different machines (``--fold k``) are merged by copying their run folders togeth
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -65,18 +64,20 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def load_data(table, cfg: TrainConfig, *, progress: bool, trust: bool | None = None):
+def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None, trust: bool | None = None):
     """Decoded images (the sharded cache store, read by index) and the usable rows.
 
     Bad images refuse training unless skip_bad. The store's location and trust come from
     ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``);
     ``trust=True``: rank 0 has just checked the store (the other ranks do not stat every file).
+    ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
+    projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size.
     """
     from protloc.data.cache import load_cached
 
     try:
         ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
-                         skip_bad=cfg.skip_bad, trust=trust)
+                         skip_bad=cfg.skip_bad, trust=trust, reading=reading, pixel_size=cfg.pixel_size or None)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
     log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
@@ -87,6 +88,21 @@ def load_data(table, cfg: TrainConfig, *, progress: bool, trust: bool | None = N
         raise InputError(fmt_problem("training data", expected="at least 4 readable labeled images",
                                      got=str(len(usable)), fix="add images or fix the unreadable ones"))
     return ds, usable
+
+
+def load_unlabeled(cfg: TrainConfig, table, *, progress: bool, reading=None):
+    """Decoded ``--unlabeled`` images (same format, channels and reading as the training table)."""
+    from protloc.data.cache import load_cached
+    from protloc.data.table import load_table
+
+    unl = load_table(None, cfg.unlabeled, fmt=table.fmt, channels=table.channels, schema=table.schema, labels=False)
+    ds = load_cached(unl, size=cfg.size, workers=cfg.workers or None, progress=progress, skip_bad=True,
+                     reading=reading, pixel_size=cfg.pixel_size or None)
+    keep = np.setdiff1d(np.arange(len(unl)), np.asarray(ds.bad, dtype=int))
+    if ds.bad:
+        log.warning("--unlabeled: %d unreadable images left out", len(ds.bad))
+    log.info("unlabeled images for pseudo-labelling: %s (%d)", cfg.unlabeled, len(keep))
+    return ds.images if len(keep) == len(unl) else np.asarray(ds.images[keep])
 
 
 def _devices(spec: str):
@@ -114,24 +130,75 @@ def trainer_hardware(cfg: TrainConfig) -> dict:
 
 
 def set_threads(cfg: TrainConfig) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        cores = os.cpu_count() or 1
+    """torch intra-op threads per process: ``--threads``, else the free cores / processes
+    (:func:`protloc.core.cpu.free_cores`: more threads than free cores is many times slower)."""
+    from protloc.core.cpu import free_cores
+
     d = _devices(cfg.devices)
     procs = d if isinstance(d, int) and d > 0 and not torch.cuda.is_available() else 1
-    n = cfg.threads or max(1, cores // procs)
+    n = cfg.threads or max(1, free_cores() // procs)
     torch.set_num_threads(n)
     return n
 
 
-def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, folds, pre, spec,
-               deadline: float | None, resume: bool, progress: bool, extra_callbacks=()) -> dict | None:
-    """Fit fold ``k``; on rank 0 export weights, OOF probabilities and the fold summary."""
+def max_epochs(cfg: TrainConfig) -> int:
+    """The most epochs of a fold: ``--epochs``, or for ``--epochs 0`` (auto) as many as the time
+    budget allows (up to :data:`protloc.training.budget.AUTO_MAX_EPOCHS`; the budget planner picks
+    how many) or :data:`AUTO_EPOCHS` without a budget."""
+    from protloc.training.budget import AUTO_MAX_EPOCHS
+
+    if cfg.epochs:
+        return int(cfg.epochs)
+    return AUTO_MAX_EPOCHS if cfg.max_minutes else AUTO_EPOCHS
+
+
+#: epochs of ``--epochs 0`` (auto) without a time budget
+AUTO_EPOCHS = 15
+
+
+def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path, reserve_s, progress,
+               extra_callbacks, mode, tracker=None, best_name="best", epoch_offset=0, phase_name=None):
+    """One ``trainer.fit`` of fold ``k`` (checkpoints, freezing, time budget, metrics rows, and
+    the ``--logger`` tracker that :class:`EpochRecorder` feeds)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     from protloc.training.callbacks import AtomicCheckpointIO, EpochRecorder, FreezeBackbone, TimeBudget
+
+    ckdir = run.ckpt_dir(k)
+    budget = TimeBudget(deadline, reserve_s=reserve_s)
+    callbacks = [ModelCheckpoint(dirpath=ckdir, filename=best_name, monitor=cfg.monitor, mode=mode, save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
+                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False),
+                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
+                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows, epoch_offset=epoch_offset, phase=phase_name),
+                 *extra_callbacks]
+    if cfg.patience > 0:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
+    bar = progress and sys.stderr.isatty()
+    if bar:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        **trainer_hardware(cfg), max_epochs=max_epochs, accumulate_grad_batches=cfg.accumulate,
+        callbacks=callbacks, logger=tracker or False, enable_progress_bar=bar, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
+        if trainer.interrupted:
+            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
+            raise KeyboardInterrupt from None
+        raise
+    return trainer, budget
+
+
+def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, folds, pre, spec,
+               deadline: float | None, resume: bool, progress: bool, extra_callbacks=(),
+               reserve_s: float = 3.0, unlabeled=None) -> dict | None:
+    """Fit fold ``k``; on rank 0 export weights, OOF probabilities and the fold summary."""
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.module import LitProtloc
     from protloc.training.losses import make_loss
@@ -153,36 +220,26 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     mode = "min" if cfg.monitor.endswith("loss") else "max"
     hist = run.fold_metrics(k) if ckpt_path else None
     rows = hist.to_dict("records") if hist is not None else []
-    budget = TimeBudget(deadline)
-    callbacks = [ModelCheckpoint(dirpath=ckdir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
-                                 auto_insert_metric_name=False, enable_version_counter=False),
-                 # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
-                 ModelCheckpoint(dirpath=ckdir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                                 auto_insert_metric_name=False, enable_version_counter=False),
-                 FreezeBackbone(cfg.freeze_epochs, cfg.freeze_blocks), budget,
-                 EpochRecorder(k, run.fold_metrics_csv(k), rows=rows),
-                 *extra_callbacks]
-    if cfg.patience > 0:
-        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
-    bar = progress and sys.stderr.isatty()
-    if bar:
-        callbacks.append(RichProgressBar())
     tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
     if tracker is not None:
         tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
-    trainer = pl.Trainer(
-        **trainer_hardware(cfg), max_epochs=cfg.epochs, accumulate_grad_batches=cfg.accumulate,
-        callbacks=callbacks, logger=tracker or False, enable_progress_bar=bar, enable_model_summary=False,
-        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
+    phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
+                 tracker=tracker)
     t0 = time.time()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); let the CLI say how to resume
-        if trainer.interrupted:
-            log.info("fold %d interrupted; last.ckpt keeps the last finished epoch (use --resume)", k)
-            raise KeyboardInterrupt from None
-        raise
+    teacher_deadline, epochs = deadline, max_epochs(cfg)
+    if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
+        from protloc.training.semi import teacher_share
+
+        teacher_deadline, epochs = teacher_share(cfg, deadline, epochs, now=t0)
+    trainer, budget = _fit_phase(module, dm, deadline=teacher_deadline, max_epochs=epochs, rows=rows,
+                                 ckpt_path=ckpt_path, reserve_s=reserve_s, **phase)
+    if unlabeled is not None:
+        from protloc.training.semi import student_phase
+
+        module, trainer, budget = student_phase(module, trainer, images=images, y=y, unlabeled=unlabeled,
+                                                train_idx=train_idx, val_idx=val_idx, pre=pre, deadline=deadline,
+                                                reserve_s=reserve_s, fit_phase=_fit_phase, phase=phase,
+                                                main=trainer.is_global_zero)
     best = ckdir / "best.ckpt"  # saved by rank 0 before the barrier that ends fit
     net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
     from protloc.core.metrics import classification_summary, epoch_metrics
@@ -193,6 +250,9 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     probs = oof_probs(trainer, net, images, val_idx, mean=pre.mean, std=pre.std, batch_size=cfg.batch_size * 2)
     if not trainer.is_global_zero:
         return None
+    device = module.device if module.device.type != "meta" else "cpu"
+    fit_ood(net, images, train_idx, val_idx, pre=pre, path=run.ood_path(k), batch_size=cfg.batch_size * 2,
+            device=device, seed=cfg.seed + k)
     classes = list(pre.classes)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "Label", [pre.schema.format(np.flatnonzero(r)) for r in y[val_idx]])
@@ -204,6 +264,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     summary = {"fold": k, "best_epoch": int(ep["epoch"]), "monitor": cfg.monitor,
                "best_score": float(ep[cfg.monitor]), "epochs_run": int(len(hist)),
                "stopped_by_time_budget": budget.stopped, "fit_seconds": round(time.time() - t0, 1),
+               "max_epochs": max_epochs(cfg), **({"budget": budget.summary()} if deadline else {}),
+               **getattr(module, "semi_summary", {}),
                "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"], "val_mAP": m["val_mAP"],
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
@@ -233,6 +295,71 @@ def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int) -> n
     if not np.array_equal(uniq, np.sort(val_idx)):
         raise RuntimeError(f"out-of-fold gather: {len(uniq)} distinct images, expected {len(val_idx)}")
     return allp[first][np.searchsorted(uniq, val_idx)]
+
+
+def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="cpu"):
+    """``(pooled features (N, F), image statistics (N, 3C))`` of ``images[indices]``, no augmentation."""
+    from protloc.core.ood import image_stats
+
+    net = net.to(device).eval()
+    feats, stats = [], []
+    with torch.inference_mode():
+        for s in range(0, len(indices), batch_size):
+            b = np.stack([np.asarray(images[i]) for i in indices[s:s + batch_size]])
+            x = torch.from_numpy(pre.normalize(b)).to(device)
+            feats.append(net.pooled(x).float().cpu().numpy())
+            stats.append(image_stats(b))
+    return np.concatenate(feats), np.concatenate(stats)
+
+
+def fit_ood(net, images, train_idx, val_idx, *, pre, path, batch_size: int = 64, device="cpu", seed: int = 0,
+            max_train: int = 4000):
+    """Fit fold ``k``'s :class:`~protloc.core.ood.OODDetector` on (up to ``max_train``) training
+    images and calibrate its threshold on the fold's validation images; save it to ``path``.
+
+    Skipped (logged) with fewer than 8 training or validation images."""
+    from protloc.core.ood import OODDetector
+
+    if len(train_idx) < 8 or len(val_idx) < 8:
+        log.info("out-of-distribution reference skipped: %d training / %d validation images (8 needed)",
+                 len(train_idx), len(val_idx))
+        return None
+    rng = np.random.default_rng(seed)
+    use = np.sort(rng.choice(train_idx, min(len(train_idx), max_train), replace=False))
+    ft, st = pooled_features(net, images, use, pre=pre, batch_size=batch_size, device=device)
+    fv, sv = pooled_features(net, images, np.asarray(val_idx), pre=pre, batch_size=batch_size, device=device)
+    det = OODDetector().fit(ft, st).calibrate(fv, sv)
+    det.save(path)
+    log.info("out-of-distribution reference: %d features, %d training / %d validation images, threshold %.3f",
+             det.n_features, det.n_train_, det.n_val_, det.threshold_)
+    return det
+
+
+def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | None = None) -> list[int]:
+    """Fit (again) the out-of-distribution reference of every trained fold of a finished run, from
+    its training data ``table`` (read with the run's recorded reading), its ``splits.csv`` and its
+    fold models: for runs trained before protloc recorded one. Returns the folds fitted."""
+    from protloc.data.cache import load_cached
+    from protloc.models.network import load_weights
+
+    pre = run.preprocessing()
+    sp = run.splits()
+    if sp is None:
+        raise RunFolderError(f"{run.splits_csv}: missing", fix="refit needs the run's splits (re-train)")
+    ds = load_cached(table, size=pre.size, progress=progress, workers=workers, reading=pre.reading, skip_bad=True)
+    pos = {iid: i for i, iid in enumerate(table.ids)}
+    folds = np.full(len(table), -2, dtype=int)
+    for iid, f in zip(sp["Image"], sp["fold"]):
+        if iid in pos:
+            folds[pos[iid]] = int(f)
+    folds[np.asarray(ds.bad, dtype=int)] = -2
+    done = []
+    for k in run.folds():
+        train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
+        net = load_weights(run.model_path(k))
+        if fit_ood(net, ds.images, train_idx, val_idx, pre=pre, path=run.ood_path(k), seed=run.config().seed + k):
+            done.append(k)
+    return done
 
 
 def merge_folds(run: RunFolder) -> dict:
@@ -363,6 +490,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     warnings.filterwarnings("ignore", message=".*recommended to use `self.log.*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # student phase
     launch = ensure_launch_id(devices_per_node=_devices_per_node(cfg))
     main = launch.is_main
     if not table.labeled:
@@ -381,27 +509,39 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     key = setup_key(cfg.to_dict(), cache_key(table, size=cfg.size), bool(resume), bool(overwrite))
     handshake = not _single_process(cfg, launch)
     if main:
-        log.info("protloc train -> %s (preset %s, model %s, %d px, %d epochs, loss %s, %d threads)", run.root,
-                 cfg.preset, cfg.model, cfg.size, cfg.epochs, cfg.loss, threads)
+        log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
+                 cfg.preset, cfg.model, cfg.size, cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss,
+                 threads, f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
         for note in table.notes:  # rows left out (e.g. --from-schema hpa28 mapping): on screen and in the log
             log.warning("note: %s", note)
         if handshake:
             begin_setup(marker)
         try:
             _check_out(run, todo, resume=resume, overwrite=overwrite)
-            ds, usable = load_data(table, cfg, progress=progress)
+            resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
+            if resumed:
+                reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
+            else:
+                from protloc.data.reading import training_reading
+
+                reading, names, notes = training_reading(table, intensity=cfg.intensity, z=cfg.z,
+                                                         pixel_size=cfg.pixel_size or None)
+            for note in notes:
+                log.info("images: %s", note)
+            log.info("intensity: %s", reading.intensity.describe())
+            ds, usable = load_data(table, cfg, progress=progress, reading=reading)
             if (resume or cfg.fold is not None) and run.splits() is not None:
                 folds = _read_splits(run, table)
             else:
                 folds = assign_folds(table, cfg, usable, progress=progress)
-            if run.preprocessing_json.is_file() and (resume or cfg.fold is not None):
+            if resumed:
                 pre = run.preprocessing()
             else:
                 rng = np.random.default_rng(cfg.seed)
                 sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
                 mean, std = channel_stats(np.asarray(ds.images[sample]))
                 pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
-                                    schema=table.schema)
+                                    schema=table.schema, reading=reading, channel_names=names)
             run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
                            data_source=data_source or DataSource.from_table(table))
             keep = folds != -2
@@ -416,11 +556,13 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             publish_setup(marker, launch, key=key, info={"store": str(ds.path) if ds.path else None})
     else:
         wait_for_setup(marker, launch, key=key, what=f"the data setup of {run.root}")
-        ds, usable = load_data(table, cfg, progress=False, trust=True)  # checked by rank 0 just now
         pre = run.preprocessing()
+        ds, usable = load_data(table, cfg, progress=False, trust=True, reading=pre.reading)  # checked by rank 0
         folds = _read_splits(run, table)
         print(f"{launch.describe()}: using rank 0's data setup (store checked by rank 0, splits.csv, "
               "preprocessing.json)", file=sys.stderr, flush=True)
+    unlabeled = (load_unlabeled(cfg, table, progress=progress and main, reading=pre.reading)
+                 if cfg.unlabeled else None)
     for j, k in enumerate(todo):
         if resume and run.fold_summary_json(k).is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)
@@ -430,7 +572,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             left = t_start + cfg.max_minutes * 60 - time.time()
             deadline = time.time() + max(left, 0) / (len(todo) - j)
         res = train_fold(k, cfg, run, images=ds.images, y=y, ids=table.ids, folds=folds, pre=pre, spec=spec,
-                         deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
+                         deadline=deadline, resume=resume, progress=progress, extra_callbacks=extra_callbacks,
+                         unlabeled=unlabeled)
         if res is not None:
             write_csv(run.fold_oof_csv(k), res["oof"])
             write_json(run.fold_summary_json(k), res["summary"])
@@ -442,6 +585,15 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
         return {}
     summary = merge_folds(run)
     summary["wall_seconds"] = round(time.time() - t_start, 1)
+    if cfg.max_minutes:
+        sums = summary.get("fold_summaries", [])
+        summary["budget"] = {"max_minutes": cfg.max_minutes, "used_minutes": round(summary["wall_seconds"] / 60, 2),
+                             "used_fraction": round(summary["wall_seconds"] / 60 / cfg.max_minutes, 3),
+                             "epochs_planned": [s.get("budget", {}).get("planned_epochs") for s in sums],
+                             "epochs_run": [s.get("epochs_run") for s in sums]}
+        b = summary["budget"]
+        log.info("time budget: %.1f of %.1f minutes used (%.0f%%); epochs planned %s, run %s", b["used_minutes"],
+                 cfg.max_minutes, 100 * b["used_fraction"], b["epochs_planned"], b["epochs_run"])
     write_json(run.summary_json, summary)
     log.info("run %s: OOF macro F1 %.4f over %d images (folds %s) in %.0f s", run.root, summary["val_macro_f1"],
              summary["oof_images"], summary["folds_done"], summary["wall_seconds"])

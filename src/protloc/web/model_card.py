@@ -69,12 +69,40 @@ def model_card(run, predictor, *, max_upload: int, max_request: int, max_files: 
                        "threshold": summary.threshold if f1 is not None else None,
                        "macro_f1_tuned": opt.macro_f1_after_ if opt is not None else None},
         "training": _training_summary(summary, config, source, opt),
+        "reading": _reading(pre, predictor),
+        "ood": _ood(predictor),
         "limits": {"max_upload_mb": round(max_upload / MB, 2),
                    "max_request_mb": round(max_request / MB, 2),
                    "max_files": max_files, "max_pixels": max_pixels,
                    "types": ["PNG", "JPEG", "TIFF"]},
         "notes": notes,
     }
+
+
+def _reading(pre, predictor) -> dict:
+    """How uploads are read: the intensity rule, Z projection, training pixel size (the card's
+    ``reading``; the page shows it above the results)."""
+    r = pre.reading
+    model_px = r.model_pixel_size(pre.size)
+    return {"intensity": r.intensity.describe(), "intensity_rule": r.intensity.to_dict(), "z_projection": r.z,
+            "axes_default": r.axes, "pixel_size_um": r.pixel_size, "field_px": r.field,
+            "model_pixel_size_um": None if model_px is None else round(model_px, 4),
+            "pixel_size_given_um": getattr(predictor, "pixel_size", None),
+            "pixel_size_note": ("images whose pixel size is known are scaled to the training images' "
+                                f"{r.pixel_size:g} µm/px" if r.pixel_size else
+                                "the run records no training pixel size: images are resized by pixel count")}
+
+
+def _ood(predictor) -> dict:
+    """Whether predictions carry an out-of-distribution score, and its calibration."""
+    dets = getattr(predictor, "ood", None)
+    if not dets:
+        return {"available": False, "note": "this run has no out-of-distribution reference (trained before "
+                                            "protloc recorded one): no warning for unusual images"}
+    return {"available": True, "quantile": dets[0].quantile, "n_train": sum(d.n_train_ for d in dets),
+            "n_validation": sum(d.n_val_ for d in dets),
+            "note": f"an image scores above 1 (flagged) when it is farther from the training images than "
+                    f"{100 * dets[0].quantile:g} % of the held-out validation images"}
 
 
 def _training_summary(summary, config, source, opt) -> dict:

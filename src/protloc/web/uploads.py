@@ -312,20 +312,18 @@ class PixelBudget:
             self.used = max(0, self.used - int(n))
 
 
-def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF bytes (in memory) to uint8 (H, W) or (H, W, C).
+def decode_raw(data: bytes, name: str, *, max_pixels: int, axes: str | None = None, z: str = "max"):
+    """Decode PNG/JPEG/TIFF bytes (in memory) to ``(raw array (H, W) or (H, W, C), ImageMeta)``.
+
+    The pixels keep their type (8/16 bit, float): the run's intensity rule is applied later, by
+    :meth:`~protloc.core.preprocessing.Preprocessing.prepare`. TIFF axes, Z projection, pixel
+    size and channel names are read as :func:`protloc.io.images.read_raw` reads files.
 
     Raises :class:`UploadError`: 400 empty, 415 not PNG/JPEG/TIFF, 413 too many pixels (read from
-    the header, before decoding), 422 corrupt or undecodable.
-
-    Examples
-    --------
-    >>> from PIL import Image
-    >>> buf = io.BytesIO(); Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(buf, "PNG")
-    >>> decode_image(buf.getvalue(), "a.png", max_pixels=100).shape
-    (4, 5, 3)
+    the header, before decoding), 422 corrupt, undecodable or an unusable layout (time series,
+    ambiguous axes).
     """
-    from protloc.io.images import to_uint8
+    from protloc.io.images import ImageReadError, decode_bytes
 
     if not data:
         raise UploadError(400, "empty file", fmt_problem(name, expected="an image file", got="0 bytes",
@@ -336,52 +334,42 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
                           fmt_problem(name, expected="a PNG, JPEG or TIFF image", got=_describe(data),
                                       fix="export the image as PNG or TIFF"), file=name)
     read_header(data, name, max_pixels=max_pixels)  # 413 before any pixel is decoded
-    corrupt = (f"{name}: unreadable, corrupt or truncated {kind.upper()} image ({{}}). "
-               "Fix: re-export the file as PNG or TIFF")
-    if kind == "tiff":
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                arr = tif.series[0].asarray()
-        except Exception as e:  # noqa: BLE001 - tifffile raises many types on bad files
-            raise UploadError(422, "corrupt image", corrupt.format(type(e).__name__), file=name) from None
-        arr = np.squeeze(arr)
-        if arr.ndim == 3 and arr.shape[0] <= 8 and arr.shape[-1] > 8:
-            arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-    else:
-        from PIL import Image
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data), formats=[kind.upper()]) as im:
-                    im.load()
-                    mode = im.mode
-                    if mode == "P":
-                        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                    elif mode in ("CMYK", "YCbCr"):
-                        im = im.convert("RGB")
-                    elif mode in ("LA", "1"):
-                        im = im.convert("L")
-                    arr = np.asarray(im)
-        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
-            raise UploadError(422, "corrupt image", corrupt.format(type(e).__name__), file=name) from None
+    try:
+        arr, meta = decode_bytes(data, where=name, axes=axes, z=z)
+    except ImageReadError as e:
+        if e.expected is not None:  # a layout the reader refuses (time series, unnamed axes...)
+            raise UploadError(422, "unsupported image layout", str(e), file=name) from None
+        raise UploadError(422, "corrupt image", f"{name}: unreadable, corrupt or truncated {kind.upper()} image. "
+                          "Fix: re-export the file as PNG or TIFF", file=name) from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise UploadError(422, "unsupported image layout",
                           fmt_problem(name, expected="a 2-D image (H, W) or (H, W, C)",
                                       got=f"shape {tuple(arr.shape)}", fix="save one 2-D image per file"),
                           file=name)
+    if arr.dtype != np.bool_ and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise UploadError(422, "unsupported pixel type", f"{name}: unsupported pixel type {arr.dtype}. Fix: save "
+                          "8- or 16-bit images", file=name)
+    return arr, meta
+
+
+def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
+    """Decode PNG/JPEG/TIFF bytes (in memory) to uint8 (H, W) or (H, W, C) (:func:`decode_raw`,
+    then 16-bit data divided by 257; the prediction path keeps the raw pixels instead).
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(buf, "PNG")
+    >>> decode_image(buf.getvalue(), "a.png", max_pixels=100).shape
+    (4, 5, 3)
+    """
+    from protloc.io.images import to_uint8
+
+    arr, _ = decode_raw(data, name, max_pixels=max_pixels)
     try:
         return to_uint8(arr)
     except InputError as e:
         raise UploadError(422, "unsupported pixel type", f"{name}: {e}", file=name) from None
-
-
-def _resize_plane(p: np.ndarray, hw) -> np.ndarray:
-    from protloc.io.images import resize
-
-    return resize(p[..., None], size=tuple(hw))[..., 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +443,7 @@ def stack_hpa(iid: str, members, need) -> dict:
                                       got="only " + ", ".join(have[c][0] for c in HPA_CHANNELS if c in have),
                                       fix="select all channel files of the image together"),
                           file=f"{iid}_{missing[0]}{ext}")
-    planes = [have[c][1] for c in need]
-    hw = planes[0].shape[:2]
-    img = np.stack([p if p.shape[:2] == hw else _resize_plane(p, hw) for p in planes], -1)
+    from protloc.io.images import stack_planes
+
+    img = stack_planes([have[c][1] for c in need])
     return {"name": iid, "id": iid, "files": [have[c][0] for c in HPA_CHANNELS if c in have], "image": img}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from protloc.cli.main import add_data_args, new_command, table_from_args
-from protloc.cli.options import OutDir, declare_paths, integer, nonneg_int
+from protloc.cli.options import OutDir, declare_paths, integer, nonneg_int, positive_number
 
 
 def register(sub) -> None:
@@ -23,6 +23,11 @@ def register(sub) -> None:
     g.add_argument("--compress", choices=("none", "zstd"), default=None,
                    help="shard compression of a new entry: none (fastest reads) or zstd (~1.8x smaller; "
                         "train then reuses it) [default: none]")
+    g.add_argument("--intensity", default="auto", choices=("auto", "scale", "percentile"),
+                   help="intensity rule, as `protloc train --intensity` (the cache is the one training uses)")
+    g.add_argument("--z", default="max", choices=("max", "mean", "middle"), help="projection of Z stacks")
+    g.add_argument("--pixel-size", type=positive_number, default=None, metavar="UM",
+                   help="pixel size of the images in micrometres, as `protloc train --pixel-size`")
     add_store_args(g)
     declare_paths(p, OutDir("cache_dir", "cache folder"))
     p.set_defaults(func=run)
@@ -99,12 +104,17 @@ def run(args) -> int:
         n, freed = clear_cache(table)
         console.print(f"removed {n} cache entries ({_mb(freed)}) from {cache_dir()}")
         return 0
+    from protloc.data.reading import training_reading
+
+    reading = None if table is None else \
+        training_reading(table, intensity=args.intensity, z=args.z, pixel_size=args.pixel_size)[0]
     if args.info or table is None:
-        _print_info(cache_info(table, size=args.size if table is not None else None), console)
+        _print_info(cache_info(table, size=args.size if table is not None else None, reading=reading,
+                               pixel_size=args.pixel_size), console)
         return 0
     t0 = time.perf_counter()
     ds = load_cached(table, size=args.size, workers=args.workers or None, skip_bad=args.skip_bad, progress=True,
-                     compress=args.compress)
+                     compress=args.compress, reading=reading, pixel_size=args.pixel_size)
     dt = time.perf_counter() - t0
     disk = ds.images.disk_bytes() if hasattr(ds.images, "disk_bytes") else ds.images.nbytes
     console.print(f"cached {ds.images.shape[0]} images as {tuple(ds.images.shape)} uint8 "

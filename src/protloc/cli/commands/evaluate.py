@@ -20,12 +20,17 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--json", default=None, help="where to save the metrics [default: RUN/evaluation.json]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from protloc.cli.commands.predict import add_reading_args
+
+    add_reading_args(p)
     declare_paths(p, run_folder(), OutFile("json"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
+
+    import numpy as np
 
     from protloc.core.atomic import write_json
     from protloc.core.runfolder import RunFolder
@@ -34,7 +39,7 @@ def run(args) -> int:
     from protloc.reports.evaluate import evaluate_probs, print_summary
 
     rf = RunFolder(args.run).check()
-    predictor = Predictor.from_run(rf.root)
+    predictor = Predictor.from_run(rf.root, z=args.z, axes=args.axes, pixel_size=args.pixel_size)
     pre = predictor.preprocessing
     args.schema = pre.schema  # labels are read in the run's schema
     chosen = args.channels is not None
@@ -52,6 +57,11 @@ def run(args) -> int:
     source = "--threshold" if args.threshold is not None else rule.source
     s.update(run=str(rf.root), csv=str(table.csv_path), images=str(table.images), tta=args.tta,
              threshold_source=source)
+    if res.ood_score is not None:
+        s["ood"] = {"n": int(len(res.ood_score)), "flagged": int(res.ood_flag.sum()),
+                    "flagged_fraction": round(float(res.ood_flag.mean()), 4),
+                    "median_score": round(float(np.median(res.ood_score)), 4)}
+        print(f"out of distribution: {s['ood']['flagged']} of {s['ood']['n']} images flagged (ood_score > 1)")
     out = Path(args.json) if args.json else rf.evaluation_json
     write_json(out, s)
     print_summary(s, title=f"{rf.root.name} on {table.csv_path.name if table.csv_path else table.images} "

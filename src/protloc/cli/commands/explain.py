@@ -64,7 +64,7 @@ def run(args) -> int:
     from protloc.reports.explain import explain_image, render_explanation, resolve_classes
 
     RunFolder(args.run).check()
-    pred = Predictor.from_run(args.run, folds=args.folds, device=args.device)
+    pred = Predictor.from_run(args.run, folds=args.folds, device=args.device, engine="torch")  # Grad-CAM
     if args.classes:  # check names before reading the image
         resolve_classes(args.classes, list(pred.preprocessing.classes))
     img, iid = read_input(pred, args.image, args.images, args.image_id)

@@ -69,10 +69,17 @@
       row.appendChild(el("span", null, c.name + (c.role && c.role !== c.name ? " — " + c.role : "")));
       body.appendChild(row);
     });
+    var rd = card.reading || {};
     body.appendChild(factsTable([
       ["image size", card.image_size + " × " + card.image_size + " px (larger images are resized)"],
       ["file layout", card.format],
-      ["accepted files", (card.limits.types || []).join(", ") + ", ≤ " + card.limits.max_upload_mb + " MB each"]
+      ["accepted files", (card.limits.types || []).join(", ") + " (8 or 16 bit, OME-TIFF), ≤ " +
+        card.limits.max_upload_mb + " MB each"],
+      ["intensity", rd.intensity || null],
+      ["pixel size", rd.pixel_size_um ? rd.pixel_size_um + " µm/px in training (" + rd.pixel_size_note + ")"
+        : (rd.pixel_size_note || null)],
+      ["Z stacks", rd.z_projection ? rd.z_projection + " projection" : null],
+      ["unusual images", card.ood ? card.ood.note : null]
     ]));
 
     body.appendChild(el("h3", null, "Model"));
@@ -229,6 +236,29 @@
     var body = node.querySelector(".result-body");
     body.textContent = "";
 
+    // out of distribution: a clear warning before anything else
+    if (res.ood_flag) {
+      node.dataset.ood = "flagged";
+      var warn = el("div", "ood-warning");
+      warn.setAttribute("role", "alert");
+      warn.appendChild(el("b", null, "This image is unlike the training images"));
+      warn.appendChild(el("span", null, " (out-of-distribution score " + res.ood_score.toFixed(2) +
+        ", flagged above 1). The probabilities below may be meaningless: check the channel order, " +
+        "the stain and that the field is not empty."));
+      body.appendChild(warn);
+    }
+    var inp = res.input || {};
+    var facts = [];
+    if (inp.intensity) facts.push("intensity: " + inp.intensity);
+    facts.push("pixel size: " + (inp.pixel_size_um ? inp.pixel_size_um + " µm/px (" + inp.pixel_size_source + ")"
+      : "unknown") + (inp.run_pixel_size_um ? ", training " + inp.run_pixel_size_um + " µm/px" : ""));
+    if (inp.geometry) facts.push(inp.geometry);
+    if (inp.z_planes > 1) facts.push(inp.z_planes + " Z planes projected");
+    if (typeof res.ood_score === "number" && !res.ood_flag) facts.push("OOD score " + res.ood_score.toFixed(2));
+    var line = el("p", "input-facts", facts.join(" · "));
+    line.title = (inp.notes || []).join("\n");
+    body.appendChild(line);
+
     // images
     var pics = el("div", "pics");
     if (res.composite) {
@@ -334,11 +364,14 @@
     if (!done()) return;
     var classes = state.card ? state.card.classes.map(function (c) { return c.name; })
       : Object.keys(state.results[0].res.probabilities);
-    var lines = [["Image", "Label"].concat(classes).map(csvCell).join(",")];
+    var scored = state.results.some(function (x) { return typeof x.res.ood_score === "number"; });
+    var lines = [["Image", "Label"].concat(classes).concat(scored ? ["ood_score", "ood_flag"] : [])
+      .map(csvCell).join(",")];
     state.results.forEach(function (x) {
       var r = x.res;
+      var ood = scored ? [typeof r.ood_score === "number" ? r.ood_score.toFixed(4) : "", r.ood_flag ? 1 : 0] : [];
       lines.push([r.image, r.label].concat(classes.map(function (c) { return r.probabilities[c].toFixed(5); }))
-        .map(csvCell).join(","));
+        .concat(ood).map(csvCell).join(","));
     });
     var blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
     var a = el("a");

@@ -1,0 +1,151 @@
+"""The time budget is used, not only capped (issue 10 item 2): planning from measured step times,
+re-planning when the machine slows down or speeds up, stopping inside an epoch, with a fake clock."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from protloc.training.budget import BudgetPlanner, Plan, plan_epochs
+
+
+def plan(**kw):
+    base = dict(time_left=100.0, step_s=1.0, steps_per_epoch=10, val_s=2.0, done_steps=0, validated_epochs=0,
+                max_epochs=60)
+    return plan_epochs(**{**base, **kw})
+
+
+def test_plan_fills_the_time_left():
+    p = plan()
+    assert p == Plan(epochs=8, total_steps=80) and 8 * (10 + 2) <= 100 < 9 * 12
+    assert plan(step_s=2.0).epochs == 4                      # twice as slow: half the epochs
+    assert plan(max_epochs=5).epochs == 5                     # --epochs caps the plan
+    assert plan(done_steps=25, validated_epochs=2, time_left=40).epochs == 5  # (50-25) s + 3 validations = 31 s
+
+
+def test_plan_becomes_a_partial_epoch_when_the_current_one_cannot_finish():
+    p = plan(time_left=6.0, done_steps=3)
+    assert p.partial and p.total_steps == 3 + 4               # 4 more steps, then one 2 s validation
+    assert plan(time_left=0.5, done_steps=3) == Plan(epochs=0, total_steps=3, partial=True)  # stop now
+    q = plan(time_left=30.0, done_steps=10, validated_epochs=1)  # epoch 1 finished: 2 more fit (24 s)
+    assert q == Plan(epochs=3, total_steps=30)
+
+
+def test_planner_replans_when_the_machine_slows_down_and_speeds_up():
+    p = BudgetPlanner(deadline=400.0, steps_per_epoch=10, val_images=40, batch_size=8, max_epochs=60)
+    t = 0.0
+    p.start(t)
+    for _ in range(5):
+        t += 1.0
+        p.step(t)
+    first = p.replan(t)
+    assert first.epochs == 33                                 # (395 s - 2 s OOF + 5 s done) / 12 s per epoch
+    for _ in range(p.window):                                 # load arrives: 3 s per step
+        t += 3.0
+        p.step(t)
+    slow = p.replan(t)
+    assert slow.epochs < first.epochs and slow.total_steps == slow.epochs * 10
+    for _ in range(p.window):                                 # load leaves again
+        t += 0.5
+        p.step(t)
+    assert p.replan(t).epochs > slow.epochs
+    assert [h["epochs"] for h in p.history][:2] == [first.epochs, slow.epochs]
+
+
+# --------------------------------------------------------------------------- with Lightning
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _fit(clock, *, budget_s, step_s, epochs=20, n=48, batch=8, slow_after=None, reserve_s=0.0):
+    """Train test_resnet on random 16 px images; each batch advances the fake clock by step_s
+    (3 x step_s after ``slow_after`` steps). Returns (trainer, TimeBudget, scheduler fn)."""
+    import lightning.pytorch as pl
+    import torch
+
+    from protloc.core.config import TrainConfig
+    from protloc.models.network import ModelSpec, build_model
+    from protloc.training.callbacks import TimeBudget
+    from protloc.training.datamodule import ProtlocDataModule
+    from protloc.training.losses import make_loss
+    from protloc.training.module import LitProtloc
+
+    class Tick(pl.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *a):
+            self.steps += 1
+            clock.t += step_s * (3 if slow_after is not None and self.steps > slow_after else 1)
+
+        def on_validation_epoch_end(self, *a):
+            clock.t += 0.5
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)
+    y = (rng.random((n, 10)) < 0.3).astype(np.float32)
+    cfg = TrainConfig(model="test_resnet", pretrained="none", size=16, epochs=epochs, batch_size=batch,
+                      augment="none", threads=1)
+    net = build_model(ModelSpec("test_resnet", in_chans=3, num_classes=10), pretrained="none")
+    module = LitProtloc(net, cfg, mean=(0.5,) * 3, std=(0.2,) * 3, loss=make_loss("bce"))
+    dm = ProtlocDataModule(images, y, np.arange(n - 16), np.arange(n - 16, n), batch_size=batch)
+    budget = TimeBudget(clock() + budget_s, clock=clock, check_every=2, reserve_s=reserve_s)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, callbacks=[Tick(), budget], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer.fit(module, datamodule=dm)
+    fn = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    return trainer, budget, fn
+
+
+def test_budget_plans_epochs_and_ends_the_schedule_with_them():
+    clock = FakeClock()
+    start = clock()
+    trainer, budget, fn = _fit(clock, budget_s=30.0, step_s=1.0)   # 4 steps per epoch
+    planned = budget.summary()["planned_epochs"]
+    assert 4 <= planned < 20 and trainer.current_epoch == planned   # budget used, well below --epochs 20
+    assert fn.total == planned * 4                                  # the cosine ends with the last epoch
+    assert clock() - start <= 30.0 and clock() - start > 0.7 * 30   # inside the budget, most of it used
+    assert budget.stopped and not budget.stopped_mid_epoch
+
+
+def test_budget_replans_when_the_machine_slows_down():
+    clock = FakeClock()
+    start = clock()
+    trainer, budget, fn = _fit(clock, budget_s=36.0, step_s=1.0, slow_after=6)
+    s = budget.summary()
+    plans = [h["epochs"] for h in s["plans"]]
+    assert plans[0] > plans[-1] and trainer.current_epoch == s["planned_epochs"]  # fewer epochs than first planned
+    assert fn.total == budget.planner.plan.total_steps and clock() - start <= 36.0  # the schedule moved along
+
+
+def test_budget_stops_inside_an_epoch_that_cannot_finish():
+    clock = FakeClock()
+    start = clock()
+    trainer, budget, fn = _fit(clock, budget_s=9.0, step_s=1.0, n=96, batch=8)  # 10 steps per epoch
+    assert budget.stopped_mid_epoch and trainer.current_epoch == 1           # one (partial) epoch, validated
+    assert clock() - start <= 9.0 + 1.0                                      # at most one step over the plan
+    assert trainer.global_step < 10 and fn.total == trainer.global_step
+
+
+def test_cli_budget_summary_and_auto_epochs(tiny_rgb, tmp_path):
+    from protloc.cli.main import main
+    from protloc.core.runfolder import RunFolder
+
+    csv, images = tiny_rgb
+    rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
+               "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
+               "1", "--no-near-dup", "--max-minutes", "0.15"])
+    assert rc == 0
+    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
+    b = s["budget"]
+    assert b["max_minutes"] == 0.15 and b["used_minutes"] <= 0.15 * 1.1 + 0.05
+    fold = s["fold_summaries"][0]
+    assert fold["budget"]["planned_epochs"] == fold["epochs_run"] and fold["epochs_run"] > 1
+    assert b["epochs_planned"] == [fold["budget"]["planned_epochs"]] and fold["max_epochs"] == 60
