@@ -115,3 +115,31 @@ def start_server(app, **config):
         assert time.time() < deadline and t.is_alive(), "server did not start"
         time.sleep(0.05)
     return server, t, f"http://127.0.0.1:{port}"
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for MASTER_PORT of simulated launchers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_together(cmd, envs, *, timeout: float = 240):
+    """Start ``cmd`` once per environment in ``envs`` at the same time (as srun/torchrun start
+    ranks); wait for all; returns ``(pids, [(stdout, stderr)])`` and asserts every exit code is 0."""
+    import subprocess
+
+    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in envs]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [p.pid for p in procs], outs

@@ -7,6 +7,9 @@ whole new one. When the write fails (folder not creatable, permission denied, an
 below an existing file, disk full) the temp file is removed and an :class:`OutputError` names the
 user's path and a fix, never the temp file. Temp files left by a killed process (``kill -9``)
 are removed by the next write of the same file once they are an hour old.
+
+With ``PROTLOC_WRITE_LOG=FILE`` every finished write appends a JSON line ``{pid, ppid, path}`` to
+FILE (:func:`note_write`): the distributed tests check with it that one process writes each file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,22 @@ from protloc.core.errors import InputError
 
 #: temp files of a killed writer older than this are removed by the next write of the same target
 STALE_TEMP_S = 3600.0
+#: environment variable naming the write log (see the module docstring)
+ENV_WRITE_LOG = "PROTLOC_WRITE_LOG"
+
+
+def note_write(path: str | Path) -> None:
+    """Append ``{pid, ppid, path}`` to the write log when ``PROTLOC_WRITE_LOG`` is set (one
+    ``O_APPEND`` write per line, so processes never interleave); otherwise do nothing."""
+    log = os.environ.get(ENV_WRITE_LOG)
+    if not log:
+        return
+    line = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "path": str(Path(path).absolute())}) + "\n"
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 class OutputError(InputError):
@@ -136,6 +155,7 @@ def atomic_path(path: str | Path):
         except OSError as e:
             raise _output_problem(path, e, step="saving it") from None
         _fsync_dir(path.parent)
+        note_write(path)
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists() or tmp.is_symlink():

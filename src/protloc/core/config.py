@@ -189,6 +189,9 @@ class TrainConfig:
                                  "that fit are planned and the schedule ends there (re-planned as the machine "
                                  "slows down or speeds up); the best checkpoint is kept (0 = none)", ge=0)
     skip_bad: bool = _run(False, "leave unreadable images out of training (reported) instead of refusing")
+    logger: str = _run("none", "experiment tracker fed with each epoch's metrics.csv row: csv or tensorboard "
+                       "(RUN/logs/), mlflow (a local store in RUN/mlflow/; pip install 'protloc[mlflow]'); the run "
+                       "folder stays the record", choices=("none", "csv", "tensorboard", "mlflow"))
 
     # ---------------------------------------------------------------------------------------
     # ``TrainConfig.preset(name)`` (a classmethod, attached below the class) builds a preset;

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.pixels import ImageMeta, Intensity, fit_field, resize
 from protloc.core.schema import LabelSchema
 

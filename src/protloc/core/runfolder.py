@@ -38,6 +38,10 @@ Layout::
                              model.int8.onnx: quantised, export --int8;
                              model.folds-0-2.onnx: a fold subset)
       train.log              log
+      logs/{csv,tensorboard}/fold{k}/  --logger csv|tensorboard       logs_dir
+      mlflow/                --logger mlflow: mlflow.db + artifacts    mlflow_dir
+      .launch/ID.json        rank 0's "data setup done" marker of     launch_marker(launch)
+                             launch ID (protloc.cluster.handshake)
       report.html            evaluation report (protloc report)        report_html
 
 Policies: a missing optional file has a documented meaning (no thresholds.json: 0.5 for every
@@ -47,7 +51,6 @@ present but unreadable, of the wrong shape or inconsistent with the run is a Run
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -277,6 +280,8 @@ class RunFolder:
     log = property(lambda self: self.root / "train.log")
     report_html = property(lambda self: self.root / "report.html")
     models_dir = property(lambda self: self.root / "models")
+    logs_dir = property(lambda self: self.root / "logs")
+    mlflow_dir = property(lambda self: self.root / "mlflow")
 
     def onnx_file(self, folds=None, *, int8: bool = False) -> Path:
         """The ONNX export of ``folds`` (None: every fold, ``model.onnx``; a subset:
@@ -296,6 +301,11 @@ class RunFolder:
 
     def model_path(self, fold: int) -> Path:
         return self.models_dir / f"fold{fold}.pt"
+
+    def launch_marker(self, launch) -> Path:
+        """``.launch/ID.json``: rank 0's marker that the data setup of one launch is done
+        (:mod:`protloc.cluster.handshake`; ``launch`` is a :class:`~protloc.cluster.Launch`)."""
+        return self.root / ".launch" / f"{launch.safe_id}.json"
 
     def ood_path(self, fold: int) -> Path:
         """``models/fold{k}.ood.npz``: fold k's out-of-distribution reference (:mod:`protloc.core.ood`)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.core.atomic import note_write
 from protloc.core.errors import InputError
 
 STORE_FORMAT = "protloc-sharded-v1"
@@ -71,6 +72,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())  # a crash never leaves a renamed, empty shard
         os.replace(tmp, path)
+        note_write(path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -25,15 +25,19 @@ def resolve_device(spec=None) -> str:
     ...
     protloc.core.errors.InputError: --device: expected cpu, cuda, cuda:N or mps, got 'bogus'. Fix: e.g. --device cpu.
     """
-    import torch
-
     if spec is None or str(spec).strip() in ("", "auto"):
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     text = str(spec).strip()
     m = _DEVICE.fullmatch(text)
     if m is None or (m.group(1) == "cpu" and m.group(2) not in (None, "0")):
         raise InputError("--device", expected="cpu, cuda, cuda:N or mps", got=repr(text), fix="e.g. --device cpu")
     kind, index = m.group(1), m.group(2)
+    if kind == "cpu":  # no torch import: the ONNX engine runs without torch
+        return text
+    import torch
+
     if kind == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:

@@ -31,10 +31,12 @@ def check_recipe(cfg):
     from protloc.core.errors import InputError
     from protloc.training.augment import BatchAugment
     from protloc.training.losses import parse_loss_spec
+    from protloc.training.tracking import check_logger
 
     cfg.validate()
     parse_loss_spec(cfg.loss)
     BatchAugment(cfg.augment)
+    check_logger(cfg.logger)
     if not timm.is_model(cfg.model):
         close = ", ".join(difflib.get_close_matches(cfg.model, timm.list_models(), n=4)) or "see timm.list_models()"
         raise InputError("--model", expected="a timm model name", got=repr(cfg.model),

@@ -8,13 +8,15 @@
 - :class:`TimeBudget`: uses ``--max-minutes``: times the first steps, plans the epochs that fit
   and ends the cosine schedule there, re-plans as the machine slows down or speeds up, and stops
   inside an epoch when even that one cannot finish (the best checkpoint is kept).
-- :class:`EpochRecorder`: one row per epoch -> ``folds/fold{k}/metrics.csv`` (atomic) + log.
+- :class:`EpochRecorder`: one row per epoch -> ``folds/fold{k}/metrics.csv`` (atomic) + log, and
+  the same row to the trainer's loggers (``--logger``, :mod:`protloc.training.tracking`).
 - :class:`AtomicCheckpointIO`: checkpoints written to a temp file and renamed.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from pathlib import Path
 
@@ -215,6 +217,11 @@ class EpochRecorder(pl.Callback):
                "seconds": round(time.time() - (self.t_epoch or time.time()), 2), **m}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         write_csv(self.path, pd.DataFrame(self.rows))
+        values = {k: float(v) for k, v in row.items()
+                  if k not in ("fold", "epoch") and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        for tracker in trainer.loggers:  # --logger: the same row, the epoch as the step
+            tracker.log_metrics(values, step=int(row["epoch"]))
+            tracker.save()
         if empty and len(self.rows) == 1:
             log.warning("fold %d: validation has no positives for classes %s; they are left out of "
                         "macro F1", self.fold, empty)

@@ -133,7 +133,7 @@ class LitProtloc(pl.LightningModule):
         self.epoch_metrics.update(m)
         for k in ("val_loss", "val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1"):
             v = m[k]
-            self.log(k, v if math.isfinite(v) else 0.0, prog_bar=k in ("val_loss", "val_macro_f1"),
+            self.log(k, v if math.isfinite(v) else 0.0, prog_bar=k in ("val_loss", "val_macro_f1"), logger=False,
                      sync_dist=False, rank_zero_only=False)
 
     # optimisation ------------------------------------------------------------------------

@@ -10,7 +10,6 @@ different machines (``--fold k``) are merged by copying their run folders togeth
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -27,8 +26,11 @@ log = logging.getLogger("protloc.training.train")
 
 
 def is_main_process() -> bool:
-    """True on the process that writes files (rank 0), also before Lightning launches ranks."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """True on the process that writes files (global rank 0) under every launcher (Lightning's,
+    torchrun, SLURM...), also before Lightning launches ranks (:func:`protloc.cluster.is_main_process`)."""
+    from protloc.cluster import is_main_process as main
+
+    return main()
 
 
 def setup_logging(run: RunFolder, *, echo: bool = True) -> None:
@@ -62,11 +64,12 @@ def assign_folds(table, cfg: TrainConfig, usable: np.ndarray, *, progress: bool 
     return out
 
 
-def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
+def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None, trust: bool | None = None):
     """Decoded images (the sharded cache store, read by index) and the usable rows.
 
     Bad images refuse training unless skip_bad. The store's location and trust come from
-    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``).
+    ``--cache-dir`` / ``--trust-cache`` (``PROTLOC_CACHE_DIR`` / ``PROTLOC_TRUST_CACHE``);
+    ``trust=True``: rank 0 has just checked the store (the other ranks do not stat every file).
     ``reading``: the run's :class:`~protloc.core.preprocessing.Reading` (intensity rule, Z
     projection, pixel size); ``cfg.pixel_size`` overrides the files' pixel size.
     """
@@ -74,7 +77,7 @@ def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None):
 
     try:
         ds = load_cached(table, size=cfg.size, workers=cfg.workers or None, progress=progress,
-                         skip_bad=cfg.skip_bad, reading=reading, pixel_size=cfg.pixel_size or None)
+                         skip_bad=cfg.skip_bad, trust=trust, reading=reading, pixel_size=cfg.pixel_size or None)
     except InputError as e:
         raise InputError(f"{e} (or pass --skip-bad to leave unreadable images out of training)") from None
     log.info("decoded images: %s (%d x %s)", ds.path, len(ds.images), "x".join(map(str, ds.images.shape[1:])))
@@ -103,12 +106,9 @@ def load_unlabeled(cfg: TrainConfig, table, *, progress: bool, reading=None):
 
 
 def _devices(spec: str):
-    s = str(spec).strip()
-    if s.isdigit() or (s.startswith("-") and s[1:].isdigit()):
-        return int(s)
-    if "," in s:
-        return [int(v) for v in s.split(",") if v.strip()]
-    return s
+    from protloc.cluster import parse_devices
+
+    return parse_devices(spec)
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -157,8 +157,9 @@ AUTO_EPOCHS = 15
 
 
 def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path, reserve_s, progress,
-               extra_callbacks, mode, best_name="best", epoch_offset=0, phase_name=None):
-    """One ``trainer.fit`` of fold ``k`` (checkpoints, freezing, time budget, metrics rows)."""
+               extra_callbacks, mode, tracker=None, best_name="best", epoch_offset=0, phase_name=None):
+    """One ``trainer.fit`` of fold ``k`` (checkpoints, freezing, time budget, metrics rows, and
+    the ``--logger`` tracker that :class:`EpochRecorder` feeds)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
@@ -181,7 +182,7 @@ def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path
         callbacks.append(RichProgressBar())
     trainer = pl.Trainer(
         **trainer_hardware(cfg), max_epochs=max_epochs, accumulate_grad_batches=cfg.accumulate,
-        callbacks=callbacks, logger=False, enable_progress_bar=bar, enable_model_summary=False,
+        callbacks=callbacks, logger=tracker or False, enable_progress_bar=bar, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run.root), benchmark=torch.cuda.is_available(), log_every_n_steps=10)
     try:
@@ -201,6 +202,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.module import LitProtloc
     from protloc.training.losses import make_loss
+    from protloc.training.tracking import make_logger
     from protloc.models.network import build_model
 
     train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
@@ -218,7 +220,11 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     mode = "min" if cfg.monitor.endswith("loss") else "max"
     hist = run.fold_metrics(k) if ckpt_path else None
     rows = hist.to_dict("records") if hist is not None else []
-    phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode)
+    tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
+    if tracker is not None:
+        tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
+    phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
+                 tracker=tracker)
     t0 = time.time()
     teacher_deadline, epochs = deadline, max_epochs(cfg)
     if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
@@ -234,18 +240,17 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                                                 train_idx=train_idx, val_idx=val_idx, pre=pre, deadline=deadline,
                                                 reserve_s=reserve_s, fit_phase=_fit_phase, phase=phase,
                                                 main=trainer.is_global_zero)
-    if not trainer.is_global_zero:
-        return None
-    best = ckdir / "best.ckpt"
+    best = ckdir / "best.ckpt"  # saved by rank 0 before the barrier that ends fit
     net = module.load_trained(best if best.is_file() else last).inference_net()  # the EMA copy with EMA
     from protloc.core.metrics import classification_summary, epoch_metrics
-    from protloc.training.module import infer_probs
     from protloc.models.network import save_weights
 
-    save_weights(net.cpu().eval(), run.model_path(k))
+    if trainer.is_global_zero:
+        save_weights(net.cpu().eval(), run.model_path(k))
+    probs = oof_probs(trainer, net, images, val_idx, mean=pre.mean, std=pre.std, batch_size=cfg.batch_size * 2)
+    if not trainer.is_global_zero:
+        return None
     device = module.device if module.device.type != "meta" else "cpu"
-    probs = infer_probs(net, images, mean=pre.mean, std=pre.std, indices=val_idx, batch_size=cfg.batch_size * 2,
-                        device=device)
     fit_ood(net, images, train_idx, val_idx, pre=pre, path=run.ood_path(k), batch_size=cfg.batch_size * 2,
             device=device, seed=cfg.seed + k)
     classes = list(pre.classes)
@@ -266,6 +271,30 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
                "empty_classes": [classes[c] for c in m["val_empty_classes"]],
                "val": classification_summary(y[val_idx], probs >= cfg.threshold, probs, classes=classes)}
     return {"oof": oof, "summary": summary}
+
+
+def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int) -> np.ndarray:
+    """Out-of-fold probabilities of ``images[val_idx]``, computed by every rank on its share
+    (:class:`~protloc.training.datamodule.EpochSampler`'s split, padded), gathered and
+    de-duplicated by index; rows in ``val_idx`` order (sorted). Call it on every rank."""
+    from protloc.training.datamodule import EpochSampler
+    from protloc.training.module import infer_probs
+
+    rank, world = trainer.global_rank, trainer.world_size
+    device = trainer.strategy.root_device
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    if world == 1 or len(val_idx) == 0:
+        return infer_probs(net, images, mean=mean, std=std, indices=val_idx, batch_size=batch_size, device=device)
+    import torch
+
+    mine = val_idx[np.fromiter(EpochSampler(len(val_idx), shuffle=False, rank=rank, world=world), dtype=np.int64)]
+    probs = infer_probs(net, images, mean=mean, std=std, indices=mine, batch_size=batch_size, device=device)
+    idx = trainer.strategy.all_gather(torch.as_tensor(mine, device=device)).reshape(-1).cpu().numpy()
+    allp = trainer.strategy.all_gather(torch.as_tensor(probs, device=device)).reshape(len(idx), -1).cpu().numpy()
+    uniq, first = np.unique(idx, return_index=True)  # drop the sampler's padding duplicates
+    if not np.array_equal(uniq, np.sort(val_idx)):
+        raise RuntimeError(f"out-of-fold gather: {len(uniq)} distinct images, expected {len(val_idx)}")
+    return allp[first][np.searchsorted(uniq, val_idx)]
 
 
 def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="cpu"):
@@ -368,6 +397,29 @@ def merge_folds(run: RunFolder) -> dict:
     return summary
 
 
+def _read_splits(run: RunFolder, table) -> np.ndarray:
+    """Validation fold per table row from ``splits.csv`` (-2: not in it)."""
+    sp = run.splits()
+    if sp is None:
+        raise RunFolderError(f"{run.splits_csv}: missing. Fix: train again from the start (rank 0 writes it)")
+    pos = {iid: i for i, iid in enumerate(table.ids)}
+    folds = np.full(len(table), -2, dtype=int)
+    for iid, f in zip(sp["Image"], sp["fold"]):
+        if iid in pos:
+            folds[pos[iid]] = int(f)
+    return folds
+
+
+def _devices_per_node(cfg: TrainConfig) -> int | None:
+    d = _devices(cfg.devices)
+    return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else None)
+
+
+def _single_process(cfg: TrainConfig, launch) -> bool:
+    """No other rank will run this setup: one device on one node and no external launcher."""
+    return not launch.external and cfg.num_nodes == 1 and _devices_per_node(cfg) == 1
+
+
 def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
@@ -423,8 +475,10 @@ def _remove_if_only_log(run: RunFolder) -> None:
 
 def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, overwrite: bool, progress: bool,
                   echo: bool, extra_callbacks, data_source: DataSource | None) -> dict:
+    from protloc.cluster import begin_setup, ensure_launch_id, publish_setup, setup_key, wait_for_setup
     from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
+    from protloc.data.cache import cache_key
 
     import warnings
 
@@ -437,58 +491,78 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen stages / EMA copy
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # student phase
-    main = is_main_process()
+    launch = ensure_launch_id(devices_per_node=_devices_per_node(cfg))
+    main = launch.is_main
     if not table.labeled:
         raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
                                      got="no labels", fix="pass --csv with Image,Label columns"))
     n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
-    _check_out(run, todo, resume=resume, overwrite=overwrite)
     threads = set_threads(cfg)
     t_start = time.time()
-    log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
-             cfg.preset, cfg.model, cfg.size, cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss, threads,
-             f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
-    for note in table.notes:  # rows left out of the table (e.g. --from-schema hpa28 mapping): on screen and in the log
-        log.warning("note: %s", note)
-    resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
-    if resumed:
-        reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
-    else:
-        from protloc.data.reading import training_reading
-
-        reading, names, notes = training_reading(table, intensity=cfg.intensity, z=cfg.z,
-                                                 pixel_size=cfg.pixel_size or None)
-    for note in notes:
-        log.info("images: %s", note)
-    log.info("intensity: %s", reading.intensity.describe())
-    ds, usable = load_data(table, cfg, progress=progress and main, reading=reading)
-    unlabeled = load_unlabeled(cfg, table, progress=progress and main, reading=reading) if cfg.unlabeled else None
-    y = table.y()
-    sp = run.splits() if (resume or cfg.fold is not None) else None
-    if sp is not None:
-        pos = {iid: i for i, iid in enumerate(table.ids)}
-        folds = np.full(len(table), -2, dtype=int)
-        for iid, f in zip(sp["Image"], sp["fold"]):
-            if iid in pos:
-                folds[pos[iid]] = int(f)
-    else:
-        folds = assign_folds(table, cfg, usable, progress=progress and main)
-    if resumed:
-        pre = run.preprocessing()
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
-        mean, std = channel_stats(np.asarray(ds.images[sample]))
-        pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
-                            schema=table.schema, reading=reading, channel_names=names)
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
+    y = table.y()
+    # once per data set, on rank 0 only: store check/build, folds (near-duplicate hashing), channel
+    # statistics; the other ranks wait for its marker and read its results (protloc.cluster)
+    marker = run.launch_marker(launch)
+    key = setup_key(cfg.to_dict(), cache_key(table, size=cfg.size), bool(resume), bool(overwrite))
+    handshake = not _single_process(cfg, launch)
     if main:
-        run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
-                       data_source=data_source or DataSource.from_table(table))
-        keep = folds != -2
-        write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
+        log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
+                 cfg.preset, cfg.model, cfg.size, cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss,
+                 threads, f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
+        for note in table.notes:  # rows left out (e.g. --from-schema hpa28 mapping): on screen and in the log
+            log.warning("note: %s", note)
+        if handshake:
+            begin_setup(marker)
+        try:
+            _check_out(run, todo, resume=resume, overwrite=overwrite)
+            resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
+            if resumed:
+                reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
+            else:
+                from protloc.data.reading import training_reading
+
+                reading, names, notes = training_reading(table, intensity=cfg.intensity, z=cfg.z,
+                                                         pixel_size=cfg.pixel_size or None)
+            for note in notes:
+                log.info("images: %s", note)
+            log.info("intensity: %s", reading.intensity.describe())
+            ds, usable = load_data(table, cfg, progress=progress, reading=reading)
+            if (resume or cfg.fold is not None) and run.splits() is not None:
+                folds = _read_splits(run, table)
+            else:
+                folds = assign_folds(table, cfg, usable, progress=progress)
+            if resumed:
+                pre = run.preprocessing()
+            else:
+                rng = np.random.default_rng(cfg.seed)
+                sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
+                mean, std = channel_stats(np.asarray(ds.images[sample]))
+                pre = Preprocessing(fmt=table.fmt, channels=table.channels, size=cfg.size, mean=mean, std=std,
+                                    schema=table.schema, reading=reading, channel_names=names)
+            run.save_setup(config=cfg, preprocessing=pre, model_spec=spec,
+                           data_source=data_source or DataSource.from_table(table))
+            keep = folds != -2
+            write_csv(run.splits_csv, pd.DataFrame({"Image": np.asarray(table.ids)[keep], "fold": folds[keep]}))
+        except BaseException as e:
+            # ranks started by srun/torchrun wait now: they stop with rank 0's error instead of timing
+            # out (the marker keeps the run folder; Lightning's own launcher starts no rank before fit)
+            if handshake and launch.external:
+                publish_setup(marker, launch, key=key, error=str(e) or type(e).__name__)
+            raise
+        if handshake:
+            publish_setup(marker, launch, key=key, info={"store": str(ds.path) if ds.path else None})
+    else:
+        wait_for_setup(marker, launch, key=key, what=f"the data setup of {run.root}")
+        pre = run.preprocessing()
+        ds, usable = load_data(table, cfg, progress=False, trust=True, reading=pre.reading)  # checked by rank 0
+        folds = _read_splits(run, table)
+        print(f"{launch.describe()}: using rank 0's data setup (store checked by rank 0, splits.csv, "
+              "preprocessing.json)", file=sys.stderr, flush=True)
+    unlabeled = (load_unlabeled(cfg, table, progress=progress and main, reading=pre.reading)
+                 if cfg.unlabeled else None)
     for j, k in enumerate(todo):
         if resume and run.fold_summary_json(k).is_file() and run.model_path(k).is_file():
             log.info("fold %d: already finished, skipping", k)

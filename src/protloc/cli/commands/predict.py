@@ -44,6 +44,7 @@ def register(sub) -> None:
                    help="report unreadable/missing images and leave them out instead of stopping")
     add_reading_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parts_args(p)
     declare_paths(p, run_folder(), OutFile("out"), OutFile("probs"))
     p.set_defaults(func=run)
 
@@ -73,6 +74,8 @@ def run(args) -> int:
     if not chosen:  # default: the run's channels (typed; read as in training)
         args.channels = run_channels(rf.preprocessing(), args.format)
     table = table_from_args(args, split="test", labels=False)
+    if parts_mode(args):
+        return run_parts(args, rf, table, channels_chosen=chosen)
     notes: list[str] = []  # printed once predict worked (an error is then the only line)
     pred = Predictor.from_run(rf.root, device=args.device, engine=args.engine, folds=folds,
                               threads=args.threads, int8=args.int8, note=notes.append, z=args.z,
@@ -98,4 +101,76 @@ def run(args) -> int:
     print(f"wrote {args.out} ({len(sub)} images, {n_empty} without a label{flagged}"
           f"{', ' + str(len(res.skipped)) + ' skipped' if res.skipped else ''})"
           + (f" and {args.probs}" if args.probs else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# scale out: Lightning ranks / job-array shards writing resumable parts (inference.distributed)
+# --------------------------------------------------------------------------------------------
+def add_parts_args(p) -> None:
+    from protloc.cli.options import from_function, nonneg_int
+    from protloc.cluster import parse_devices
+    from protloc.inference.distributed import parse_shard
+
+    g = p.add_argument_group("scale out", "Any of these predicts in parts of rows written next to --out "
+                             "(OUT.parts/), streamed and resumable: a rerun skips finished parts, and the parts "
+                             "are merged in input order when all are done (docs/scale.md).")
+    g.add_argument("--devices", type=from_function(parse_devices, "devices"), default=None, metavar="N",
+                   help="processes (CPU) or GPUs per node for Lightning's Trainer.predict, e.g. 1, 4, auto or 0,1; "
+                        "under srun/torchrun: the tasks per node")
+    g.add_argument("--num-nodes", type=positive_int, default=None, metavar="M", help="machines (multi-node DDP)")
+    g.add_argument("--shard", type=from_function(parse_shard, "shard"), default=None, metavar="I/N",
+                   help="predict only shard I of N (0-based; job arrays, e.g. on the ONNX engine); the last "
+                        "shard to finish merges")
+    g.add_argument("--merge-shards", action="store_true",
+                   help="only merge the finished parts into --out (and --probs); an error lists missing parts")
+    g.add_argument("--part-rows", type=positive_int, default=None, metavar="R",
+                   help="rows per part (default: about 64 parts, 256 to 10,000 rows each)")
+    g.add_argument("--workers", type=nonneg_int, default=None, metavar="W",
+                   help="image-decoding processes per rank (default: one per two cores of the rank, at most 4)")
+
+
+def parts_mode(args) -> bool:
+    return any(getattr(args, k, None) not in (None, False) for k in
+               ("devices", "num_nodes", "shard", "merge_shards", "part_rows", "workers"))
+
+
+def run_parts(args, rf, table, *, channels_chosen: bool) -> int:
+    from protloc.core.errors import InputError
+    from protloc.inference.distributed import parts_dir, predict_parts
+
+    device = args.device
+    if device and ":" in str(device) and args.devices is not None:
+        raise InputError("--device", expected="cpu or cuda with --devices", got=str(device),
+                         fix="choose GPUs with --devices (e.g. --devices 0,1), not --device cuda:N")
+    accelerator = "auto" if not device else ("cpu" if str(device) == "cpu" else "gpu")
+    kw = dict(device=device, engine=args.engine, folds=args.folds, threads=args.threads)
+    for extra in ("int8", "z", "axes", "pixel_size"):  # passed on when given
+        if getattr(args, extra, None) is not None:
+            kw[extra] = getattr(args, extra)
+    res = predict_parts(rf.root, table, args.out, probs_out=args.probs, predictor_kw=kw, tta=args.tta,
+                        merge=args.merge, batch_size=args.batch_size,
+                        at_least_one=True if args.at_least_one else None,
+                        on_error="skip" if args.skip_bad else "raise", channels_chosen=channels_chosen,
+                        devices=args.devices or 1, num_nodes=args.num_nodes or 1, accelerator=accelerator,
+                        shard=args.shard, part_rows=args.part_rows,
+                        workers=-1 if args.workers is None else args.workers, merge_only=args.merge_shards,
+                        progress=not args.no_progress)
+    if not res.main:
+        return 0  # rank 0 reports
+    folder = parts_dir(args.out)
+    if res.note:
+        print(res.note)
+        return 0
+    if not res.merged:
+        print(f"parts in {folder}: {res.predicted} predicted now, {res.done_before} done before; "
+              f"{len(res.missing)} of {res.n_parts} still missing (other shards). The last shard to finish merges; "
+              "or run again with --merge-shards")
+        return 0
+    for _, msg in res.skipped:
+        print(f"skipped: {msg}", file=sys.stderr)
+    print(f"wrote {args.out} ({res.n_images} images, {res.n_empty} without a label"
+          f"{', ' + str(len(res.skipped)) + ' skipped' if res.skipped else ''})"
+          + (f" and {args.probs}" if args.probs else "")
+          + f"; {res.n_parts} parts in {folder} ({res.done_before} were done before)")
     return 0
