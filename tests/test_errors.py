@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from protloc.core.errors import InputError, RunFolderError, check_choice, fmt_problem
+from protloc.core.errors import InputError, RunFolderError, check_choice
 
 
 def test_fields_and_exact_message():
@@ -28,13 +28,27 @@ def test_free_form_with_and_without_fix():
     assert str(plain) == plain.problem == plain.detail == "something went wrong" and plain.fix is None
 
 
-def test_fmt_problem_still_builds_structured_errors():
-    """Until every call is rewritten (the issue-11 codemod), InputError(fmt_problem(...)) has fields."""
-    msg = fmt_problem("--x", expected="a", got="b", fix="c")
-    assert msg == "--x: expected a, got b. Fix: c."
-    e = RunFolderError(msg)
-    assert (e.what, e.expected, e.got, e.fix) == ("--x", "a", "b", "c") and str(e) == msg
-    assert str(InputError(msg + " more")) == msg + " more"  # an edited message is free-form
+def test_every_error_is_built_from_fields():
+    """The issue-11 codemod left no message assembled by hand: no fmt_problem helper and no
+    ``"... Fix: ..."`` text inside an error's first argument anywhere in the package."""
+    import ast
+    from pathlib import Path
+
+    import protloc
+
+    names = {"InputError", "RunFolderError", "ImageReadError"}
+    left = []
+    for f in Path(protloc.__file__).parent.rglob("*.py"):
+        src = f.read_text(encoding="utf-8")
+        assert "fmt_problem" not in src, f
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in names \
+                    and node.args:
+                text = "".join(c.value for c in ast.walk(node.args[0])
+                               if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                if ". Fix: " in text:
+                    left.append(f"{f.name}:{node.lineno}")
+    assert not left, left
 
 
 def test_fields_survive_pickling():

@@ -17,7 +17,7 @@ from protloc.core.errors import InputError
 from protloc.core.pixels import ImageMeta, Intensity, percentile_to_uint8, scale_to_uint8, significant_bits
 from protloc.core.preprocessing import LEGACY_INTENSITY, Preprocessing, Reading
 from protloc.core.schema import LabelSchema
-from protloc.io.images import read_image, read_meta, read_raw
+from protloc.io.images import read_meta, read_raw
 
 SCHEMA = LabelSchema("t", ("a", "b"))
 

@@ -14,7 +14,7 @@ from protloc.reports import report_plots
 from protloc.cli.main import main
 from protloc.core.errors import RunFolderError
 from protloc.core.runfolder import DataSource, RunFolder
-from protloc.reports.report import SECTIONS, build_report, from_oof, training_images
+from protloc.reports.report import SECTIONS, from_oof, training_images
 
 DATA_URI = "data:image/png;base64,"
 

@@ -6,7 +6,6 @@ runs it first) and the ``playwright`` Python package; skips with a reason otherw
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 

@@ -43,7 +43,7 @@ def _run(argv: list[str], log: list[str]) -> None:
     print(f"\n$ {line}", flush=True)
     rc = main(argv)
     if rc != 0:
-        raise InputError(f"demo stage failed (exit {rc}): {line}. Fix: see the message above")
+        raise InputError(f"demo stage failed (exit {rc}): {line}", fix="see the message above")
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, workers: int | None = None) -> dict:

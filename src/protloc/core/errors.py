@@ -10,7 +10,7 @@ one clear line and a non-zero exit code instead of a traceback.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "RunFolderError", "check_choice", "fmt_problem"]
+__all__ = ["InputError", "RunFolderError", "check_choice"]
 
 
 class InputError(ValueError):
@@ -47,8 +47,6 @@ class InputError(ValueError):
     """
 
     def __init__(self, what, *, expected: str | None = None, got: str | None = None, fix: str | None = None):
-        if isinstance(what, _Problem) and expected is got is fix is None:  # fmt_problem(...) (transition)
-            what, expected, got, fix = what.parts
         self.what, self.expected, self.got, self.fix = str(what), expected, got, fix
         super().__init__(str(self))
 
@@ -98,26 +96,3 @@ def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise InputError(name, expected=f"one of {', '.join(choices)}", got=repr(value),
                          fix=f"use {name}={choices[0]!r}")
-
-
-class _Problem(str):
-    """The text of :func:`fmt_problem` that remembers its parts (so ``InputError`` gets fields)."""
-
-    parts: tuple
-
-
-def fmt_problem(what: str, *, expected: str, got: str, fix: str) -> str:
-    """Build the canonical three-part message: what is wrong, expected vs got, how to fix.
-
-    Deprecated: raise ``InputError(what, expected=..., got=..., fix=...)`` instead (the issue-11
-    codemod rewrites the old calls). ``InputError(fmt_problem(...))`` still gets the fields.
-
-    Examples
-    --------
-    >>> fmt_problem("train.csv row 3", expected="integer class ids", got="'x'",
-    ...             fix="use ids 0-9 separated by spaces")
-    "train.csv row 3: expected integer class ids, got 'x'. Fix: use ids 0-9 separated by spaces."
-    """
-    text = _Problem(f"{what}: expected {expected}, got {got}. Fix: {fix}.")
-    text.parts = (what, expected, got, fix)
-    return text

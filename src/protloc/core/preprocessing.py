@@ -358,7 +358,7 @@ class Preprocessing:
 
         path = Path(path)
         if path_kind(path) == "missing":
-            raise RunFolderError(f"{path}: missing. Fix: point to a complete run folder "
+            raise RunFolderError(f"{path}: missing", fix="point to a complete run folder "
                                  "(made by `protloc train`)")
         fix = "re-run training or restore the file"
         d = read_json(path, what="preprocessing file", fix=fix, error=RunFolderError)
@@ -366,7 +366,7 @@ class Preprocessing:
             return cls.from_dict(d)
         except (KeyError, ValueError, TypeError, AttributeError) as e:  # InputError is a ValueError
             detail = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-            raise RunFolderError(f"{path}: malformed preprocessing file ({detail}). Fix: {fix}") from None
+            raise RunFolderError(f"{path}: malformed preprocessing file ({detail})", fix=f"{fix}") from None
 
 
 def typed_channels(fmt: str, channels) -> tuple:

@@ -58,7 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.paths import path_kind
 from protloc.core.preprocessing import Preprocessing
 
@@ -88,8 +88,8 @@ def parse_folds(value, *, flag: str = "--folds") -> list[int] | None:
     except ValueError:
         out = []
     if not out or min(out) < 0:
-        raise InputError(fmt_problem(flag, expected="comma-separated fold numbers", got=repr(value),
-                                     fix=f"e.g. {flag} 0,1"))
+        raise InputError(flag, expected="comma-separated fold numbers", got=repr(value),
+                         fix=f"e.g. {flag} 0,1")
     return out
 
 
@@ -341,22 +341,22 @@ class RunFolder:
             return have
         bad = [f for f in use if f not in have]
         if bad:
-            raise RunFolderError(fmt_problem(f"{self.root}", expected=f"models/fold{bad[0]}.pt",
-                                             got=f"folds {have}", fix=f"pick existing {flag}"))
+            raise RunFolderError(f"{self.root}", expected=f"models/fold{bad[0]}.pt",
+                                 got=f"folds {have}", fix=f"pick existing {flag}")
         return use
 
     # checks ------------------------------------------------------------------------------
     def check(self, *, need_models: bool = True) -> "RunFolder":
         """Raise RunFolderError unless this looks like a usable run folder."""
         if not self.root.is_dir():
-            raise RunFolderError(f"{self.root}: run folder not found. Fix: pass the --out folder of "
+            raise RunFolderError(f"{self.root}: run folder not found", fix="pass the --out folder of "
                                  "`protloc train`")
         if not self.preprocessing_json.is_file():
-            raise RunFolderError(f"{self.root}: not a run folder (no preprocessing.json). Fix: pass the "
+            raise RunFolderError(f"{self.root}: not a run folder (no preprocessing.json)", fix="pass the "
                                  "--out folder of `protloc train`")
         if need_models and not self.folds():
-            raise RunFolderError(f"{self.root}: no trained model in models/ (training unfinished?). Fix: "
-                                 "finish training, or `protloc train ... --resume`")
+            raise RunFolderError(f"{self.root}: no trained model in models/ (training unfinished?)",
+                                 fix="finish training, or `protloc train ... --resume`")
         return self
 
     def _read_json(self, path: Path, *, what: str, fix: str, kind=None):
@@ -365,7 +365,7 @@ class RunFolder:
         from protloc.core.readers import read_json
 
         if path_kind(path) == "missing":
-            raise RunFolderError(f"{path}: missing ({what}). Fix: {fix}")
+            raise RunFolderError(f"{path}: missing ({what})", fix=f"{fix}")
         return read_json(path, what=what, fix=fix, error=RunFolderError, kind=kind)
 
     def _read_csv(self, path: Path, *, what: str, fix: str, columns=(), columns_text=None, dtype=None):
@@ -376,7 +376,7 @@ class RunFolder:
 
     def _damaged(self, path: Path, e: Exception, fix: str) -> RunFolderError:
         detail = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-        return RunFolderError(f"{path}: unreadable ({detail}). Fix: {fix}")
+        return RunFolderError(f"{path}: unreadable ({detail})", fix=f"{fix}")
 
     # readers -----------------------------------------------------------------------------
     def preprocessing(self) -> Preprocessing:
@@ -395,9 +395,9 @@ class RunFolder:
             except (InputError, KeyError, TypeError, AttributeError, ValueError) as e:
                 raise self._damaged(self.schema_json, e, fix) from None
             if tuple(other.classes) != tuple(pre.classes):
-                raise RunFolderError(fmt_problem(str(self.schema_json), expected=f"the classes of "
-                                                 f"preprocessing.json ({len(pre.classes)}: {pre.schema.name})",
-                                                 got=f"{len(other.classes)} classes ({other.name})", fix=fix))
+                raise RunFolderError(str(self.schema_json), expected=f"the classes of "
+                                     f"preprocessing.json ({len(pre.classes)}: {pre.schema.name})",
+                                     got=f"{len(other.classes)} classes ({other.name})", fix=fix)
         return pre.schema
 
     def config(self):
@@ -412,7 +412,7 @@ class RunFolder:
         fix = (f"restore {self.config_yaml.name} from the run (it is written by `protloc train`), or "
                "re-train")
         if path_kind(self.config_yaml) == "missing":
-            raise RunFolderError(f"{self.config_yaml}: missing (the training config). Fix: {fix}")
+            raise RunFolderError(f"{self.config_yaml}: missing (the training config)", fix=f"{fix}")
         data = read_yaml(self.config_yaml, what="training config", fix=fix, error=RunFolderError, allow_empty=True)
         try:
             data = dict(data)
@@ -479,8 +479,8 @@ class RunFolder:
         d = self._read_json(path, what="thresholds", fix=fix)
         if not isinstance(d, dict) or "thresholds" not in d:
             got = f"a JSON {type(d).__name__}" if not isinstance(d, dict) else f"keys {sorted(d)}"
-            raise RunFolderError(fmt_problem(str(path), expected="a JSON object with a 'thresholds' list",
-                                             got=got, fix=fix))
+            raise RunFolderError(str(path), expected="a JSON object with a 'thresholds' list",
+                                 got=got, fix=fix)
         try:
             values = check_thresholds(d["thresholds"], len(classes), where=str(path))
         except InputError as e:
@@ -488,8 +488,8 @@ class RunFolder:
         except (TypeError, ValueError) as e:
             raise self._damaged(path, e, fix) from None
         if d.get("classes") is not None and list(d["classes"]) != classes:
-            raise RunFolderError(fmt_problem(str(path), expected=f"classes {classes}", got=f"{d['classes']}",
-                                             fix=fix))
+            raise RunFolderError(str(path), expected=f"classes {classes}", got=f"{d['classes']}",
+                                 fix=fix)
         try:
             opt = ThresholdOptimizer.from_dict(d)
         except (InputError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -501,7 +501,7 @@ class RunFolder:
     def oof(self) -> OOF:
         """Out-of-fold ``(ids, probs (N,C), y (N,C) multi-hot, folds (N,))`` in class order."""
         if not self.oof_csv.is_file():
-            raise RunFolderError(f"{self.oof_csv}: no out-of-fold probabilities. Fix: train with "
+            raise RunFolderError(f"{self.oof_csv}: no out-of-fold probabilities", fix="train with "
                                  "validation (--folds K or the default holdout)")
         fix = f"rebuild it with `protloc train --out {self.root} --merge`, or re-run training"
         pre = self.preprocessing()

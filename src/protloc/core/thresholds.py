@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.core.metrics import macro_f1, per_class_f1
 from protloc.core.threshold_search import (FALLBACKS, METHODS, _Sorted, _check_params,  # noqa: F401
                                       _quiet, apply_thresholds, best_f1_thresholds,
@@ -117,8 +117,8 @@ class ThresholdOptimizer:
         t = check_targets(y, p)
         n, c = p.shape
         if classes is not None and len(classes) != c:
-            raise InputError(fmt_problem("classes", expected=f"{c} names", got=f"{len(classes)}",
-                                         fix="pass one name per column"))
+            raise InputError("classes", expected=f"{c} names", got=f"{len(classes)}",
+                             fix="pass one name per column")
         self.classes_ = [str(v) for v in classes] if classes is not None else [str(i) for i in range(c)]
         self.n_positives_ = t.sum(0).astype(int)
         srt = _Sorted(p, t)
@@ -169,7 +169,7 @@ class ThresholdOptimizer:
 
     def _check_fitted(self):
         if not hasattr(self, "thresholds_"):
-            raise InputError("this ThresholdOptimizer is not fitted yet. Fix: call fit(probs, y) "
+            raise InputError("this ThresholdOptimizer is not fitted yet", fix="call fit(probs, y) "
                              "or ThresholdOptimizer.from_dict(...) first")
 
     def predict(self, probs) -> np.ndarray:
@@ -223,9 +223,9 @@ class ThresholdOptimizer:
     def from_dict(cls, d: dict) -> "ThresholdOptimizer":
         """Rebuild a fitted optimizer from :meth:`to_dict` output."""
         if not isinstance(d, dict) or "thresholds" not in d:
-            raise InputError(fmt_problem("thresholds file", expected="a dict with a 'thresholds' list",
-                                         got=type(d).__name__ if not isinstance(d, dict) else f"keys {list(d)}",
-                                         fix="refit with `protloc thresholds RUN`"))
+            raise InputError("thresholds file", expected="a dict with a 'thresholds' list",
+                             got=type(d).__name__ if not isinstance(d, dict) else f"keys {list(d)}",
+                             fix="refit with `protloc thresholds RUN`")
         params = dict(d.get("params") or {})
         params.setdefault("method", d.get("method", "f1"))
         params["at_least_one"] = bool(d.get("at_least_one", params.get("at_least_one", False)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 
 def unit_ids(n: int, *, groups=None, linked=()) -> np.ndarray:
@@ -33,8 +33,8 @@ def unit_ids(n: int, *, groups=None, linked=()) -> np.ndarray:
     if groups is not None:
         groups = list(groups)
         if len(groups) != n:
-            raise InputError(fmt_problem("groups", expected=f"{n} values (one per image)",
-                                         got=str(len(groups)), fix="pass one group per row"))
+            raise InputError("groups", expected=f"{n} values (one per image)",
+                             got=str(len(groups)), fix="pass one group per row")
         first: dict = {}
         for i, g in enumerate(groups):
             if g is None or (isinstance(g, float) and np.isnan(g)) or str(g).strip() == "":
@@ -81,11 +81,11 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
     X = np.zeros((n_units, 1))
     if holdout is not None:
         if not 0 < holdout < 1:
-            raise InputError(fmt_problem("--holdout", expected="a fraction between 0 and 1",
-                                         got=str(holdout), fix="e.g. --holdout 0.2"))
+            raise InputError("--holdout", expected="a fraction between 0 and 1",
+                             got=str(holdout), fix="e.g. --holdout 0.2")
         if n_units < 2:
-            raise InputError(fmt_problem("holdout split", expected="at least 2 independent images",
-                                         got=str(n_units), fix="add images"))
+            raise InputError("holdout split", expected="at least 2 independent images",
+                             got=str(n_units), fix="add images")
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=holdout, random_state=seed) \
             if multilabel else ShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
         _, val = next(splitter.split(X, uy))
@@ -96,8 +96,8 @@ def stratified_folds(y: np.ndarray, units: np.ndarray, *, n_folds: int = 5, seed
                              fix="use --holdout FRACTION for one validation set (e.g. --holdout 0.2), "
                                  "or --folds 2 or more")
         if n_folds > n_units:
-            raise InputError(fmt_problem("--folds", expected=f"2 to {n_units} folds (independent image groups)",
-                                         got=str(n_folds), fix="use fewer folds or --holdout"))
+            raise InputError("--folds", expected=f"2 to {n_units} folds (independent image groups)",
+                             got=str(n_folds), fix="use fewer folds or --holdout")
         splitter = (MultilabelStratifiedKFold if multilabel else KFold)(n_splits=n_folds, shuffle=True,
                                                                        random_state=seed)
         for k, (_, val) in enumerate(splitter.split(X, uy)):
@@ -145,8 +145,8 @@ def make_folds(table, n_folds: int = 5, *, seed: int = 0, groups=None, near_dup:
         thr = DEFAULT_THRESHOLD if threshold is None else threshold
         if images is not None:
             if len(images) != len(table):
-                raise InputError(fmt_problem("make_folds images", expected=f"{len(table)} decoded images",
-                                             got=str(len(images)), fix="pass the table's own decoded array"))
+                raise InputError("make_folds images", expected=f"{len(table)} decoded images",
+                                 got=str(len(images)), fix="pass the table's own decoded array")
             linked = array_duplicate_groups(images, fmt=table.fmt, channels=table.channels, threshold=thr,
                                             rotations=rotations)
         else:

@@ -52,7 +52,7 @@ def _codecs(compress: str) -> list[dict]:
         return [{"name": "bytes"}]
     if compress == "zstd":
         return [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
-    raise InputError(f"store compression: expected none or zstd, got {compress!r}. Fix: pick one of those")
+    raise InputError(f"store compression: expected none or zstd, got {compress!r}", fix="pick one of those")
 
 
 def _array_meta(shape, chunk_shape, dtype: str, codecs: list[dict]) -> dict:
@@ -194,7 +194,7 @@ class ShardedImages:
             meta = json.loads((self.root / "images" / "zarr.json").read_text())
             attrs = json.loads((self.root / "zarr.json").read_text())["attributes"]
         except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{self.root}: not a readable image store ({e}). Fix: delete it with "
+            raise InputError(f"{self.root}: not a readable image store ({e})", fix="delete it with "
                              "protloc cache --clear, or rebuild it") from None
         self.shape = tuple(int(v) for v in meta["shape"])
         self.shard_images = int(attrs["shard_images"])
@@ -252,7 +252,7 @@ class ShardedImages:
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError:
-            raise InputError(f"{p}: shard {s} of the image store is missing. Fix: rebuild the cache "
+            raise InputError(f"{p}: shard {s} of the image store is missing", fix="rebuild the cache "
                              "(protloc cache --clear, then protloc cache)") from None
         k = self.shard_images
         size = os.fstat(fd).st_size
@@ -260,7 +260,7 @@ class ShardedImages:
         ib = tail[:-4]
         if len(tail) != 16 * k + 4 or _crc32c(ib) != int(np.frombuffer(tail[-4:], "<u4")[0]):
             os.close(fd)
-            raise InputError(f"{p}: damaged shard index (checksum). Fix: rebuild the cache "
+            raise InputError(f"{p}: damaged shard index (checksum)", fix="rebuild the cache "
                              "(protloc cache --clear, then protloc cache)")
         entry = (fd, np.frombuffer(ib, "<u8").reshape(k, 2))
         self._open[s] = entry
@@ -280,7 +280,7 @@ class ShardedImages:
             out[...] = np.frombuffer(_zstd().decode(os.pread(fd, int(ln), int(off))), np.uint8).reshape(out.shape)
         elif out.flags.c_contiguous and int(ln) == out.nbytes:
             if os.preadv(fd, [out.reshape(-1)], int(off)) != out.nbytes:  # straight into the output
-                raise InputError(f"{shard_path(self.root, s)}: shard {s} is truncated. Fix: rebuild the cache "
+                raise InputError(f"{shard_path(self.root, s)}: shard {s} is truncated", fix="rebuild the cache "
                                  "(protloc cache --clear, then protloc cache)")
         else:
             out[...] = np.frombuffer(os.pread(fd, int(ln), int(off)), np.uint8).reshape(out.shape)

@@ -159,10 +159,9 @@ def validate_dataset(table, images=None, *, test_table=None, test_images=None, n
     (True, 2)
     """
     if not 0 <= int(threshold) <= 40:
-        from protloc.core.errors import fmt_problem
-
-        raise InputError(fmt_problem("--hamming", expected="0 to 40 bits (of 128)", got=str(threshold),
-                                     fix="use the default 12, or lower it for fewer matches"))
+        
+        raise InputError("--hamming", expected="0 to 40 bits (of 128)", got=str(threshold),
+                         fix="use the default 12, or lower it for fewer matches")
     findings: list[Finding] = []
     sets = [("train", _as_table(table, images, table_kw, findings, "train"))]
     if test_table is not None or test_images is not None:

@@ -96,7 +96,7 @@ def worker_map(fn, jobs, workers: int, *, ordered: bool = True):
                 for f in pending:  # stop early (error, Ctrl-C, generator closed): drop queued work
                     f.cancel()
     except BrokenProcessPool:
-        raise InputError("a decoding worker process died (out of memory?). Fix: rerun with fewer "
+        raise InputError("a decoding worker process died (out of memory?)", fix="rerun with fewer "
                          "--workers, or check the images with protloc validate") from None
 
 

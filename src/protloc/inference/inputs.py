@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, check_choice, fmt_problem
+from protloc.core.errors import InputError, check_choice
 
 __all__ = ["check_choice", "as_items", "read_for_run", "read_table_row", "run_channels", "check_table",
            "find_missing", "load_chunk"]
@@ -38,8 +38,8 @@ def as_items(images) -> tuple[list[str], object]:
             isinstance(images, np.ndarray) and images.ndim in (2, 3)) else list(images)
         ids = [Path(x).stem if isinstance(x, (str, Path)) else str(i) for i, x in enumerate(seq)]
     if len(seq) == 0:
-        raise InputError(fmt_problem("images", expected="at least one image", got="none",
-                                     fix="pass file paths or arrays"))
+        raise InputError("images", expected="at least one image", got="none",
+                         fix="pass file paths or arrays")
     return ids, seq
 
 
@@ -121,22 +121,22 @@ def run_channels(pre, fmt: str = "auto"):
 def check_table(table, pre) -> None:
     """Check a DataTable against the run: channel count, hpa channel order, label schema."""
     if table.n_channels != pre.in_chans:
-        raise InputError(fmt_problem(f"{table.images} ({table.fmt}, channels "
-                                     f"{', '.join(map(str, table.channels))})",
-                                     expected=f"{pre.in_chans} channels "
-                                              f"({', '.join(map(str, pre.channels))}) like the run",
-                                     got=f"{table.n_channels}",
-                                     fix="pass --channels in the run's order"))
+        raise InputError(f"{table.images} ({table.fmt}, channels "
+                         f"{', '.join(map(str, table.channels))})",
+                         expected=f"{pre.in_chans} channels "
+                                  f"({', '.join(map(str, pre.channels))}) like the run",
+                         got=f"{table.n_channels}",
+                         fix="pass --channels in the run's order")
     if table.fmt == pre.fmt == "hpa-channels" and tuple(table.channels) != tuple(pre.channels):
-        raise InputError(fmt_problem("--channels", expected=f"{','.join(pre.channels)} (the run's "
-                                     "channels, in its order)", got=",".join(table.channels),
-                                     fix=f"pass --channels {','.join(pre.channels)}"))
+        raise InputError("--channels", expected=f"{','.join(pre.channels)} (the run's "
+                         "channels, in its order)", got=",".join(table.channels),
+                         fix=f"pass --channels {','.join(pre.channels)}")
     if table.labels is not None and tuple(table.schema.classes) != tuple(pre.classes):
-        raise InputError(fmt_problem(f"label schema {table.schema.name!r} of {table.csv_path or table.images}",
-                                     expected=f"the run's schema {pre.schema.name!r} "
-                                              f"({len(pre.classes)} classes)",
-                                     got=f"{len(table.schema.classes)} classes",
-                                     fix=f"pass --schema {pre.schema.name} (or the run's schema file)"))
+        raise InputError(f"label schema {table.schema.name!r} of {table.csv_path or table.images}",
+                         expected=f"the run's schema {pre.schema.name!r} "
+                                  f"({len(pre.classes)} classes)",
+                         got=f"{len(table.schema.classes)} classes",
+                         fix=f"pass --schema {pre.schema.name} (or the run's schema file)")
 
 
 def find_missing(table, *, on_error: str) -> tuple[set, list]:
@@ -148,8 +148,8 @@ def find_missing(table, *, on_error: str) -> tuple[set, list]:
     if missing and on_error == "raise":
         i = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InputError(f"{table.where(i)}: image file missing: {table.files(i)[0]}{more}. "
-                         "Fix: check --images and the ids, or pass --skip-bad")
+        raise InputError(f"{table.where(i)}: image file missing: {table.files(i)[0]}{more}",
+                         fix="check --images and the ids, or pass --skip-bad")
     return set(missing), [(table.ids[i], f"{table.where(i)}: image file missing") for i in missing]
 
 

@@ -523,15 +523,15 @@ def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | Non
 
     path = Path(path)
     if not path.is_file():
-        raise RunFolderError(f"{path}: no ONNX model. Fix: run `protloc export {path.parent}` first "
+        raise RunFolderError(f"{path}: no ONNX model", fix=f"run `protloc export {path.parent}` first "
                              "(or use --engine torch)")
     if meta is None:
         from protloc.core.readers import read_json
 
         mp = meta_path(path)
         if not mp.exists():
-            raise RunFolderError(f"{mp}: missing (it holds the preprocessing of {path.name}). Fix: "
-                                 "re-export with `protloc export`")
+            raise RunFolderError(f"{mp}: missing (it holds the preprocessing of {path.name})",
+                                 fix="re-export with `protloc export`")
         meta = read_json(mp, what="ONNX export description", fix="re-export with `protloc export`",
                          error=RunFolderError)
     providers = ["CPUExecutionProvider"]
@@ -541,6 +541,6 @@ def load_onnx(path, *, device=None, meta: dict | None = None, threads: int | Non
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(threads or 1), providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-        raise RunFolderError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e}). Fix: "
-                             "re-export with `protloc export`") from None
+        raise RunFolderError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})",
+                             fix="re-export with `protloc export`") from None
     return session, meta

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.preprocessing import Preprocessing
 from protloc.core.runfolder import RunFolder, RunThresholds
 from protloc.core.thresholds import check_thresholds
@@ -260,7 +260,7 @@ class Predictor:
             import torch
 
             if not self._models:
-                raise RunFolderError("no models to predict with. Fix: point to a trained run folder")
+                raise RunFolderError("no models to predict with", fix="point to a trained run folder")
             from protloc.models.device import resolve_device
 
             self.device = resolve_device(device)  # 'bogus' or 'cuda' without a GPU: an InputError
@@ -275,7 +275,7 @@ class Predictor:
             self.device = "cpu" if device is None else str(device)
             self._cuda = False
             if onnx_session is None:
-                raise RunFolderError("no ONNX session. Fix: use Predictor.from_run(RUN, engine='onnx')")
+                raise RunFolderError("no ONNX session", fix="use Predictor.from_run(RUN, engine='onnx')")
             if self.ood and "features" not in {o.name for o in onnx_session.get_outputs()}:
                 self.ood = None  # an export made before features were exported: no OOD score
                 self._notes["the ONNX export has no features output (re-export with `protloc export`): "
@@ -369,11 +369,11 @@ class Predictor:
         models = [load_weights(run.model_path(f)) for f in use_folds]
         for f, m in zip(use_folds, models):
             if m.spec.in_chans != pre.in_chans or m.spec.num_classes != len(pre.classes):
-                raise RunFolderError(fmt_problem(f"{run.model_path(f)}", expected=f"{pre.in_chans} input "
-                                                 f"channels and {len(pre.classes)} classes "
-                                                 "(preprocessing.json)",
-                                                 got=f"{m.spec.in_chans} and {m.spec.num_classes}",
-                                                 fix="keep the run folder's files together"))
+                raise RunFolderError(f"{run.model_path(f)}", expected=f"{pre.in_chans} input "
+                                     f"channels and {len(pre.classes)} classes "
+                                     "(preprocessing.json)",
+                                     got=f"{m.spec.in_chans} and {m.spec.num_classes}",
+                                     fix="keep the run folder's files together")
         ood = run.ood(use_folds)
         if ood is not None:
             feats = [int(m.backbone.num_features * (2 if m.spec.pool == "catavgmax" else 1)) for m in models]
@@ -400,13 +400,13 @@ class Predictor:
         have = list(meta.get("folds", []))
         want = parse_folds(folds)
         if want is not None and sorted(want) != sorted(have):
-            raise InputError(fmt_problem(f"{onnx_file}", expected=f"an export of folds {want}",
-                                         got=f"folds {have}",
-                                         fix=f"run `protloc export {run.root} --fold {want[0]}`"))
+            raise InputError(f"{onnx_file}", expected=f"an export of folds {want}",
+                             got=f"folds {have}",
+                             fix=f"run `protloc export {run.root} --fold {want[0]}`")
         if meta.get("preprocessing") and Preprocessing.from_dict(meta["preprocessing"]) != pre:
-            raise RunFolderError(fmt_problem(f"{onnx_file}", expected="the run's preprocessing",
-                                             got="a different one (exported from another run?)",
-                                             fix=f"re-export with `protloc export {run.root}`"))
+            raise RunFolderError(f"{onnx_file}", expected="the run's preprocessing",
+                                 got="a different one (exported from another run?)",
+                                 fix=f"re-export with `protloc export {run.root}`")
         pred = cls._with_reading(pre, (), thresholds=rule, device=device, engine="onnx", onnx_session=session,
                                  folds=have, root=run.root, threads=threads, ood=run.ood(have) if have else None,
                                  **read)
@@ -510,8 +510,8 @@ class Predictor:
         if b.ndim == 3:
             b = b[None]
         if b.ndim != 4:
-            raise InputError(fmt_problem("batch", expected="a uint8 array (N, H, W, C)", got=f"shape {b.shape}",
-                                         fix="stack images along a first axis"))
+            raise InputError("batch", expected="a uint8 array (N, H, W, C)", got=f"shape {b.shape}",
+                             fix="stack images along a first axis")
         pre = self.preprocessing
         if b.shape[1:] != (pre.size, pre.size, pre.in_chans) or b.dtype != np.uint8:
             b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
@@ -679,7 +679,7 @@ class Predictor:
                     ok[keep] = True
                 advance(min(bs, n - s))
         if not ok.any():
-            raise InputError(f"{table.images}: none of the {n} images could be read. Fix: check "
+            raise InputError(f"{table.images}: none of the {n} images could be read", fix="check "
                              "--images, --format and the files")
         idx = np.flatnonzero(ok)
         pos = {iid: k for k, iid in enumerate(table.ids)}

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.modelspec import ModelSpec
 from protloc.core.paths import describe
 
@@ -53,9 +53,9 @@ class ProtlocNet(nn.Module):
         try:
             self.backbone = timm.create_model(spec.backbone, pretrained=False, **kwargs)
         except RuntimeError as e:  # unknown model name
-            raise InputError(fmt_problem("--model", expected="a timm model name",
-                                         got=repr(spec.backbone),
-                                         fix=f"see `timm.list_models()` ({e})")) from None
+            raise InputError("--model", expected="a timm model name",
+                             got=repr(spec.backbone),
+                             fix=f"see `timm.list_models()` ({e})") from None
         nf = self.backbone.num_features * (2 if spec.pool == "catavgmax" else 1)
         if spec.hidden > 0:
             self.head = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(nf, spec.hidden), nn.ReLU(inplace=True),
@@ -107,13 +107,13 @@ def _map_in_order(src: dict, dst: dict) -> dict:
     d_keys = [k for k in dst if not k.startswith(skip)]
     if len(s_items) != len(d_keys):
         raise InputError(f"pretrained weights have {len(s_items)} tensors, the model expects "
-                         f"{len(d_keys)}. Fix: use weights made for this architecture")
+                         f"{len(d_keys)}", fix="use weights made for this architecture")
     out = {}
     for (sk, sv), dk in zip(s_items, d_keys):
         dv = dst[dk]
         if tuple(sv.shape) != tuple(dv.shape) and not (dk == d_keys[0] and sv.ndim == 4):
             raise InputError(f"pretrained tensor {sk} {tuple(sv.shape)} does not fit {dk} "
-                             f"{tuple(dv.shape)}. Fix: use weights made for this architecture")
+                             f"{tuple(dv.shape)}", fix="use weights made for this architecture")
         out[dk] = sv
     return out
 
@@ -150,7 +150,7 @@ def load_backbone_weights(net: ProtlocNet, state: dict) -> None:
         state[first] = adapt_first_conv(state[first], dst[first].shape[1])
     bad = [k for k, v in state.items() if tuple(v.shape) != tuple(dst[k].shape)]
     if bad:
-        raise InputError(f"pretrained weights do not fit {net.spec.backbone}: {bad[:3]}. Fix: use "
+        raise InputError(f"pretrained weights do not fit {net.spec.backbone}: {bad[:3]}", fix="use "
                          "weights made for this architecture")
     net.backbone.load_state_dict(state, strict=False)
 
@@ -198,9 +198,9 @@ def build_model(spec: ModelSpec, *, pretrained: str | None = "none", verbose: bo
         if path is None:
             if src == "offline":
                 known = ", ".join(OFFLINE_WEIGHTS)
-                raise InputError(fmt_problem("--pretrained offline", expected=f"one of {known}",
-                                             got=spec.backbone, fix="pick one of those models, pass "
-                                             "--pretrained /path/weights.pth, or --pretrained hub when online"))
+                raise InputError("--pretrained offline", expected=f"one of {known}",
+                                 got=spec.backbone, fix="pick one of those models, pass "
+                                 "--pretrained /path/weights.pth, or --pretrained hub when online")
             if verbose:
                 print(f"note: no offline ImageNet weights for {spec.backbone}; training from scratch")
             return net
@@ -213,15 +213,15 @@ def build_model(spec: ModelSpec, *, pretrained: str | None = "none", verbose: bo
             ref = timm.create_model(spec.backbone, pretrained=True, num_classes=0)
         except Exception as e:  # noqa: BLE001 - network/hub errors vary
             raise InputError(f"--pretrained hub: could not download weights for {spec.backbone} "
-                             f"({type(e).__name__}). Fix: go online, or use --pretrained offline / "
+                             f"({type(e).__name__})", fix="go online, or use --pretrained offline / "
                              "a local weights file") from None
         load_backbone_weights(net, ref.state_dict())
         return net
     path = Path(src)
     if not path.is_file():
-        raise InputError(fmt_problem("--pretrained", expected="none, auto, offline, hub or a weights file",
-                                     got=f"{src!r} ({describe(path)})" if path.exists() else repr(src),
-                                     fix="pass an existing .pth/.safetensors file"))
+        raise InputError("--pretrained", expected="none, auto, offline, hub or a weights file",
+                         got=f"{src!r} ({describe(path)})" if path.exists() else repr(src),
+                         fix="pass an existing .pth/.safetensors file")
     load_backbone_weights(net, load_state_file(path))
     return net
 
@@ -245,9 +245,9 @@ def load_weights(path: str | Path) -> ProtlocNet:
     except InputError:  # e.g. a backbone this timm does not know
         raise
     except FileNotFoundError:
-        raise RunFolderError(f"{path}: model weights missing. Fix: point to a trained run folder") from None
+        raise RunFolderError(f"{path}: model weights missing", fix="point to a trained run folder") from None
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, EOFError,
             pickle.UnpicklingError) as e:  # a text file, a truncated copy, another pickle
-        raise RunFolderError(f"{path}: corrupt or incompatible model file ({type(e).__name__}). "
-                             "Fix: re-train or restore the file") from None
+        raise RunFolderError(f"{path}: corrupt or incompatible model file ({type(e).__name__})",
+                             fix="re-train or restore the file") from None
     return net.eval()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.core.schema import parse_class_ids
 from protloc.core.metrics import classification_summary, macro_f1, per_class_f1
 
@@ -64,18 +64,18 @@ def score_frames(truth: pd.DataFrame, pred: pd.DataFrame, *, schema, truth_name:
     for ids, name in ((t_ids, truth_name), (p_ids, pred_name)):
         dup = ids[ids.duplicated()]
         if len(dup):
-            raise InputError(fmt_problem(name, expected=f"one row per {id_col}", got=f"{len(dup)} duplicate ids "
-                                         f"(e.g. {dup.iloc[0]})", fix="keep one row per image"))
+            raise InputError(name, expected=f"one row per {id_col}", got=f"{len(dup)} duplicate ids "
+                             f"(e.g. {dup.iloc[0]})", fix="keep one row per image")
     missing = sorted(set(t_ids) - set(p_ids))
     extra = sorted(set(p_ids) - set(t_ids))
     if missing:
-        raise InputError(fmt_problem(pred_name, expected=f"a prediction for every {id_col} of {truth_name}",
-                                     got=f"{len(missing)} missing (e.g. {', '.join(missing[:3])})",
-                                     fix="predict every test image (an empty label means no class)"))
+        raise InputError(pred_name, expected=f"a prediction for every {id_col} of {truth_name}",
+                         got=f"{len(missing)} missing (e.g. {', '.join(missing[:3])})",
+                         fix="predict every test image (an empty label means no class)")
     if extra:
-        raise InputError(fmt_problem(pred_name, expected=f"only {id_col}s that are in {truth_name}",
-                                     got=f"{len(extra)} unknown ids (e.g. {', '.join(extra[:3])})",
-                                     fix="score against the matching truth file or drop those rows"))
+        raise InputError(pred_name, expected=f"only {id_col}s that are in {truth_name}",
+                         got=f"{len(extra)} unknown ids (e.g. {', '.join(extra[:3])})",
+                         fix="score against the matching truth file or drop those rows")
     c = schema.n_classes
 
     def where(df, name):  # 'test.csv line 5 (id 34150)' when the reader kept line numbers

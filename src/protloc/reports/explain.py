@@ -32,7 +32,7 @@ import io
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.reports.html import composite
 
 __all__ = ["gradcam", "explain_image", "overlay", "render_explanation", "resolve_classes",
@@ -46,8 +46,8 @@ def _models_of(models) -> list:
     if not isinstance(models, (list, tuple)):
         models = [models]
     if not models:
-        raise InputError(fmt_problem("models", expected="at least one model", got="none",
-                                     fix="pass a trained run (models/fold*.pt)"))
+        raise InputError("models", expected="at least one model", got="none",
+                         fix="pass a trained run (models/fold*.pt)")
     return list(models)
 
 
@@ -85,8 +85,8 @@ def gradcam(model, x_norm, class_idx: int) -> np.ndarray:
 
     x = torch.as_tensor(np.asarray(x_norm) if not isinstance(x_norm, torch.Tensor) else x_norm)
     if x.ndim != 4 or x.shape[0] != 1:
-        raise InputError(fmt_problem("gradcam input", expected="a (1, C, H, W) tensor",
-                                     got=f"shape {tuple(x.shape)}", fix="explain one image at a time"))
+        raise InputError("gradcam input", expected="a (1, C, H, W) tensor",
+                         got=f"shape {tuple(x.shape)}", fix="explain one image at a time")
     h, w = x.shape[-2:]
     acc = np.zeros((h, w), np.float32)
     models = _models_of(model)
@@ -122,9 +122,9 @@ def resolve_classes(classes, names) -> list[int]:
         elif s.isdigit() and int(s) < len(names):
             out.append(int(s))
         else:
-            raise InputError(fmt_problem("--class", expected=f"one of {', '.join(names)} (or 0-{len(names) - 1})",
-                                         got=repr(s), fix="pass a class name of the run's schema, "
-                                         "quoted if it has spaces"))
+            raise InputError("--class", expected=f"one of {', '.join(names)} (or 0-{len(names) - 1})",
+                             got=repr(s), fix="pass a class name of the run's schema, "
+                             "quoted if it has spaces")
     return out
 
 
@@ -153,8 +153,8 @@ def explain_image(models_or_predictor, preprocessing, image, *, classes=None, th
     if preprocessing is None:
         preprocessing = getattr(pred, "preprocessing", None)
     if preprocessing is None:
-        raise InputError(fmt_problem("explain_image", expected="a Preprocessing", got="None",
-                                     fix="pass the run's preprocessing"))
+        raise InputError("explain_image", expected="a Preprocessing", got="None",
+                         fix="pass the run's preprocessing")
     models = _models_of(pred)
     names = list(preprocessing.classes)
     if thresholds is None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from protloc.reports import explore_plots as plots
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.reports.html import Page, esc
 
 #: what each stacked channel shows, by HPA channel name (rgb files: red, green, blue).
@@ -352,12 +352,12 @@ def explore(table, *, out, test_table=None, sample: int = 2000, seed: int = 0, p
     PosixPath('explore.html')
     """
     if sample < 1:
-        raise InputError(fmt_problem("--sample", expected="an integer >= 1", got=str(sample),
-                                     fix="e.g. --sample 2000"))
+        raise InputError("--sample", expected="an integer >= 1", got=str(sample),
+                         fix="e.g. --sample 2000")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise InputError(fmt_problem("--out", expected="an .html file", got=repr(str(out)),
-                                     fix="e.g. --out explore.html"))
+        raise InputError("--out", expected="an .html file", got=repr(str(out)),
+                         fix="e.g. --out explore.html")
     t0 = time.time()
     name = table.csv_path.name if table.csv_path is not None else str(table.images)
     page = Page("protloc explore", subtitle=f"{name} · {len(table)} images"

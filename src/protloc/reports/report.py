@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from protloc.reports import report_plots as rp
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.reports.html import Page, composite, esc
 from protloc.core.runfolder import RunFolder
 
@@ -119,9 +119,9 @@ def from_table(run: RunFolder, table, *, tta: str = "none", progress: bool = Fal
     from protloc.inference.predictor import Predictor
 
     if not table.labeled:
-        raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a labeled CSV (Label column)",
-                                     got="no labels", fix="pass --csv with labels, or leave out --csv/--images "
-                                     "to report on the out-of-fold predictions"))
+        raise InputError(str(table.csv_path or table.images), expected="a labeled CSV (Label column)",
+                         got="no labels", fix="pass --csv with labels, or leave out --csv/--images "
+                         "to report on the out-of-fold predictions")
     pred = Predictor.from_run(run.root, device=device)
     pre = pred.preprocessing
     res = pred.predict_table(table, tta=tta, progress=progress, on_error="skip", channels_chosen=channels_chosen)
@@ -293,8 +293,8 @@ def build_report(run, data: ReportData | None = None, *, gallery_k: int = 3, n_g
     run = (run if isinstance(run, RunFolder) else RunFolder(run)).check(need_models=False)
     d = data if data is not None else from_oof(run)
     if not len(d.ids):
-        raise InputError(fmt_problem(f"{run.root}", expected="at least one image with probabilities",
-                                     got="none", fix="check oof.csv or the --csv/--images set"))
+        raise InputError(f"{run.root}", expected="at least one image with probabilities",
+                         got="none", fix="check oof.csv or the --csv/--images set")
     rule = run.thresholds()
     thr = rule.values
     d.thresholds, d.at_least_one = thr, rule.at_least_one

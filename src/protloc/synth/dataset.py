@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 N_CLASSES = 10
 #: Every label set of the reference training set (15,389 images, 122 distinct sets) with its
@@ -75,8 +75,8 @@ def parse_difficulty(value) -> float:
     except (TypeError, ValueError):
         d = float("nan")
     if not 0.0 <= d <= 1.0:
-        raise InputError(fmt_problem("--difficulty", expected="a number in 0..1 or easy|medium|hard",
-                                     got=repr(value), fix="e.g. --difficulty 0.5 or --difficulty hard"))
+        raise InputError("--difficulty", expected="a number in 0..1 or easy|medium|hard",
+                         got=repr(value), fix="e.g. --difficulty 0.5 or --difficulty hard")
     return d
 
 
@@ -162,20 +162,20 @@ def synth_image(labels, *, size: int = 128, rng: np.random.Generator, difficulty
 
     st = get_style(style)
     if isinstance(st, tuple):
-        raise InputError(fmt_problem("style", expected="one style per image", got=repr(style),
-                                     fix="pass a single name; mixes are for make_dataset"))
+        raise InputError("style", expected="one style per image", got=repr(style),
+                         fix="pass a single name; mixes are for make_dataset")
 
     labels = sorted({int(k) for k in labels})
     if not labels or labels[0] < 0 or labels[-1] >= N_CLASSES:
-        raise InputError(fmt_problem("labels", expected=f"1 or more class ids 0-{N_CLASSES - 1}",
-                                     got=repr(labels), fix="pass e.g. [4] or [2, 4]"))
+        raise InputError("labels", expected=f"1 or more class ids 0-{N_CLASSES - 1}",
+                         got=repr(labels), fix="pass e.g. [4] or [2, 4]")
     if channels not in (3, 4):
-        raise InputError(fmt_problem("channels", expected="3 or 4", got=repr(channels), fix="use 3 (RGB) or 4"))
+        raise InputError("channels", expected="3 or 4", got=repr(channels), fix="use 3 (RGB) or 4")
     if not 16 <= int(size) <= 2048:
-        raise InputError(fmt_problem("--size", expected="16..2048 pixels", got=repr(size), fix="e.g. --size 128"))
+        raise InputError("--size", expected="16..2048 pixels", got=repr(size), fix="e.g. --size 128")
     if cell_type is not None and not 0 <= int(cell_type) < len(CELL_TYPES):
-        raise InputError(fmt_problem("cell_type", expected=f"0..{len(CELL_TYPES) - 1} or None",
-                                     got=repr(cell_type), fix="leave it out for a random cell line"))
+        raise InputError("cell_type", expected=f"0..{len(CELL_TYPES) - 1} or None",
+                         got=repr(cell_type), fix="leave it out for a random cell line")
     return render(labels, size=int(size), rng=rng, difficulty=parse_difficulty(difficulty),
                   cell_type=cell_type, channels=channels, style=st)
 
@@ -217,32 +217,32 @@ def _render_job(job) -> float:
 def _check_args(out, n_train, n_test, size, fmt, label_noise, workers, overwrite):
     for name, v, lo in (("--n-train", n_train, 1), ("--n-test", n_test, 0)):
         if not isinstance(v, (int, np.integer)) or v < lo:
-            raise InputError(fmt_problem(name, expected=f"an integer >= {lo}", got=repr(v),
-                                         fix=f"e.g. {name} 100"))
+            raise InputError(name, expected=f"an integer >= {lo}", got=repr(v),
+                             fix=f"e.g. {name} 100")
     if fmt not in FORMATS:
-        raise InputError(fmt_problem("--format", expected="rgb or hpa-channels", got=repr(fmt),
-                                     fix="pick one of the two layouts"))
+        raise InputError("--format", expected="rgb or hpa-channels", got=repr(fmt),
+                         fix="pick one of the two layouts")
     if not isinstance(size, (int, np.integer)) or not 16 <= size <= 2048:
-        raise InputError(fmt_problem("--size", expected="an integer 16..2048", got=repr(size),
-                                     fix="e.g. --size 128"))
+        raise InputError("--size", expected="an integer 16..2048", got=repr(size),
+                         fix="e.g. --size 128")
     try:
         noise_ok = 0.0 <= float(label_noise) <= 0.5
     except (TypeError, ValueError):
         noise_ok = False
     if not noise_ok:
-        raise InputError(fmt_problem("--label-noise", expected="a probability 0..0.5", got=repr(label_noise),
-                                     fix="e.g. --label-noise 0.02 (0 for clean labels)"))
+        raise InputError("--label-noise", expected="a probability 0..0.5", got=repr(label_noise),
+                         fix="e.g. --label-noise 0.02 (0 for clean labels)")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise InputError(fmt_problem("--workers", expected="an integer >= 1", got=repr(workers),
-                                     fix="e.g. --workers 2"))
+        raise InputError("--workers", expected="an integer >= 1", got=repr(workers),
+                         fix="e.g. --workers 2")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(fmt_problem(f"output {out}", expected="a folder", got="a file",
-                                     fix="choose another OUT path"))
+        raise InputError(f"output {out}", expected="a folder", got="a file",
+                         fix="choose another OUT path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(fmt_problem(f"output folder {out}", expected="a new or empty folder",
-                                     got="a non-empty folder",
-                                     fix="pass --overwrite (overwrite=True) or choose another OUT"))
+        raise InputError(f"output folder {out}", expected="a new or empty folder",
+                         got="a non-empty folder",
+                         fix="pass --overwrite (overwrite=True) or choose another OUT")
 
 
 def _style_plan(style, n: int, seed: int):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 #: a weighted choice of renderings, e.g. (("network", 0.7), ("fragmented", 0.3))
 Mix = tuple[tuple[str, float], ...]
@@ -233,8 +233,8 @@ def get_style(name) -> Style | str:
         return tuple(get_style(n.strip()) for n in name.split(",") if n.strip())
     if isinstance(name, str) and name.strip().lower() in STYLES:
         return STYLES[name.strip().lower()]
-    raise InputError(fmt_problem("--style", expected="one of " + ", ".join(style_names()),
-                                 got=repr(name), fix="e.g. --style confocal-63x (see docs/synth.md)"))
+    raise InputError("--style", expected="one of " + ", ".join(style_names()),
+                     got=repr(name), fix="e.g. --style confocal-63x (see docs/synth.md)")
 
 
 def _wide(rng, lo, hi):

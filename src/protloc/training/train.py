@@ -19,7 +19,7 @@ import torch
 
 from protloc.core.atomic import write_csv, write_json
 from protloc.core.config import TrainConfig
-from protloc.core.errors import InputError, RunFolderError, fmt_problem
+from protloc.core.errors import InputError, RunFolderError
 from protloc.core.runfolder import DataSource, RunFolder
 
 log = logging.getLogger("protloc.training.train")
@@ -85,8 +85,8 @@ def load_data(table, cfg: TrainConfig, *, progress: bool, reading=None, trust: b
     for i, msg in zip(ds.bad, ds.bad_messages):
         log.warning("skipping unreadable image %s: %s", table.where(i), msg)
     if len(usable) < 4:
-        raise InputError(fmt_problem("training data", expected="at least 4 readable labeled images",
-                                     got=str(len(usable)), fix="add images or fix the unreadable ones"))
+        raise InputError("training data", expected="at least 4 readable labeled images",
+                         got=str(len(usable)), fix="add images or fix the unreadable ones")
     return ds, usable
 
 
@@ -369,7 +369,7 @@ def merge_folds(run: RunFolder) -> dict:
     folds = run.fold_results()
     done = [k for k in folds if run.fold_finished(k)]
     if not done:
-        raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json). Fix: train "
+        raise RunFolderError(f"{run.root}: no finished fold to merge (folds/fold*/summary.json)", fix="train "
                              "first, or copy the fold folders of other machines into this run folder")
     pre = run.preprocessing()
     classes = list(pre.classes)
@@ -401,7 +401,7 @@ def _read_splits(run: RunFolder, table) -> np.ndarray:
     """Validation fold per table row from ``splits.csv`` (-2: not in it)."""
     sp = run.splits()
     if sp is None:
-        raise RunFolderError(f"{run.splits_csv}: missing. Fix: train again from the start (rank 0 writes it)")
+        raise RunFolderError(f"{run.splits_csv}: missing", fix="train again from the start (rank 0 writes it)")
     pos = {iid: i for i, iid in enumerate(table.ids)}
     folds = np.full(len(table), -2, dtype=int)
     for iid, f in zip(sp["Image"], sp["fold"]):
@@ -425,7 +425,7 @@ def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool
         return
     busy = [k for k in todo if run.ckpt_dir(k).is_dir() and any(run.ckpt_dir(k).glob("*.ckpt"))]
     if busy:
-        raise RunFolderError(f"{run.root}: fold {busy[0]} already has checkpoints. Fix: pass --resume to "
+        raise RunFolderError(f"{run.root}: fold {busy[0]} already has checkpoints", fix="pass --resume to "
                              "continue it, --overwrite to start again, or a new --out folder")
 
 
@@ -494,8 +494,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     launch = ensure_launch_id(devices_per_node=_devices_per_node(cfg))
     main = launch.is_main
     if not table.labeled:
-        raise InputError(fmt_problem(str(table.csv_path or table.images), expected="a CSV with a label column",
-                                     got="no labels", fix="pass --csv with Image,Label columns"))
+        raise InputError(str(table.csv_path or table.images), expected="a CSV with a label column",
+                         got="no labels", fix="pass --csv with Image,Label columns")
     n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
     threads = set_threads(cfg)

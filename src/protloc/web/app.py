@@ -54,7 +54,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protloc.core.errors import fmt_problem
+from protloc.core.errors import InputError
 from protloc.web.guard import CSP, Guard
 from protloc.web.inference import Service
 from protloc.web.model_card import model_card
@@ -173,7 +173,7 @@ def create_app(run_dir, *, max_upload_mb: float = 20, max_request_mb: float = 10
                                                         "query option explain (for curl -F explain=true)")):
         explain = bool(explain or explain_field)
         if format not in ("json", "csv"):
-            raise UploadError(422, "invalid option", fmt_problem("format", expected="json or csv",
+            raise UploadError(422, "invalid option", InputError("format", expected="json or csv",
                                                                  got=repr(format), fix="use format=json"))
         service.check_count(len(files))
         uploads = []

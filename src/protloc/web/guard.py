@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from protloc.core.errors import fmt_problem
+from protloc.core.errors import InputError
 from protloc.web.uploads import MB
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -164,9 +164,9 @@ class Guard:
     async def _too_large(self, send, n: int, *, at_least: bool = False):
         got = f"{'more than ' if at_least else ''}{n / MB:.1f} MB"
         return await self._reply(send, 413, "request too large",
-                                 fmt_problem("request", expected=f"at most {self.max_bytes / MB:g} MB in one "
+                                 str(InputError("request", expected=f"at most {self.max_bytes / MB:g} MB in one "
                                              "request", got=got, fix="send fewer or smaller images per "
-                                             "request, or start the server with a larger --max-request-mb"))
+                                             "request, or start the server with a larger --max-request-mb")))
 
     @staticmethod
     async def _reply(send, status: int, error: str, detail: str, *, extra=()):

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.io.images import CHANNEL_ROLES
 from protloc.reports.html import composite, png_data_uri
 from protloc.web.model_card import channel_names, hpa_needed, model_card
@@ -125,7 +125,7 @@ class Service:
         with self._count_lock:
             self.n_requests += 1
         if tta not in ("none", "flip", "d4"):
-            raise UploadError(422, "invalid option", fmt_problem("tta", expected="none, flip or d4",
+            raise UploadError(422, "invalid option", InputError("tta", expected="none, flip or d4",
                                                                  got=repr(tta), fix="use tta=none"))
         with self.slot(decode=True):
             items = self.items_from_uploads(uploads)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 from protloc.io.images import HPA_CHANNELS
 
 MB = 1024 * 1024
@@ -36,7 +36,8 @@ HPA_NAME = re.compile(r"^(?P<id>.+)_(?P<ch>red|green|blue|yellow)\.(?:png|tiff?|
 class UploadError(Exception):
     """A request problem that becomes a 4xx/5xx JSON answer ``{"error", "detail", "file"}``."""
 
-    def __init__(self, status: int, error: str, detail: str, *, file: str | None = None):
+    def __init__(self, status: int, error: str, detail, *, file: str | None = None):
+        detail = str(detail)  # an InputError (what, expected, got, fix) becomes its one-line message
         super().__init__(detail)
         self.status, self.error, self.detail, self.file = status, error, detail, file
 
@@ -176,7 +177,7 @@ def read_header(data: bytes, name: str, *, max_pixels: int) -> Header | None:
         return None
 
     def too_big(shape) -> UploadError:
-        return UploadError(413, "image too large", fmt_problem(name, expected=f"at most {max_pixels:,} pixels per "
+        return UploadError(413, "image too large", InputError(name, expected=f"at most {max_pixels:,} pixels per "
                                                                 "image", got=f"{shape}",
                                                                 fix="downscale or crop the image first"), file=name)
 
@@ -246,7 +247,7 @@ def check_request_pixels(uploads, *, max_pixels: int, max_bytes: int) -> int:
             fix = ("downscale or crop the image, or start the server with a larger --max-decoded-mb" if one > max_bytes
                    else f"send at most {max(1, k)} image(s) like these per request, or smaller images")
             raise UploadError(413, "images too large to decode",
-                              fmt_problem(name, expected=f"the images of one request to decode to at most "
+                              InputError(name, expected=f"the images of one request to decode to at most "
                                           f"{max_bytes / MB:g} MB", got=f"{cost / MB:,.0f} MB with the first {k + 1} "
                                           f"of {len(uploads)} files (this one: {h.shape}, {one / MB:,.0f} MB)",
                                           fix=fix), file=name)
@@ -326,12 +327,12 @@ def decode_raw(data: bytes, name: str, *, max_pixels: int, axes: str | None = No
     from protloc.io.images import ImageReadError, decode_bytes
 
     if not data:
-        raise UploadError(400, "empty file", fmt_problem(name, expected="an image file", got="0 bytes",
+        raise UploadError(400, "empty file", InputError(name, expected="an image file", got="0 bytes",
                                                          fix="upload the file again"), file=name)
     kind = sniff(data)
     if kind is None:
         raise UploadError(415, "unsupported file type",
-                          fmt_problem(name, expected="a PNG, JPEG or TIFF image", got=_describe(data),
+                          InputError(name, expected="a PNG, JPEG or TIFF image", got=_describe(data),
                                       fix="export the image as PNG or TIFF"), file=name)
     read_header(data, name, max_pixels=max_pixels)  # 413 before any pixel is decoded
     try:
@@ -343,7 +344,7 @@ def decode_raw(data: bytes, name: str, *, max_pixels: int, axes: str | None = No
                           "Fix: re-export the file as PNG or TIFF", file=name) from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise UploadError(422, "unsupported image layout",
-                          fmt_problem(name, expected="a 2-D image (H, W) or (H, W, C)",
+                          InputError(name, expected="a 2-D image (H, W) or (H, W, C)",
                                       got=f"shape {tuple(arr.shape)}", fix="save one 2-D image per file"),
                           file=name)
     if arr.dtype != np.bool_ and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -379,7 +380,7 @@ def check_upload(name: str, size: int, *, max_upload: int) -> None:
     """413 when one file has more than ``max_upload`` bytes."""
     if size > max_upload:
         raise UploadError(413, "file too large",
-                          fmt_problem(name, expected=f"at most {max_upload / MB:g} MB per file",
+                          InputError(name, expected=f"at most {max_upload / MB:g} MB per file",
                                       got=f"{size / MB:.1f} MB", fix="downscale or crop the image, "
                                       "or start the server with a larger --max-upload-mb"), file=name)
 
@@ -387,10 +388,10 @@ def check_upload(name: str, size: int, *, max_upload: int) -> None:
 def check_count(n: int, *, max_files: int) -> None:
     """400 for no files, 413 for more than ``max_files``."""
     if n == 0:
-        raise UploadError(400, "no files", fmt_problem("request", expected="one or more files in the "
+        raise UploadError(400, "no files", InputError("request", expected="one or more files in the "
                           "multipart field 'files'", got="none", fix="attach images as files=@cell.png"))
     if n > max_files:
-        raise UploadError(413, "too many files", fmt_problem("request", expected=f"at most {max_files} "
+        raise UploadError(413, "too many files", InputError("request", expected=f"at most {max_files} "
                           "files", got=str(n), fix="send the images in several requests"))
 
 
@@ -429,7 +430,7 @@ def stack_hpa(iid: str, members, need) -> dict:
     for ch, name, arr in members:
         if ch in have:
             raise UploadError(422, "duplicate channel file",
-                              fmt_problem(f"HPA image '{iid}'", expected=f"one {ch} file", got=f"{have[ch][0]} "
+                              InputError(f"HPA image '{iid}'", expected=f"one {ch} file", got=f"{have[ch][0]} "
                                           f"and {name}", fix="upload each channel file once"), file=name)
         if arr.ndim == 3:  # a grey channel saved as RGB: keep the matching plane
             arr = arr[..., min(HPA_CHANNELS.index(ch), arr.shape[2] - 1)] if ch != "yellow" else arr.max(-1)
@@ -438,7 +439,7 @@ def stack_hpa(iid: str, members, need) -> dict:
     if missing:
         ext = Path(members[0][1]).suffix or ".png"
         raise UploadError(422, "incomplete HPA channel set",
-                          fmt_problem(f"HPA image '{iid}'", expected="the channel files "
+                          InputError(f"HPA image '{iid}'", expected="the channel files "
                                       + ", ".join(f"{iid}_{c}{ext}" for c in need),
                                       got="only " + ", ".join(have[c][0] for c in HPA_CHANNELS if c in have),
                                       fix="select all channel files of the image together"),

@@ -50,12 +50,12 @@ def apply_store_args(args) -> None:
     if getattr(args, "cache_dir", None):
         from pathlib import Path
 
-        from protloc.core.errors import InputError, fmt_problem
+        from protloc.core.errors import InputError
 
         d = Path(args.cache_dir).expanduser()
         if d.exists() and not d.is_dir():
-            raise InputError(fmt_problem("--cache-dir", expected="a folder", got=f"the file {d}",
-                                         fix="pass a folder (it is created if missing)"))
+            raise InputError("--cache-dir", expected="a folder", got=f"the file {d}",
+                             fix="pass a folder (it is created if missing)")
         os.environ["PROTLOC_CACHE_DIR"] = str(d.resolve())
     if getattr(args, "trust_cache", None):
         os.environ["PROTLOC_TRUST_CACHE"] = "1"

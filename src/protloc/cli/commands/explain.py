@@ -31,14 +31,14 @@ def register(sub) -> None:
 
 def read_input(pred, image=None, images=None, image_id=None):
     """(uint8 image as the run sees it, display id) from IMAGE or --images/--id."""
-    from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.errors import InputError
     from protloc.core.paths import check_image_id
     from protloc.io import images as imageio
 
     pre = pred.preprocessing
     if image is not None and (images or image_id):
-        raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
-                                     got="both", fix="pass only one of them"))
+        raise InputError("explain input", expected="IMAGE or --images DIR --id ID",
+                         got="both", fix="pass only one of them")
     if image is not None:
         path = Path(image)
         if not path.is_file() and not (pre.fmt == "hpa-channels" and imageio.hpa_channel_path(
@@ -50,9 +50,9 @@ def read_input(pred, image=None, images=None, image_id=None):
                              fix="check the path, or use --images DIR --id ID")
         return pred.read_file(path), path.stem if path.is_file() else path.name
     if not (images and image_id):
-        raise InputError(fmt_problem("explain input", expected="IMAGE or --images DIR --id ID",
-                                     got="neither" if not (images or image_id) else "only one of --images/--id",
-                                     fix="e.g. `protloc explain RUN cell.png`"))
+        raise InputError("explain input", expected="IMAGE or --images DIR --id ID",
+                         got="neither" if not (images or image_id) else "only one of --images/--id",
+                         fix="e.g. `protloc explain RUN cell.png`")
     check_image_id(str(image_id), where="--id")  # an id names a file inside --images, never a path
     return pred.read_file(Path(images) / str(image_id)), str(image_id)
 

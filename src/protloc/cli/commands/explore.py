@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from protloc.cli.main import table_from_args
-    from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.errors import InputError
     from protloc.reports.explore import explore
     from protloc.data.table import load_table
 
@@ -51,8 +51,8 @@ def run(args) -> int:
     test = None
     if args.test_csv or args.test_images:
         if not args.test_images:
-            raise InputError(fmt_problem("--test-csv", expected="--test-images with it", got="no --test-images",
-                                         fix="pass --test-images DIR"))
+            raise InputError("--test-csv", expected="--test-images with it", got="no --test-images",
+                             fix="pass --test-images DIR")
         test = load_table(args.test_csv, args.test_images, fmt=table.fmt,
                           channels=",".join(map(str, table.channels)), schema=table.schema,
                           id_col=args.id_col, strict=False)

@@ -7,7 +7,7 @@ import sys
 
 from protloc.cli.main import new_command
 from protloc.cli.options import declare_paths, nonneg_int, port, positive_int, positive_number, run_folder
-from protloc.core.errors import InputError, fmt_problem
+from protloc.core.errors import InputError
 
 
 def register(sub) -> None:
@@ -63,9 +63,9 @@ def _check_address(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise InputError(fmt_problem(f"--host {host} --port {port}", expected="a free local address",
-                                         got=e.strerror or str(e),
-                                         fix="pick another --port, or stop the other server")) from None
+            raise InputError(f"--host {host} --port {port}", expected="a free local address",
+                             got=e.strerror or str(e),
+                             fix="pick another --port, or stop the other server") from None
 
 
 def run(args) -> int:

@@ -31,17 +31,17 @@ def register(sub) -> None:
 
 
 def _group_values(args, table):
-    from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.errors import InputError
     from protloc.data.table import read_csv_table
 
     if table.csv_path is None:
-        raise InputError(fmt_problem("--group-col", expected="a CSV (--csv) holding the column",
-                                     got="an image folder only", fix="pass --csv or drop --group-col"))
+        raise InputError("--group-col", expected="a CSV (--csv) holding the column",
+                         got="an image folder only", fix="pass --csv or drop --group-col")
     df, id_name, _ = read_csv_table(table.csv_path, id_col=args.id_col)
     if args.group_col not in df.columns:
-        raise InputError(fmt_problem(f"{table.csv_path} --group-col", expected=f"a column {args.group_col!r}",
-                                     got=f"columns {[c for c in df.columns if c != '_line']}",
-                                     fix="pass an existing column name"))
+        raise InputError(f"{table.csv_path} --group-col", expected=f"a column {args.group_col!r}",
+                         got=f"columns {[c for c in df.columns if c != '_line']}",
+                         fix="pass an existing column name")
     by_id = dict(zip(df[id_name].str.strip(), df[args.group_col]))
     return [by_id.get(i, "") for i in table.ids]
 

@@ -54,18 +54,18 @@ def _difficulty(text):
 
 
 def run(args) -> int:
-    from protloc.core.errors import InputError, fmt_problem
+    from protloc.core.errors import InputError
     from protloc.synth.dataset import make_dataset, save_gallery, save_style_gallery
     from protloc.synth.styles import get_style
 
     difficulty = args.difficulty
     if args.out is None and args.gallery is None:
-        raise InputError("protloc synth: expected an output folder OUT (or --gallery PNG), got neither. "
-                         "Fix: e.g. protloc synth data/synth --n-train 1000 --n-test 250")
+        raise InputError("protloc synth: expected an output folder OUT (or --gallery PNG), got neither",
+                         fix="e.g. protloc synth data/synth --n-train 1000 --n-test 250")
     every_style = args.style.strip().lower() == "all"
     if every_style and (args.out is not None or args.gallery is None):
-        raise InputError(fmt_problem("--style all", expected="--gallery PNG without OUT", got="a dataset",
-                                     fix="name one style (or a comma list) for a dataset"))
+        raise InputError("--style all", expected="--gallery PNG without OUT", got="a dataset",
+                         fix="name one style (or a comma list) for a dataset")
     if not every_style:
         get_style(args.style)  # an unknown name stops here, before any work
     if args.out is not None:
