@@ -424,3 +424,22 @@ def test_web_refuses_a_wide_tiff_for_an_rgb_run(fake_run):
         assert r.status_code == 422 and "four.tif: expected 3 channels (red, green, blue), got 4" in r.json()["detail"]
         r = c.post("/predict", files=[("files", ("rgba.png", png.getvalue(), "image/png"))])
         assert r.status_code == 200, r.text
+
+
+def test_train_records_the_column_names_it_was_given(tmp_path):
+    """data.json keeps --id-col / --label-col, so report and explain can re-read the training CSV."""
+    from helpers import make_tiny_dataset
+
+    from protloc.cli.main import main
+
+    csv, images = make_tiny_dataset(tmp_path / "data", n=24, size=16)
+    lines = csv.read_text().splitlines()
+    custom = tmp_path / "custom.csv"
+    custom.write_text("\n".join(["name,targets", *lines[1:]]) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--csv", str(custom), "--images", str(images), "--out", str(out), "--model", "test_resnet",
+                 "--pretrained", "none", "--size", "16", "--epochs", "1", "--batch-size", "8", "--quiet",
+                 "--id-col", "name", "--label-col", "targets"]) == 0
+    src = RunFolder(out).data_source()
+    assert (src.id_col, src.label_col, src.csv) == ("name", "targets", str(custom.resolve()))
+    assert src.n_images == 24

@@ -144,8 +144,12 @@ def run(args) -> int:
     if args.quiet:  # otherwise run_training echoes them with the log (and always writes them to train.log)
         for note in table.notes:  # never drop rows silently
             print(f"note: {note}", file=sys.stderr)
+    from protloc.core.runfolder import DataSource
+
+    source = DataSource.from_table(table, id_col=args.id_col, label_col=getattr(args, "label_col", None),
+                                   from_schema=getattr(args, "from_schema", None))  # RUN/data.json
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.quiet, echo=not args.quiet)
+                           progress=not args.quiet, echo=not args.quiet, data_source=source)
     if summary:
         print(f"run folder: {args.out}  OOF macro F1 {summary['val_macro_f1']:.4f} "
               f"(best-threshold {summary['val_macro_f1_best']:.4f}, mAP {summary['val_mAP']:.4f}) "
