@@ -48,6 +48,18 @@ def add_data_args(p: argparse.ArgumentParser, *, labels: bool = True, split: str
                        help="labels in the CSV use this schema; map them into --schema")
 
 
+def default_test_split(args) -> None:
+    """``--data DIR`` without ``--test-csv/--test-images``: ``DIR/test`` (and ``DIR/test.csv``)
+    when the folder has one (explore and validate look at both splits)."""
+    from pathlib import Path
+
+    if args.data and not (args.test_csv or args.test_images):
+        d = Path(args.data)
+        if (d / "test").is_dir():
+            args.test_images = str(d / "test")
+            args.test_csv = str(d / "test.csv") if (d / "test.csv").is_file() else None
+
+
 def table_from_args(args, *, split: str = "train", labels=None, strict: bool = True):
     """Build a DataTable from the shared data options."""
     from protloc.data.table import load_table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from protloc.cli.main import add_data_args, new_command
 from protloc.cli.options import InDir, InFile, OutFile, declare_paths, nonneg_int, positive_int, seed
@@ -37,16 +36,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from protloc.cli.main import table_from_args
+    from protloc.cli.main import default_test_split, table_from_args
     from protloc.core.errors import InputError
     from protloc.reports.explore import explore
     from protloc.data.table import load_table
 
-    if args.data and not (args.test_csv or args.test_images):
-        d = Path(args.data)
-        if (d / "test").is_dir():
-            args.test_images = str(d / "test")
-            args.test_csv = str(d / "test.csv") if (d / "test.csv").is_file() else None
+    default_test_split(args)
     table = table_from_args(args, strict=False)
     test = None
     if args.test_csv or args.test_images:

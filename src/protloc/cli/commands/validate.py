@@ -64,13 +64,9 @@ def run(args) -> int:
     from protloc.core.atomic import write_json
     from protloc.data.validate import validate_dataset
 
-    if args.data and not (args.test_csv or args.test_images):
-        from pathlib import Path
+    from protloc.cli.main import default_test_split
 
-        d = Path(args.data)
-        if (d / "test").is_dir():
-            args.test_images = str(d / "test")
-            args.test_csv = str(d / "test.csv") if (d / "test.csv").is_file() else None
+    default_test_split(args)
     kw = dict(data=args.data, fmt=args.format, channels=args.channels, schema=args.schema,
               id_col=args.id_col, label_col=args.label_col, from_schema=args.from_schema)
     report = validate_dataset(args.csv, args.images, test_table=args.test_csv, test_images=args.test_images,
