@@ -90,14 +90,17 @@ class TimeBudget(pl.Callback):
     that fit are planned and the warmup-cosine schedule is set to end with the last planned
     epoch. Every ``check_every`` steps and at every epoch start the plan is revised from the
     recent step time and the measured validation time, and the schedule's end moves with it (up to
-    ``trainer.max_epochs``). ``reserve_s`` (plus one validation pass, about what the out-of-fold
-    inference costs) is kept free for the work after training. When the current epoch cannot
+    ``trainer.max_epochs``). ``reserve_s`` plus ``post_val_passes`` validation passes (the
+    out-of-fold inference costs about one, the out-of-distribution reference as many as the
+    images it reads over the validation images) is kept free for the work after training. When the current epoch cannot
     finish, training stops inside it: the stop triggers the validation and checkpoint of a normal
     epoch end. Decisions are taken on rank 0 and broadcast, so all processes agree.
     """
 
-    def __init__(self, deadline: float | None, *, reserve_s: float = 0.0, clock=time.time, check_every: int = 10):
+    def __init__(self, deadline: float | None, *, reserve_s: float = 0.0, post_val_passes: float = 1.0,
+                 clock=time.time, check_every: int = 10):
         self.deadline, self.reserve_s, self.clock, self.check_every = deadline, float(reserve_s), clock, check_every
+        self.post_val_passes = float(post_val_passes)
         self.planner = None
         self.stopped = False            # the budget changed the run (fewer epochs than --epochs, or a mid-epoch stop)
         self.stopped_mid_epoch = False
@@ -117,7 +120,7 @@ class TimeBudget(pl.Callback):
         self.max_epochs = int(trainer.max_epochs or 1)
         self.planner = BudgetPlanner(deadline=self.deadline, steps_per_epoch=max(int(trainer.num_training_batches), 1),
                                      val_images=n_val, batch_size=_batch_size(dm) * acc, max_epochs=self.max_epochs,
-                                     reserve_s=self.reserve_s)
+                                     reserve_s=self.reserve_s, post_val_factor=self.post_val_passes)
         self.planner.done_steps = int(trainer.global_step) * acc   # resumed runs
         self.planner.validated_epochs = int(trainer.current_epoch)
         self._acc = acc

@@ -157,7 +157,8 @@ AUTO_EPOCHS = 15
 
 
 def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path, reserve_s, progress,
-               extra_callbacks, mode, tracker=None, best_name="best", epoch_offset=0, phase_name=None):
+               extra_callbacks, mode, tracker=None, post_val_passes: float = 1.0, best_name="best", epoch_offset=0,
+               phase_name=None):
     """One ``trainer.fit`` of fold ``k`` (checkpoints, freezing, time budget, metrics rows, and
     the ``--logger`` tracker that :class:`EpochRecorder` feeds)."""
     import lightning.pytorch as pl
@@ -166,7 +167,7 @@ def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path
     from protloc.training.callbacks import AtomicCheckpointIO, EpochRecorder, FreezeBackbone, TimeBudget
 
     ckdir = run.ckpt_dir(k)
-    budget = TimeBudget(deadline, reserve_s=reserve_s)
+    budget = TimeBudget(deadline, reserve_s=reserve_s, post_val_passes=post_val_passes)
     callbacks = [ModelCheckpoint(dirpath=ckdir, filename=best_name, monitor=cfg.monitor, mode=mode, save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False),
                  # last.ckpt after every epoch (Lightning's save_last only writes when best improves)
@@ -223,8 +224,11 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
     if tracker is not None:
         tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
+    # after training: the OOF inference (one validation pass) and the OOD reference's features of
+    # up to OOD_TRAIN_IMAGES training images and the validation images, kept out of the budget
+    ood_images = (min(len(train_idx), OOD_TRAIN_IMAGES) + len(val_idx)) if min(len(train_idx), len(val_idx)) >= 8 else 0
     phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
-                 tracker=tracker)
+                 tracker=tracker, post_val_passes=1.0 + ood_images / max(len(val_idx), 1))
     t0 = time.time()
     teacher_deadline, epochs = deadline, max_epochs(cfg)
     if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
@@ -301,19 +305,24 @@ def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="
     """``(pooled features (N, F), image statistics (N, 3C))`` of ``images[indices]``, no augmentation."""
     from protloc.core.ood import image_stats
 
-    net = net.to(device).eval()
+    net = net.to(device).eval().to(memory_format=torch.channels_last)
+    indices = np.asarray(indices)
     feats, stats = [], []
     with torch.inference_mode():
         for s in range(0, len(indices), batch_size):
-            b = np.stack([np.asarray(images[i]) for i in indices[s:s + batch_size]])
-            x = torch.from_numpy(pre.normalize(b)).to(device)
+            b = np.asarray(images[indices[s:s + batch_size]])  # one read per batch (the store reads by index)
+            x = torch.from_numpy(pre.normalize(b)).to(device).contiguous(memory_format=torch.channels_last)
             feats.append(net.pooled(x).float().cpu().numpy())
             stats.append(image_stats(b))
     return np.concatenate(feats), np.concatenate(stats)
 
 
+#: training images whose features make a fold's out-of-distribution reference (at most)
+OOD_TRAIN_IMAGES = 4000
+
+
 def fit_ood(net, images, train_idx, val_idx, *, pre, path, batch_size: int = 64, device="cpu", seed: int = 0,
-            max_train: int = 4000):
+            max_train: int = OOD_TRAIN_IMAGES):
     """Fit fold ``k``'s :class:`~protloc.core.ood.OODDetector` on (up to ``max_train``) training
     images and calibrate its threshold on the fold's validation images; save it to ``path``.
 
