@@ -264,3 +264,13 @@ def test_validate_reports_12bit_as_handled(tmp_path):
     main(["validate", "--csv", str(csv), "--images", str(imgs), "--json", str(tmp_path / "r.json")])
     found = {f["code"]: f for f in json.loads((tmp_path / "r.json").read_text())["findings"]}
     assert found["dark_16bit"]["severity"] == "info" and "read as 12-bit data" in found["dark_16bit"]["message"]
+
+
+@pytest.mark.parametrize("axes, shape", [("YYX", (1, 1, 1)), ("YX", (1, 1, 1)), ("CX", (3, 4))])
+def test_damaged_axes_are_refused_not_crashed(axes, shape):
+    """A damaged TIFF can declare axes that do not fit its pixels (the fuzzer found a repeated Y on a
+    1x1x1 array, which ended in numpy's 'axes don't match array'): an ImageReadError naming the file."""
+    from protloc.io.images import ImageReadError, _project
+
+    with pytest.raises(ImageReadError, match=r"f\.tif: expected an image whose axes name every dimension"):
+        _project(np.zeros(shape, np.uint8), axes, z="max", where="f.tif")

@@ -207,6 +207,10 @@ def _layout(shape: tuple, axes: str, where: str, user_axes: str | None) -> str:
 def _project(arr: np.ndarray, axes: str, *, z: str, where: str) -> tuple[np.ndarray, str, dict]:
     """Drop single axes, refuse T, project Z, merge C and S into one channel axis -> (Y, X[, C])."""
     facts: dict = {"z_planes": 1}
+    if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes or len(set(axes)) != len(axes):
+        raise ImageReadError(where, expected="an image whose axes name every dimension, Y and X included",
+                             got=f"axes {axes!r} for shape {tuple(arr.shape)}",
+                             fix="re-export the file, or name its axes with --axes (e.g. --axes CYX)")
     keep = [i for i, (c, n) in enumerate(zip(axes, arr.shape)) if n > 1 or c in "YX"]
     arr = arr.reshape([arr.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
@@ -235,6 +239,9 @@ def _project(arr: np.ndarray, axes: str, *, z: str, where: str) -> tuple[np.ndar
         facts["notes"] = (f"Z stacks are reduced by a {z} projection",)
     chan = [c for c in axes if c in "CS"]
     order = [axes.index("Y"), axes.index("X")] + [axes.index(c) for c in chan]
+    if sorted(order) != list(range(arr.ndim)):  # pragma: no cover - the checks above leave none
+        raise ImageReadError(where, expected="an image with Y, X and channel axes",
+                             got=f"axes {axes!r} for shape {tuple(arr.shape)}", fix="re-export the file")
     arr = np.transpose(arr, order)
     if len(chan) > 1:
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
@@ -262,6 +269,12 @@ def _read_tiff(src, where: str, *, axes: str | None = None, z: str = "max") -> t
                 facts["bits"] = bps
             n_series = len(tf.series)
             arr = series.asarray()
+            if arr.shape != shape:  # a damaged file: the pages disagree with the series it declares
+                if arr.size != int(np.prod(shape, dtype=np.int64)):
+                    raise ImageReadError(where, expected=f"pixels of shape {shape} (axes {file_axes})",
+                                         got=f"an array of shape {arr.shape}: corrupt or truncated TIFF",
+                                         fix="re-export the file or remove its row")
+                arr = arr.reshape(shape)
     except ImageReadError:
         raise
     except FileNotFoundError:
