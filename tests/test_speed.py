@@ -1,6 +1,7 @@
 """Fast by default (issue 13): the auto engine and its cached ONNX model, the int8 gate, batched
 TTA views, worker threads. Tiny test_resnet runs; the speed figures live in benchmarks/."""
 
+import os
 import json
 import shutil
 
@@ -195,8 +196,31 @@ def test_train_threads_are_the_free_cores(monkeypatch):
     from protloc.core.cpu import available_cores
     from protloc.training.train import set_threads
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # a busy machine: one thread
+    import protloc.core.cpu as cpu
+
+    monkeypatch.setattr(cpu, "busy_elsewhere", lambda: 50.0)  # a busy machine: one thread
     assert set_threads(TrainConfig()) == 1 == torch.get_num_threads()
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle: every core
+    monkeypatch.setattr(cpu, "busy_elsewhere", lambda: 0.0)  # idle: every core
     assert set_threads(TrainConfig()) == available_cores()
     assert set_threads(TrainConfig(threads=3)) == 3  # --threads wins
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_free_cores_sees_what_runs_now_not_the_last_minute(monkeypatch):
+    """The 1-minute load average trails: right after protloc's own synth ran on both cores an idle
+    2-core machine read as busy and the demo trained with 1 thread. What runs now decides."""
+    import subprocess
+    import sys
+    import time
+
+    from protloc.core.cpu import busy_elsewhere, free_cores
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 30.0, 30.0))  # a minute of own work just ended
+    assert free_cores(cores=64) >= 62  # nothing of the (old) load average is taken as busy now
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_elsewhere(samples=15) >= 1  # a process that runs now is seen
+    finally:
+        hog.kill()
+        hog.wait()

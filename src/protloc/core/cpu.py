@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_cores", "free_cores"]
+__all__ = ["available_cores", "busy_elsewhere", "free_cores"]
 
 
 def available_cores() -> int:
@@ -32,17 +32,46 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def free_cores(*, cores: int | None = None, load: float | None = None) -> int:
-    """Cores not taken by other work: ``cores`` minus the rounded 1-minute load average (the
-    runnable processes of the whole machine), at least 1, at most ``cores``.
+def busy_elsewhere(*, samples: int = 7, interval: float = 0.02) -> float:
+    """Runnable threads of other work right now: the median over ``samples`` readings of the
+    kernel's ``procs_running`` (``/proc/stat``) less this thread; where there is no ``/proc``,
+    the 1-minute load average.
 
-    ``cores``/``load`` default to :func:`available_cores` and ``os.getloadavg()``; call it before
-    this process starts its own heavy work (its own threads count in the load average too).
+    Not the load average on Linux: it trails by a minute, so the work this process has just done
+    itself (``protloc demo`` synthesises its images on both cores, then trains) counted as
+    another process's and an idle 2-core machine trained with 1 thread, at half speed.
+    """
+    import statistics
+    import time
+
+    counts = []
+    for k in range(max(1, samples)):
+        try:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"procs_running"):
+                        counts.append(int(line.split()[1]))
+                        break
+        except (OSError, ValueError, IndexError):
+            break
+        if k + 1 < samples:
+            time.sleep(interval)
+    if counts:
+        return max(0.0, float(statistics.median(counts)) - 1.0)
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # pragma: no cover - no load average on this OS
+        return 0.0
+
+
+def free_cores(*, cores: int | None = None, load: float | None = None) -> int:
+    """Cores not taken by other work: ``cores`` minus the rounded runnable threads of other
+    work (``load``, default :func:`busy_elsewhere`), at least 1, at most ``cores``.
+
+    ``cores`` defaults to :func:`available_cores`; call it before this process starts its own
+    heavy work (its own running threads count as busy too).
     """
     cores = available_cores() if cores is None else int(cores)
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # pragma: no cover - no load average on this OS
-            load = 0.0
+        load = busy_elsewhere()
     return max(1, min(cores, cores - int(round(float(load)))))
