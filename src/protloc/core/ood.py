@@ -70,24 +70,47 @@ def image_stats(batch: np.ndarray) -> np.ndarray:
     if b.ndim != 4:
         raise InputError("images", expected="a uint8 batch (N, H, W, C)", got=f"shape {b.shape}",
                          fix="stack the images along a first axis")
+    if b.dtype != np.uint8:
+        b = np.clip(b, 0, 255).astype(np.uint8)
     n, h, w, c = b.shape
-    x = b.astype(np.float32) / 255.0
-    flat = x.reshape(n, -1, c)
-    mean, std = flat.mean(1), flat.std(1)
-    cols = [mean, std, (b.reshape(n, -1, c) > FOREGROUND_LEVEL).mean(1)]
-    cols += list(np.percentile(flat, [50, 90, 99], axis=1))
+    npx = h * w
+    flat = b.reshape(n, npx, c)
+    # one 256-bin histogram per image and channel gives the mean, spread, foreground and the
+    # percentiles exactly (numpy's linear interpolation), without float copies of the pixels
+    key = (np.arange(n * c, dtype=np.int64).reshape(n, 1, c) * 256 + flat).ravel()
+    hist = np.bincount(key, minlength=n * c * 256).reshape(n, c, 256).astype(np.float64)
+    v = np.arange(256, dtype=np.float64)
+    mean = hist @ v / npx
+    var = np.maximum(hist @ (v * v) / npx - mean ** 2, 0.0)
+    mean, var = mean / 255.0, var / 255.0 ** 2
+    std = np.sqrt(var)
+    cols = [mean, std, hist[..., FOREGROUND_LEVEL + 1:].sum(-1) / npx]
+    cum = np.cumsum(hist, -1)
+    for q in (50, 90, 99):
+        at = q / 100.0 * (npx - 1)
+        lo, hi = np.floor(at), np.ceil(at)
+        v_lo, v_hi = (cum <= lo).sum(-1), (cum <= hi).sum(-1)  # sorted values at positions lo, hi
+        cols.append((v_lo + (v_hi - v_lo) * (at - lo)) / 255.0)
     if h > 2 and w > 2:
-        lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
-        cols.append(np.log((lap.reshape(n, -1, c) ** 2).mean(1) + 1e-6) - np.log(flat.var(1) + 1e-6))
-        gy, gx = np.diff(x, axis=1)[:, :, :-1], np.diff(x, axis=2)[:, :-1]
-        cols.append(np.sqrt(gx ** 2 + gy ** 2).reshape(n, -1, c).mean(1) / (std + 1e-3))
+        xi = b.astype(np.int16)
+        lap = (4 * xi[:, 1:-1, 1:-1] - xi[:, :-2, 1:-1] - xi[:, 2:, 1:-1] - xi[:, 1:-1, :-2]
+               - xi[:, 1:-1, 2:]).astype(np.float32).reshape(n, -1, c)
+        lap2 = np.einsum("npc,npc->nc", lap, lap).astype(np.float64) / ((h - 2) * (w - 2)) / 255.0 ** 2
+        cols.append(np.log(lap2 + 1e-6) - np.log(var + 1e-6))
+        gy = np.diff(xi, axis=1)[:, :, :-1].astype(np.float32)
+        gx = np.diff(xi, axis=2)[:, :-1].astype(np.float32)
+        grad = np.sqrt(gx * gx + gy * gy).reshape(n, -1, c).mean(1, dtype=np.float64) / 255.0
+        cols.append(grad / (std + 1e-3))
     else:
         cols += [np.zeros_like(mean), np.zeros_like(mean)]
     per = np.stack(cols, axis=-1).reshape(n, -1)  # channel-major: c0's 8 statistics, then c1's...
-    xc = flat - mean[:, None]
+    if c < 2:
+        return per.astype(np.float32)
+    f = flat.astype(np.float32)
+    gram = np.matmul(f.transpose(0, 2, 1), f).astype(np.float64) / npx / 255.0 ** 2  # E[x_i x_j]
     sd = std + 1e-6
-    cor = [(xc[..., i] * xc[..., j]).mean(1) / (sd[:, i] * sd[:, j]) for i in range(c) for j in range(i + 1, c)]
-    return np.concatenate([per] + ([np.stack(cor, 1)] if cor else []), axis=1).astype(np.float32)
+    cor = [(gram[:, i, j] - mean[:, i] * mean[:, j]) / (sd[:, i] * sd[:, j]) for i in range(c) for j in range(i + 1, c)]
+    return np.concatenate([per, np.stack(cor, 1)], axis=1).astype(np.float32)
 
 
 def channel_stats_names(n_channels: int) -> list[str]:
