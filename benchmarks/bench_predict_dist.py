@@ -15,7 +15,8 @@ What happens:
 3. Checks: the merged file has every id once, in CSV order.
 
 ``--shards K`` instead runs K single-process jobs ``--shard i/K`` at once (what a job array does on a
-CPU cluster; ``--engine onnx`` exports the run first), without a kill; the last one to finish merges.
+CPU cluster; ``--engine onnx`` exports the run first); with ``--kill-at`` every task is killed
+part-way and the array runs again; the last task to finish merges.
 
 Every process of the group is sampled every 0.5 s (``/proc/PID/status``: VmRSS, VmHWM); the
 peak per role (rank 0, rank 1, their decode workers) and the RSS at 20% and 90% of the parts
@@ -256,34 +257,83 @@ def main() -> None:
     print(json.dumps(result["check"]), "images/s", result["images_per_s_overall"], "->", args.out)
 
 
-def shards(args, cmd, env, parts: Path, n_parts: int, out: Path, csv: Path, rows: int) -> None:
-    """K job-array tasks at once (``--shard i/K``), each one process; the last one merges."""
-    import pandas as pd
-
+def _shards_once(args, cmd, env, parts: Path, n_parts: int, *, kill_at: float | None) -> dict:
+    """Start the K shard tasks at once; with ``kill_at``, SIGKILL every task's process group when
+    that share of the parts is on disk (a node failure during a job array)."""
     t0, load0 = time.time(), _load()
+    before = len(list(parts.glob("rows-*.csv"))) if parts.is_dir() else 0
     procs = [subprocess.Popen(cmd + ["--shard", f"{i}/{args.shards}"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True) for i in range(args.shards)]
     samplers = [Sampler(p.pid, parts, n_parts) for p in procs]
     for sm in samplers:
         sm.start()
-    outs = [p.communicate(timeout=args.timeout)[0] for p in procs]
-    secs = time.time() - t0
+    lines: list[list[str]] = [[] for _ in procs]
+    readers = [threading.Thread(target=lambda p=p, acc=acc: acc.extend(p.stdout), daemon=True)
+               for p, acc in zip(procs, lines)]
+    for r in readers:
+        r.start()
+    killed = False
+    while any(p.poll() is None for p in procs):
+        done = len(list(parts.glob("rows-*.csv"))) if parts.is_dir() else 0
+        if kill_at is not None and done >= kill_at * n_parts:
+            for p in procs:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed = True
+            break
+        if time.time() - t0 > args.timeout:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            raise SystemExit(f"timeout after {args.timeout:.0f} s")
+        time.sleep(0.5)
+    for p in procs:
+        p.wait()
+    time.sleep(1.0)
     for sm in samplers:
         sm.stop.set()
         sm.join()
-    sub = pd.read_csv(out, dtype={"Image": str})
-    ids = pd.read_csv(csv, dtype=str)["Image"]
-    peaks = [sm.summary()["peak_rss_mb"] for sm in samplers]
+    for r in readers:
+        r.join(timeout=5)
+    after = len(list(parts.glob("rows-*.csv")))
+    sums = [sm.summary(before) for sm in samplers]
+    return {"seconds": round(time.time() - t0, 1), "killed": killed, "rc": [p.returncode for p in procs],
+            "parts_before": before, "parts_after": after,
+            "survivors_after_kill": [q for p in procs for q in _alive(p.pid)],
+            "load_start": load0, "load_end": _load(), "per_shard": sums,
+            "tails": [[ln.rstrip() for ln in acc[-2:]] for acc in lines]}
+
+
+def shards(args, cmd, env, parts: Path, n_parts: int, out: Path, csv: Path, rows: int) -> None:
+    """K job-array tasks at once (``--shard i/K``), each one process; the last one merges. With
+    ``--kill-at``, every task is killed part-way and the array is submitted again (resume)."""
+    import pandas as pd
+
     result = {"command": " ".join(cmd) + " --shard i/K", "engine": args.engine, "n": args.n, "part_rows": rows,
               "n_parts": n_parts, "model": args.model, "size": args.size, "shards": args.shards,
               "workers_per_shard": args.workers, "threads_per_shard": args.threads, "cpus": os.cpu_count(),
-              "seconds": round(secs, 1), "images_per_s": round(args.n / secs, 1), "load_start": load0,
-              "load_end": _load(), "rc": [p.returncode for p in procs], "peak_rss_mb_per_shard": peaks,
-              "tails": [o.strip().splitlines()[-1:] for o in outs],
-              "check": {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids))}}
+              "runs": []}
+    if args.kill_at:
+        r = _shards_once(args, cmd, env, parts, n_parts, kill_at=args.kill_at)
+        result["runs"].append({"what": f"first submission, SIGKILL to every task at {args.kill_at:.0%} of the parts",
+                               **r})
+        print(json.dumps(result["runs"][-1], indent=1), flush=True)
+    r = _shards_once(args, cmd, env, parts, n_parts, kill_at=None)
+    result["runs"].append({"what": "resubmitted: each task skips its finished parts; the last one merges", **r})
+    print(json.dumps(result["runs"][-1], indent=1), flush=True)
+    sub = pd.read_csv(out, dtype={"Image": str})
+    ids = pd.read_csv(csv, dtype=str)["Image"]
+    result["check"] = {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids)),
+                       "unique": bool(sub["Image"].is_unique)}
+    done = [x for x in result["runs"] if x["parts_after"] > x["parts_before"]]
+    imgs = min(args.n, sum((x["parts_after"] - x["parts_before"]) * rows for x in done))
+    secs = sum(x["seconds"] for x in done)
+    result["images_per_s_overall"] = round(imgs / secs, 1) if secs else None
+    result["seconds"] = round(sum(x["seconds"] for x in result["runs"]), 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result["check"]), "images/s", result["images_per_s_overall"], "->", args.out)
 
 
 if __name__ == "__main__":
