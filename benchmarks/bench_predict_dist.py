@@ -186,6 +186,21 @@ def run_once(cmd, env, parts: Path, n_parts: int, *, kill_at: float | None, time
     return res
 
 
+def _check_and_rate(result: dict, out: Path, csv: Path, rows: int, n: int) -> None:
+    """The merged file against the input CSV (every id once, in order) and images/s over the runs
+    that predicted parts."""
+    import pandas as pd
+
+    sub = pd.read_csv(out, dtype={"Image": str})
+    ids = pd.read_csv(csv, dtype=str)["Image"]
+    result["check"] = {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids)),
+                       "unique": bool(sub["Image"].is_unique)}
+    done = [x for x in result["runs"] if x["parts_after"] > x["parts_before"]]
+    imgs = min(n, sum((x["parts_after"] - x["parts_before"]) * rows for x in done))
+    secs = sum(x["seconds"] for x in done)
+    result["images_per_s_overall"] = round(imgs / secs, 1) if secs else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="folder with train.csv + train/ (PNGs)")
@@ -244,14 +259,7 @@ def main() -> None:
     r = run_once(cmd, env, parts, n_parts, kill_at=None, timeout=args.timeout)
     result["runs"].append({"what": "rerun: skips finished parts, predicts the rest, merges", **r})
     print(json.dumps(result["runs"][-1], indent=1), flush=True)
-    sub = pd.read_csv(out, dtype={"Image": str})
-    ids = pd.read_csv(csv, dtype=str)["Image"]
-    result["check"] = {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids)),
-                       "unique": bool(sub["Image"].is_unique)}
-    done = [x for x in result["runs"] if x["parts_after"] > x["parts_before"]]
-    imgs = sum((x["parts_after"] - x["parts_before"]) * rows for x in done)
-    secs = sum(x["seconds"] for x in done)
-    result["images_per_s_overall"] = round(imgs / secs, 1) if secs else None
+    _check_and_rate(result, out, csv, rows, args.n)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["check"]), "images/s", result["images_per_s_overall"], "->", args.out)
@@ -308,7 +316,6 @@ def _shards_once(args, cmd, env, parts: Path, n_parts: int, *, kill_at: float | 
 def shards(args, cmd, env, parts: Path, n_parts: int, out: Path, csv: Path, rows: int) -> None:
     """K job-array tasks at once (``--shard i/K``), each one process; the last one merges. With
     ``--kill-at``, every task is killed part-way and the array is submitted again (resume)."""
-    import pandas as pd
 
     result = {"command": " ".join(cmd) + " --shard i/K", "engine": args.engine, "n": args.n, "part_rows": rows,
               "n_parts": n_parts, "model": args.model, "size": args.size, "shards": args.shards,
@@ -322,14 +329,7 @@ def shards(args, cmd, env, parts: Path, n_parts: int, out: Path, csv: Path, rows
     r = _shards_once(args, cmd, env, parts, n_parts, kill_at=None)
     result["runs"].append({"what": "resubmitted: each task skips its finished parts; the last one merges", **r})
     print(json.dumps(result["runs"][-1], indent=1), flush=True)
-    sub = pd.read_csv(out, dtype={"Image": str})
-    ids = pd.read_csv(csv, dtype=str)["Image"]
-    result["check"] = {"rows": len(sub), "same_ids_in_csv_order": bool(list(sub["Image"]) == list(ids)),
-                       "unique": bool(sub["Image"].is_unique)}
-    done = [x for x in result["runs"] if x["parts_after"] > x["parts_before"]]
-    imgs = min(args.n, sum((x["parts_after"] - x["parts_before"]) * rows for x in done))
-    secs = sum(x["seconds"] for x in done)
-    result["images_per_s_overall"] = round(imgs / secs, 1) if secs else None
+    _check_and_rate(result, out, csv, rows, args.n)
     result["seconds"] = round(sum(x["seconds"] for x in result["runs"]), 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
