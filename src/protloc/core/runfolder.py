@@ -160,6 +160,7 @@ class DataSource:
     Examples
     --------
     >>> d = DataSource(images="/data/train", fmt="tiff", channels=(0, 2), schema="ghent10", n_images=40)
+    >>> import json
     >>> DataSource.from_dict(json.loads(json.dumps(d.to_dict()))) == d
     True
     """

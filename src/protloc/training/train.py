@@ -465,6 +465,22 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
         if created:  # a failure before anything was set up (bad data, bad images): leave no half-made run
             _remove_if_only_log(run)
         raise
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Destroy the torch.distributed process group this process joined (srun/torchrun ranks:
+    Lightning leaves it open). A rank that exits with a live gloo group can die in the C++
+    teardown ("terminate called without an active exception", exit code 134) after its work
+    is done; the collectives all happen inside the folds, so every rank is past them here."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - teardown must never replace the run's own outcome
+        pass
 
 
 def _remove_if_only_log(run: RunFolder) -> None:
