@@ -472,7 +472,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
 def _end_process_group() -> None:
     """Destroy the torch.distributed process group this process joined (srun/torchrun ranks:
     Lightning leaves it open). A rank that exits with a live gloo group can die in the C++
-    teardown ("terminate called without an active exception", exit code 134) after its work
+    teardown ("terminate called without an active exception": SIGABRT) after its work
     is done; the collectives all happen inside the folds, so every rank is past them here."""
     try:
         import torch.distributed as dist
