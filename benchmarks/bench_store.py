@@ -45,6 +45,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from protloc.data import store as st  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_cache import _reset_peak_rss as _reset_peak, _rss_mb  # noqa: E402 - one RSS reader for the benchmarks
+
 OUT = ROOT / "benchmarks" / "results" / "store.json"
 BATCH = 256
 POOL = None  # decoded pool, shared with forked workers
@@ -52,20 +55,6 @@ POOL = None  # decoded pool, shared with forked workers
 
 def _load() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
-
-
-def _rss_mb(field: str = "VmHWM") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _children_peak_mb() -> float:

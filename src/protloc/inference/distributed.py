@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.core.cpu import available_cores
 from protloc.core.errors import InputError
 
 __all__ = ["PartPlan", "default_part_rows", "parse_shard", "parts_dir", "predict_parts", "merge_parts",
@@ -243,12 +244,6 @@ def _unbatched(batch):
     return batch
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
-
 
 # --------------------------------------------------------------------------------------------
 # one batch, one part
@@ -342,7 +337,7 @@ def _predict_local(run_root, table, pre, plan, todo, sink: PartSink, kw, *, tta,
 
     predictor = Predictor.from_run(run_root, **kw)
     _ROWS = _Rows(table, pre, channels_chosen=channels_chosen, pixel_size=kw.get("pixel_size"))
-    w = max(1, min(4, _cores() // 2)) if workers < 0 else int(workers)
+    w = max(1, min(4, available_cores() // 2)) if workers < 0 else int(workers)
     sink.start("rank 0")
     try:
         for batch in worker_map(_decode, _PartBatches(plan, todo, batch_size), w):
@@ -377,7 +372,7 @@ def _lightning_parts():
             dev = self.trainer.strategy.root_device
             kw["device"] = str(dev)
             if not kw.get("threads") and dev.type == "cpu":  # share the node's cores among its ranks
-                kw["threads"] = max(1, _cores() // max(1, self.trainer.num_devices))
+                kw["threads"] = max(1, available_cores() // max(1, self.trainer.num_devices))
             self.predictor = Predictor.from_run(self.run_root, **kw)
 
         def predict_step(self, batch, batch_idx):
@@ -408,7 +403,7 @@ def _lightning_parts():
 
             w = int(self.workers)
             if w < 0:  # auto: one decoder per two cores of this rank, at most 4
-                w = max(1, min(4, _cores() // max(1, self.trainer.num_devices) // 2))
+                w = max(1, min(4, available_cores() // max(1, self.trainer.num_devices) // 2))
             loader = DataLoader(_Rows(self.table, self.pre, channels_chosen=self.channels_chosen,
                                       pixel_size=self.pixel_size),
                                 batch_sampler=_PartBatches(self.plan, self.mine, self.batch_size),

@@ -343,6 +343,7 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
             return None if s is None else {"input": cal[s:s + 16]}
 
     out = _int8_path(fp32_path)
+    graph_key = _graph_fingerprint(fp32_path)  # parses the fp32 graph: once
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prep = Path(str(tmp) + ".prep.onnx")
@@ -354,7 +355,7 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         finally:
             prep.unlink(missing_ok=True)
-        _stamp(Path(tmp), _graph_fingerprint(fp32_path))
+        _stamp(Path(tmp), graph_key)
     rule = rf.thresholds()
     imgs = _read_ids(rf, ev_ids, pre, progress=progress)
     col = {f: j for j, f in enumerate(folds)}
@@ -378,7 +379,7 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
             "macro_f1_change": round(-drop, 5),
             "max_abs_prob_diff": round(float(np.abs(f1["fp32_probs"] - f1["int8_probs"]).max()), 5),
             "max_f1_drop": INT8_MAX_F1_DROP, "usable": bool(drop <= INT8_MAX_F1_DROP),
-            "fingerprint": _graph_fingerprint(fp32_path)}
+            "fingerprint": graph_key}
 
 
 # --------------------------------------------------------------------------------------------

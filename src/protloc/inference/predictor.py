@@ -56,6 +56,7 @@ Image coercion and checks live in :mod:`protloc.inference.inputs`, the TTA views
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import sys
 import threading
 import warnings
@@ -65,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.core.cpu import available_cores
 from protloc.core.errors import InputError, RunFolderError
 from protloc.core.preprocessing import Preprocessing
 from protloc.core.runfolder import RunFolder, RunThresholds
@@ -133,10 +135,6 @@ def resolve_engine(engine: str = "auto", device=None) -> str:
     return "torch" if _cuda_present() else "onnx"
 
 
-def _default_threads() -> int:
-    from protloc.inference.onnx import default_threads
-
-    return default_threads()
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +247,7 @@ class Predictor:
         self.model_file = None
         self.quantized = None
         self.decisions: list[str] = []
-        self.threads = check_threads(threads, flag="threads") or _default_threads()
+        self.threads = check_threads(threads, flag="threads") or available_cores()
         self.ood = list(ood) if ood else None
         self.pixel_size = None if pixel_size is None else float(pixel_size)
         if self.pixel_size is not None and not self.pixel_size > 0:
@@ -517,7 +515,7 @@ class Predictor:
             b = np.stack([self._prepare(x, f"image {i}") for i, x in enumerate(b)])
         out = np.empty((len(b), len(self.classes)), np.float32)
         ood = np.empty(len(b), np.float32) if (with_ood and self.ood) else None
-        step = self._step(len(b), batch_size, tta)
+        step = self._step(len(b), batch_size)
         starts = range(0, len(b), step)
         for s, (p, o) in zip(starts, self._ordered(
                 lambda s: self._forward(b[s:s + step], tta=tta, merge=merge, ood=ood is not None), starts)):
@@ -526,7 +524,7 @@ class Predictor:
                 ood[s:s + step] = o
         return (out, ood) if with_ood else out
 
-    def _step(self, n: int, batch_size: int, tta: str) -> int:
+    def _step(self, n: int, batch_size: int) -> int:
         """Images per work item: at most ``batch_size``, and small enough that every worker
         gets one when there are few images."""
         bs = max(1, int(batch_size))
@@ -569,7 +567,7 @@ class Predictor:
     def _forward_torch(self, xv: np.ndarray, *, n_views: int, n: int, merge: str, features: bool = False):
         import torch
 
-        lock = self._engine_lock if self._serial else _NO_LOCK
+        lock = self._engine_lock if self._serial else contextlib.nullcontext()
         with lock, torch.inference_mode():
             xt = torch.from_numpy(xv).to(self.device, non_blocking=True)
             xt = xt.contiguous(memory_format=torch.channels_last)
@@ -615,7 +613,7 @@ class Predictor:
         check_choice("tta", tta, TTA_MODES)
         check_choice("merge", merge, MERGES)
         ids, seq = as_items(images)
-        step = self._step(len(seq), batch_size, tta)
+        step = self._step(len(seq), batch_size)
         probs = np.empty((len(seq), len(self.classes)), np.float32)
         ood = np.empty(len(seq), np.float32) if self.ood else None
 
@@ -652,7 +650,7 @@ class Predictor:
         check_choice("on_error", on_error, ("raise", "skip"))
         check_table(table, self.preprocessing)
         n = len(table)
-        bs = self._step(n, batch_size, tta)
+        bs = self._step(n, batch_size)
         bad, skipped = find_missing(table, on_error=on_error)
         if channels_chosen is None:
             from protloc.data.table import normalize_channels
@@ -687,13 +685,3 @@ class Predictor:
         return self._result([table.ids[i] for i in idx], probs[idx], at_least_one=at_least_one,
                             skipped=skipped, ood=None if ood is None else ood[idx])
 
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NO_LOCK = _NoLock()

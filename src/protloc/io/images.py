@@ -429,8 +429,9 @@ def read_rgb(path: str | Path, *, size: int | None = None, allow_rgba: bool = Tr
     >>> read_rgb(p, size=4).shape
     (4, 4, 3)
     """
-    arr, meta = read_rgb_raw(path, allow_rgba=allow_rgba, reading=reading)
-    return _default_reading(reading).apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=str(path))[0]
+    r = _default_reading(reading)
+    arr, meta = read_rgb_raw(path, allow_rgba=allow_rgba, reading=r)
+    return r.apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=str(path))[0]
 
 
 def read_tiff_raw(path: str | Path, *, channels: tuple[int, ...] | None = None,
@@ -458,8 +459,9 @@ def read_tiff_raw(path: str | Path, *, channels: tuple[int, ...] | None = None,
 def read_tiff_stack(path: str | Path, *, channels: tuple[int, ...] | None = None,
                     size: int | None = None, reading=None, pixel_size: float | None = None) -> np.ndarray:
     """Read a multi-channel TIFF as uint8 (H, W, C), optionally picking channel indices."""
-    arr, meta = read_tiff_raw(path, channels=channels, reading=reading)
-    return _default_reading(reading).apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=str(path))[0]
+    r = _default_reading(reading)
+    arr, meta = read_tiff_raw(path, channels=channels, reading=r)
+    return r.apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=str(path))[0]
 
 
 def hpa_channel_path(folder: str | Path, image_id: str, channel: str) -> Path | None:
@@ -526,9 +528,9 @@ def read_hpa_channels(folder: str | Path, image_id: str, *, channels=("red", "gr
                       size: int | None = None, reading=None, pixel_size: float | None = None) -> np.ndarray:
     """Stack HPA channel files ``<id>_<channel>.png|tif`` into uint8 (H, W, len(channels))
     (``size``: resized to (size, size)), with the ``reading``'s intensity rule."""
-    arr, meta = read_hpa_raw(folder, image_id, channels=channels, reading=reading)
-    where = str(Path(folder) / image_id)
-    return _default_reading(reading).apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=where)[0]
+    r = _default_reading(reading)
+    arr, meta = read_hpa_raw(folder, image_id, channels=channels, reading=r)
+    return r.apply(arr, size=size, meta=meta, pixel_size=pixel_size, where=str(Path(folder) / image_id))[0]
 
 
 def detect_format(folder: str | Path, image_id: str) -> str:

@@ -64,7 +64,7 @@ def pseudo_targets(probs: np.ndarray, *, mode: str = "sharpened", confident: flo
     return np.where(p >= confident, 1.0, np.where(p <= 1 - confident, 0.0, p)).astype(np.float32)
 
 
-def student_phase(teacher, trainer, *, images, y, unlabeled, train_idx, val_idx, pre, deadline, reserve_s,
+def student_phase(teacher, *, images, y, unlabeled, train_idx, val_idx, pre, deadline, reserve_s,
                   fit_phase, phase: dict, main: bool):
     """Pseudo-label ``unlabeled`` with the teacher's best checkpoint, then train the student.
 

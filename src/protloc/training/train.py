@@ -240,7 +240,7 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     if unlabeled is not None:
         from protloc.training.semi import student_phase
 
-        module, trainer, budget = student_phase(module, trainer, images=images, y=y, unlabeled=unlabeled,
+        module, trainer, budget = student_phase(module, images=images, y=y, unlabeled=unlabeled,
                                                 train_idx=train_idx, val_idx=val_idx, pre=pre, deadline=deadline,
                                                 reserve_s=reserve_s, fit_phase=_fit_phase, phase=phase,
                                                 main=trainer.is_global_zero)
@@ -352,21 +352,14 @@ def refit_ood(run: RunFolder, table, *, progress: bool = False, workers: int | N
     from protloc.models.network import load_weights
 
     pre = run.preprocessing()
-    sp = run.splits()
-    if sp is None:
-        raise RunFolderError(f"{run.splits_csv}: missing", fix="refit needs the run's splits (re-train)")
+    folds = _read_splits(run, table, fix="refit needs the run's splits (re-train)")
     ds = load_cached(table, size=pre.size, progress=progress, workers=workers, reading=pre.reading, skip_bad=True)
-    pos = {iid: i for i, iid in enumerate(table.ids)}
-    folds = np.full(len(table), -2, dtype=int)
-    for iid, f in zip(sp["Image"], sp["fold"]):
-        if iid in pos:
-            folds[pos[iid]] = int(f)
     folds[np.asarray(ds.bad, dtype=int)] = -2
-    done = []
+    done, seed = [], run.config().seed
     for k in run.folds():
         train_idx, val_idx = np.flatnonzero((folds != k) & (folds != -2)), np.flatnonzero(folds == k)
         net = load_weights(run.model_path(k))
-        if fit_ood(net, ds.images, train_idx, val_idx, pre=pre, path=run.ood_path(k), seed=run.config().seed + k):
+        if fit_ood(net, ds.images, train_idx, val_idx, pre=pre, path=run.ood_path(k), seed=seed + k):
             done.append(k)
     return done
 
@@ -406,11 +399,11 @@ def merge_folds(run: RunFolder) -> dict:
     return summary
 
 
-def _read_splits(run: RunFolder, table) -> np.ndarray:
+def _read_splits(run: RunFolder, table, *, fix: str = "train again from the start (rank 0 writes it)") -> np.ndarray:
     """Validation fold per table row from ``splits.csv`` (-2: not in it)."""
     sp = run.splits()
     if sp is None:
-        raise RunFolderError(f"{run.splits_csv}: missing", fix="train again from the start (rank 0 writes it)")
+        raise RunFolderError(f"{run.splits_csv}: missing", fix=fix)
     pos = {iid: i for i, iid in enumerate(table.ids)}
     folds = np.full(len(table), -2, dtype=int)
     for iid, f in zip(sp["Image"], sp["fold"]):
