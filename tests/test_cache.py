@@ -60,6 +60,23 @@ def test_build_hit_invalidate(tiny_rgb, monkeypatch):
     assert sub.images.shape[0] == 10 and ds2.path.exists() and sub.path != ds2.path
 
 
+def test_cache_info_reads_the_tables_facts_once(tiny_rgb, monkeypatch):
+    """Listing the entries of a table decides its default reading (which reads image headers)
+    once, not once per entry in the cache folder (it was once per entry, twice for its own)."""
+    csv, imgs = tiny_rgb
+    t = load_table(csv, imgs)
+    for size in (8, 12, 16):
+        cache.load_cached(t, size=size, progress=False, workers=1)
+    from protloc.data import reading
+
+    calls = []
+    real = reading.training_reading
+    monkeypatch.setattr(reading, "training_reading", lambda *a, **k: calls.append(1) or real(*a, **k))
+    info = cache.cache_info(t)
+    assert sorted(e["size"] for e in info) == [8, 12, 16] and all(e["current"] for e in info)
+    assert len(calls) == 1
+
+
 def test_parallel_equals_serial_and_bad_images(tiny_rgb):
     csv, imgs = tiny_rgb
     t = load_table(csv, imgs)

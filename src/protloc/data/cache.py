@@ -98,7 +98,12 @@ def _identity(table, size: int, reading=None, pixel_size: float | None = None) -
 def cache_key(table, *, size: int, reading=None, pixel_size: float | None = None) -> str:
     """Name of ``table``'s entry at ``size`` read with ``reading`` (no file is read: file changes
     are found per shard)."""
-    ident = {k: v for k, v in _identity(table, size, reading, pixel_size).items() if k != "csv"}
+    return _key_of(_identity(table, size, reading, pixel_size))
+
+
+def _key_of(ident: dict) -> str:
+    """The entry name of an identity (:func:`_identity`); the CSV path is not part of it."""
+    ident = {k: v for k, v in ident.items() if k != "csv"}
     return hashlib.sha1(json.dumps([CACHE_VERSION, ident], sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -312,10 +317,12 @@ def cache_info(table=None, *, size: int | None = None, check_files: bool = True,
     (up to date: the entry of ``table`` read with ``reading``, its files unchanged)."""
     d = cache_dir()
     out = []
+    # the table's identity once (its reading may read image headers, its id hash reads every id);
+    # per entry only the size differs
+    base = _identity(table, 0, reading, pixel_size) if table is not None else None
     for meta, info in _entries(d):
         if table is not None:
-            ident = _identity(table, info.get("size", 0), reading, pixel_size)
-            if any(info.get(k) != v for k, v in ident.items() if k not in ("size", "csv", "reading")):
+            if any(info.get(k) != v for k, v in base.items() if k not in ("size", "csv", "reading")):
                 continue
             if size and info.get("size") != size:
                 continue
@@ -324,8 +331,8 @@ def cache_info(table=None, *, size: int | None = None, check_files: bool = True,
         store = root if not legacy else meta.with_suffix(".npy")
         current = None
         if table is not None and not legacy:
-            current = bool(info.get("complete")) and meta.stem == cache_key(
-                table, size=info["size"], reading=reading, pixel_size=pixel_size) and not \
+            current = bool(info.get("complete")) and meta.stem == _key_of({**base, "size": int(info["size"])}) \
+                and not \
                 _stale_shards(root, table, info["shard_images"], range(-(-len(table) // info["shard_images"])),
                               check_files=check_files)
         out.append({**{k: info.get(k) for k in ("n", "size", "fmt", "channels", "images", "csv", "bad",
@@ -412,7 +419,8 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
     reading = effective_reading(table, reading)
     trust = trust_default() if trust is None else trust
     d = cache_dir()
-    key = cache_key(table, size=size, reading=reading, pixel_size=pixel_size)
+    ident = _identity(table, size, reading, pixel_size)
+    key = _key_of(ident)
     root, meta = d / f"{key}.zarr", d / f"{key}.json"
     n, c = len(table), len(table.channels)
     info = _read_json(meta)
@@ -440,7 +448,7 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         else:
             shutil.rmtree(root, ignore_errors=True)
             st.create_store(root, n=n, size=size, channels=c, shard_images=k, compress=comp,
-                            attrs={**_identity(table, size, reading, pixel_size), "n": n, "key": key})
+                            attrs={**ident, "n": n, "key": key})
             todo = list(range(n_shards))
         if not todo:
             hit = _hit(meta, info, table, skip_bad)
@@ -449,7 +457,7 @@ def load_cached(table, *, size: int, workers: int | None = None, progress: bool 
         from protloc.core.atomic import write_json
         from protloc.core.progress import progress_bar
 
-        card = {"complete": False, "n": n, **_identity(table, size, reading, pixel_size), "key": key,
+        card = {"complete": False, "n": n, **ident, "key": key,
                 "shard_images": k,
                 "compress": comp, "store": root.name}
         write_json(meta, card)
