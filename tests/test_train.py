@@ -170,3 +170,16 @@ def test_bad_options_messages(tiny_rgb, tmp_path, capsys, flags, match):
     csv, images = tiny_rgb
     assert train(csv, images, tmp_path / "r", *flags) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_training_decides_the_reading_once(tiny_rgb, tmp_path, monkeypatch):
+    """The image headers are read once to decide the reading (intensity rule, Z, pixel size); the
+    ranks' setup key is built from the table alone (it used to decide the reading again, on every rank)."""
+    from protloc.data import reading
+
+    calls = []
+    real = reading.training_reading
+    monkeypatch.setattr(reading, "training_reading", lambda *a, **k: calls.append(1) or real(*a, **k))
+    csv, images = tiny_rgb
+    assert train(csv, images, tmp_path / "r", "--epochs", "1") == 0
+    assert len(calls) == 1

@@ -34,8 +34,8 @@ from protloc.data import store as st
 from protloc.data.workers import BuildLock, pid_alive, worker_map
 from protloc.io.images import HPA_EXTS, RGB_EXTS, TIFF_EXTS, read_image
 
-__all__ = ["DecodedSet", "cache_dir", "cache_key", "decode_table", "load_cached", "cache_info", "clear_cache",
-           "worker_map", "stat_digests"]
+__all__ = ["DecodedSet", "cache_dir", "cache_key", "table_digest", "decode_table", "load_cached", "cache_info",
+           "clear_cache", "worker_map", "stat_digests"]
 
 CACHE_VERSION = 2
 #: shard compression, chosen by measurement (docs/scale.md): "none" reads 128-px images ~8x
@@ -84,13 +84,31 @@ def effective_reading(table, reading=None):
     return replace(reading, axes=table.axes) if getattr(table, "axes", None) else reading
 
 
+def _table_fields(table) -> dict:
+    return {"images": str(Path(table.images).resolve()), "fmt": table.fmt,
+            "channels": list(map(str, table.channels)), "ids": _ids_hash(table.ids)}
+
+
+def table_digest(table) -> str:
+    """What a table is, without reading any image: its folder, format, channels and ids in order
+    (DDP ranks compare it to agree that they train on the same data).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as T
+    >>> a = T(images="/data", fmt="rgb", channels=(), ids=["1", "2"])
+    >>> table_digest(a) == table_digest(T(**{**vars(a), "ids": ["2", "1"]}))
+    False
+    """
+    return hashlib.sha1(json.dumps(_table_fields(table), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _identity(table, size: int, reading=None, pixel_size: float | None = None) -> dict:
     """What makes an entry: images folder, ids (in order), format, channels, size, reading.
 
     The id list is part of it, so a subset of a table (``DataTable.subset``) never replaces
     the full table's entry; so is the reading (intensity rule, Z projection, axes, pixel sizes)."""
-    return {"images": str(Path(table.images).resolve()), "fmt": table.fmt, "size": int(size),
-            "channels": list(map(str, table.channels)), "ids": _ids_hash(table.ids),
+    return {**_table_fields(table), "size": int(size),
             "csv": str(Path(table.csv_path).resolve()) if table.csv_path else None,
             "reading": {**effective_reading(table, reading).to_dict(), "input_pixel_size_um": pixel_size}}
 

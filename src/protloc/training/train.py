@@ -496,7 +496,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     from protloc.cluster import begin_setup, ensure_launch_id, publish_setup, setup_key, wait_for_setup
     from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
-    from protloc.data.cache import cache_key
+    from protloc.data.cache import table_digest
 
     import warnings
 
@@ -524,7 +524,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     # once per data set, on rank 0 only: store check/build, folds (near-duplicate hashing), channel
     # statistics; the other ranks wait for its marker and read its results (protloc.cluster)
     marker = run.launch_marker(launch)
-    key = setup_key(cfg.to_dict(), cache_key(table, size=cfg.size), bool(resume), bool(overwrite))
+    key = setup_key(cfg.to_dict(), table_digest(table), bool(resume), bool(overwrite))  # reads no image
     handshake = not _single_process(cfg, launch)
     if main:
         log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
