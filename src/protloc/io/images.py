@@ -248,6 +248,20 @@ def _project(arr: np.ndarray, axes: str, *, z: str, where: str) -> tuple[np.ndar
     return arr, "YX" + ("C" if chan else ""), facts
 
 
+def _tiff_facts(tf, series) -> dict:
+    """What a TIFF's header says (pixel size, channel names, significant bits, notes): OME-XML
+    first, then the resolution tags (pixel size) and BitsPerSample (12-bit data in 16-bit files)."""
+    page = tf.pages[0]
+    facts = _ome_facts(tf.ome_metadata) if tf.is_ome else {}
+    if "pixel_size" not in facts:
+        res = _resolution_facts(tf, page)
+        facts = {**res, **facts, "notes": facts.get("notes", ()) + res.get("notes", ())}
+    bps = int(getattr(page, "bitspersample", 0) or 0)
+    if "bits" not in facts and 8 < bps < 8 * np.dtype(series.dtype).itemsize:
+        facts["bits"] = bps
+    return facts
+
+
 def _read_tiff(src, where: str, *, axes: str | None = None, z: str = "max") -> tuple[np.ndarray, ImageMeta]:
     import tifffile
 
@@ -259,14 +273,7 @@ def _read_tiff(src, where: str, *, axes: str | None = None, z: str = "max") -> t
                 raise ImageReadError(f"{where}: too large image ({'x'.join(map(str, shape))})",
                                      fix="downscale it (protloc works at 128-512 px) or remove its row")
             file_axes = str(series.axes)
-            page = tf.pages[0]
-            facts = _ome_facts(tf.ome_metadata) if tf.is_ome else {}
-            if "pixel_size" not in facts:
-                res = _resolution_facts(tf, page)
-                facts = {**res, **facts, "notes": facts.get("notes", ()) + res.get("notes", ())}
-            bps = int(getattr(page, "bitspersample", 0) or 0)
-            if "bits" not in facts and 8 < bps < 8 * np.dtype(series.dtype).itemsize:
-                facts["bits"] = bps
+            facts = _tiff_facts(tf, series)
             n_series = len(tf.series)
             arr = series.asarray()
             if arr.shape != shape:  # a damaged file: the pages disagree with the series it declares
@@ -339,10 +346,8 @@ def read_meta(path: str | Path) -> tuple[tuple, ImageMeta]:
 
         try:
             with tifffile.TiffFile(path) as tf:
-                series, page = tf.series[0], tf.pages[0]
-                facts = _ome_facts(tf.ome_metadata) if tf.is_ome else {}
-                if "pixel_size" not in facts:
-                    facts = {**_resolution_facts(tf, page), **facts}
+                series = tf.series[0]
+                facts = _tiff_facts(tf, series)
                 axes, shape = str(series.axes), tuple(int(v) for v in series.shape)
         except Exception as e:  # noqa: BLE001
             raise ImageReadError(f"{path}: unreadable TIFF ({e})", fix="re-export the file or remove its row") from None
