@@ -162,3 +162,26 @@ def test_cli_budget_summary_and_auto_epochs(tiny_rgb, tmp_path):
     fold = s["fold_summaries"][0]
     assert fold["budget"]["planned_epochs"] == fold["epochs_run"] and fold["epochs_run"] > 1
     assert b["epochs_planned"] == [fold["budget"]["planned_epochs"]] and fold["max_epochs"] == 60
+
+
+def test_the_protloc_command_counts_its_budget_from_its_process_start(tiny_rgb, tmp_path, monkeypatch):
+    """`protloc train --max-minutes M` (argv from the command line) counts the interpreter start and
+    the imports: a held-out 7.5-minute run used 7.54 minutes of wall time while its own clock,
+    started after the imports and the table reading, said 7.5 (100 %). In-process callers (argv
+    given) count from the call."""
+    import sys
+    import time
+
+    from protloc.cli.main import main
+    from protloc.core import cpu
+    from protloc.core.runfolder import RunFolder
+
+    csv, images = tiny_rgb
+    argv = ["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
+            "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
+            "1", "--no-near-dup", "--max-minutes", "0.5", "--epochs", "30"]
+    monkeypatch.setattr(cpu, "process_started_at", lambda: time.time() - 24.0)  # 24 of the 30 s already gone
+    monkeypatch.setattr(sys, "argv", ["protloc", *argv])
+    assert main() == 0
+    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
+    assert s["wall_seconds"] >= 24.0 and s["fold_summaries"][0]["epochs_run"] < 30

@@ -95,9 +95,21 @@ def new_command(sub, name: str, *, help: str, example: str, description: str | N
 def main(argv=None) -> int:
     """Run ``protloc`` with ``argv``; returns the exit code (2 for any bad input, also from
     argparse, which prints its own ``error:`` line; 0 after ``--help``)."""
+    import time
+
+    # a command's time budget (train --max-minutes) counts from when it started: the process start
+    # for the `protloc` command itself (argv from the command line: imports included), the call
+    # for an in-process caller (tests, `protloc demo`, notebooks)
+    if argv is None:
+        from protloc.core.cpu import process_started_at
+
+        started_at = process_started_at()
+    else:
+        started_at = time.time()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.started_at = started_at
     except SystemExit as e:  # --help / --version (0) or a bad option (2): a code, not an exception
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):

@@ -14,8 +14,9 @@ Examples
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["available_cores", "busy_elsewhere", "free_cores"]
+__all__ = ["available_cores", "busy_elsewhere", "free_cores", "process_started_at"]
 
 
 def available_cores() -> int:
@@ -75,3 +76,25 @@ def free_cores(*, cores: int | None = None, load: float | None = None) -> int:
     if load is None:
         load = busy_elsewhere()
     return max(1, min(cores, cores - int(round(float(load)))))
+
+
+def process_started_at() -> float:
+    """When this process started, in ``time.time()`` seconds (Linux: ``/proc``; elsewhere: now).
+
+    A command's time budget counts from here, so the interpreter start and the imports (several
+    seconds for torch and Lightning on a busy machine) are inside it.
+
+    Examples
+    --------
+    >>> 0 <= time.time() - process_started_at() < 10 ** 7
+    True
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+    return min(started, time.time())

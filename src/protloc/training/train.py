@@ -433,12 +433,14 @@ def _check_out(run: RunFolder, todo: list[int], *, resume: bool, overwrite: bool
 
 def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True, echo: bool = True, extra_callbacks=(),
-                 data_source: DataSource | None = None) -> dict:
+                 data_source: DataSource | None = None, started_at: float | None = None) -> dict:
     """Train every requested fold of ``cfg`` on ``table`` into the run folder ``out``.
 
     Returns the merged summary (``summary.json``). See the module docstring for the files.
     ``data_source`` is recorded as ``RUN/data.json`` (default: what ``table`` knows; the CLI adds
-    the column names it was given).
+    the column names it was given). ``started_at`` (``time.time()`` seconds, default now): where
+    ``cfg.max_minutes`` counts from; ``protloc train`` passes its process start, so the budget is
+    the whole command's, imports and table reading included.
 
     Examples
     --------
@@ -453,7 +455,7 @@ def run_training(cfg: TrainConfig, table, out, *, resume: bool = False, overwrit
     created = not run.root.exists()
     try:
         return _run_training(cfg, table, run, resume=resume, overwrite=overwrite, progress=progress, echo=echo,
-                             extra_callbacks=extra_callbacks, data_source=data_source)
+                             extra_callbacks=extra_callbacks, data_source=data_source, started_at=started_at)
     except BaseException:
         if created:  # a failure before anything was set up (bad data, bad images): leave no half-made run
             _remove_if_only_log(run)
@@ -492,7 +494,7 @@ def _remove_if_only_log(run: RunFolder) -> None:
 
 
 def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, overwrite: bool, progress: bool,
-                  echo: bool, extra_callbacks, data_source: DataSource | None) -> dict:
+                  echo: bool, extra_callbacks, data_source: DataSource | None, started_at: float | None) -> dict:
     from protloc.cluster import begin_setup, ensure_launch_id, publish_setup, setup_key, wait_for_setup
     from protloc.core.modelspec import ModelSpec
     from protloc.core.preprocessing import Preprocessing, channel_stats
@@ -517,7 +519,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     n_val_folds = 1 if cfg.folds == 1 else cfg.folds  # fold numbers are checked by check_recipe above
     todo = [cfg.fold] if cfg.fold is not None else list(range(n_val_folds))
     threads = set_threads(cfg)
-    t_start = time.time()
+    t_start = time.time() if started_at is None else min(started_at, time.time())
     spec = ModelSpec(backbone=cfg.model, in_chans=len(table.channels), num_classes=table.schema.n_classes,
                      pool=cfg.pool, dropout=cfg.dropout, hidden=cfg.hidden, drop_path=cfg.drop_path)
     y = table.y()

@@ -149,7 +149,8 @@ def run(args) -> int:
     source = DataSource.from_table(table, id_col=args.id_col, label_col=getattr(args, "label_col", None),
                                    from_schema=getattr(args, "from_schema", None))  # RUN/data.json
     summary = run_training(cfg, table, args.out, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.quiet, echo=not args.quiet, data_source=source)
+                           progress=not args.quiet, echo=not args.quiet, data_source=source,
+                           started_at=getattr(args, "started_at", None))  # the budget is the whole command's
     if summary:
         print(f"run folder: {args.out}  OOF macro F1 {summary['val_macro_f1']:.4f} "
               f"(best-threshold {summary['val_macro_f1_best']:.4f}, mAP {summary['val_mAP']:.4f}) "
