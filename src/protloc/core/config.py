@@ -150,7 +150,7 @@ class TrainConfig:
     sampler: str = _optim("random", "batch sampling (balanced: class-balanced; shard-block: reads the cache "
                           "store a few shards at a time, for data larger than RAM or on shared file systems)",
                           choices=("random", "balanced", "shard-block"))
-    augment: str = _optim("d4,rotate,crop,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
+    augment: str = _optim("d4,jitter", "comma list of d4, flips, rotate, crop, jitter, or none")
     mix: str = _optim("none", "multi-label mixing augmentation: mixup (images and labels mixed) or cutmix (a box "
                       "pasted in, labels joined)", choices=("none", "mixup", "cutmix"))
     mix_alpha: float = _optim(0.4, "Beta(alpha, alpha) of the mixing weight", gt=0)
