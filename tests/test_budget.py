@@ -185,3 +185,31 @@ def test_the_protloc_command_counts_its_budget_from_its_process_start(tiny_rgb, 
     assert main() == 0
     s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
     assert s["wall_seconds"] >= 24.0 and s["fold_summaries"][0]["epochs_run"] < 30
+
+
+def test_budget_keeps_time_for_the_ood_pixel_statistics(tiny_rgb, tmp_path, monkeypatch):
+    """The out-of-distribution reference computes pixel statistics of every image it sees (CPU work
+    a validation pass does not do); the budget times them and keeps time for them (a 15-minute
+    held-out run that left them out ended 8 s past its budget)."""
+    import time
+
+    from protloc.cli.main import main
+    from protloc.core import ood
+    from protloc.core.runfolder import RunFolder
+
+    real = ood.image_stats
+
+    def slow(b):  # 0.2 s per image: the 40 images' statistics take 8 s after training
+        time.sleep(0.2 * len(b))
+        return real(b)
+
+    monkeypatch.setattr(ood, "image_stats", slow)
+    csv, images = tiny_rgb
+    rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
+               "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
+               "1", "--no-near-dup", "--max-minutes", "0.4"])
+    assert rc == 0
+    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
+    assert RunFolder(tmp_path / "r").ood_path(0).is_file()
+    assert s["fold_summaries"][0]["budget"]["reserve_seconds"] >= 3.0 + 7.0
+    assert s["wall_seconds"] <= 0.4 * 60 + 3.0
