@@ -188,8 +188,6 @@ def test_cli_predict_threads_and_engine_flags(run, tmp_path, capsys):
 
 
 def test_train_threads_are_the_free_cores(monkeypatch):
-    import os
-
     import torch
 
     from protloc.core.config import TrainConfig
