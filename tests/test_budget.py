@@ -147,14 +147,19 @@ def test_budget_stops_inside_an_epoch_that_cannot_finish():
     assert trainer.global_step < 10 and fn.total == trainer.global_step
 
 
+def _tiny_train(csv, images, out, *extra) -> list[str]:
+    """``protloc train`` argv on the tiny data set (test_resnet, 32 px, 1 thread)."""
+    return ["train", "--csv", str(csv), "--images", str(images), "--out", str(out), "--model", "test_resnet",
+            "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads", "1",
+            "--no-near-dup", *extra]
+
+
 def test_cli_budget_summary_and_auto_epochs(tiny_rgb, tmp_path):
     from protloc.cli.main import main
     from protloc.core.runfolder import RunFolder
 
     csv, images = tiny_rgb
-    rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
-               "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
-               "1", "--no-near-dup", "--max-minutes", "0.15"])
+    rc = main(_tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.15"))
     assert rc == 0
     s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
     b = s["budget"]
@@ -177,9 +182,7 @@ def test_the_protloc_command_counts_its_budget_from_its_process_start(tiny_rgb, 
     from protloc.core.runfolder import RunFolder
 
     csv, images = tiny_rgb
-    argv = ["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
-            "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
-            "1", "--no-near-dup", "--max-minutes", "0.5", "--epochs", "30"]
+    argv = _tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.5", "--epochs", "30")
     monkeypatch.setattr(cpu, "process_started_at", lambda: time.time() - 24.0)  # 24 of the 30 s already gone
     monkeypatch.setattr(sys, "argv", ["protloc", *argv])
     assert main() == 0
@@ -205,9 +208,7 @@ def test_budget_keeps_time_for_the_ood_pixel_statistics(tiny_rgb, tmp_path, monk
 
     monkeypatch.setattr(ood, "image_stats", slow)
     csv, images = tiny_rgb
-    rc = main(["train", "--csv", str(csv), "--images", str(images), "--out", str(tmp_path / "r"), "--model",
-               "test_resnet", "--pretrained", "none", "--size", "32", "--batch-size", "8", "--quiet", "--threads",
-               "1", "--no-near-dup", "--max-minutes", "0.4"])
+    rc = main(_tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.4"))
     assert rc == 0
     s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
     assert RunFolder(tmp_path / "r").ood_path(0).is_file()
