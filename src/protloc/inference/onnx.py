@@ -320,19 +320,12 @@ def _read_ids(rf: RunFolder, ids, pre, *, progress: bool = False) -> np.ndarray:
     return out
 
 
-def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, progress: bool = False) -> dict:
-    """Static int8 quantisation of ``fp32_path`` -> ``*.int8.onnx``; returns the record of
-    ``model.onnx.json['int8']`` (method, calibration and held-out macro F1 of both models)."""
+def quantize_qdq(src, dst, cal: np.ndarray, *, keep_fp32=()) -> None:
+    """protloc's int8 method: ORT static QDQ quantisation of the (pre-processed) graph ``src`` to
+    ``dst``, calibrated on the normalised images ``cal`` (N, C, H, W) in batches of 16; the nodes
+    named in ``keep_fp32`` stay fp32 (``benchmarks/bench_int8_variants.py`` compares such variants)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from protloc.core.atomic import atomic_path
-    from protloc.core.metrics import macro_f1
-
-    pre = rf.preprocessing()
-    cal_ids, ev_ids, y, ev_folds = _held_out(rf, folds, n_calib)
-    cal = pre.normalize(_read_ids(rf, cal_ids, pre, progress=progress))
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -342,6 +335,24 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
             s = next(self._it, None)
             return None if s is None else {"input": cal[s:s + 16]}
 
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, reduce_range=True, nodes_to_exclude=list(keep_fp32),
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, progress: bool = False) -> dict:
+    """Static int8 quantisation of ``fp32_path`` -> ``*.int8.onnx``; returns the record of
+    ``model.onnx.json['int8']`` (method, calibration and held-out macro F1 of both models)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from protloc.core.atomic import atomic_path
+    from protloc.core.metrics import macro_f1
+
+    pre = rf.preprocessing()
+    cal_ids, ev_ids, y, ev_folds = _held_out(rf, folds, n_calib)
+    cal = pre.normalize(_read_ids(rf, cal_ids, pre, progress=progress))
+
     out = _int8_path(fp32_path)
     graph_key = _graph_fingerprint(fp32_path)  # parses the fp32 graph: once
     with atomic_path(out) as tmp, warnings.catch_warnings():
@@ -349,10 +360,7 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
         prep = Path(str(tmp) + ".prep.onnx")
         try:
             quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
-            quantize_static(str(prep), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, reduce_range=True,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            quantize_qdq(prep, tmp, cal)
         finally:
             prep.unlink(missing_ok=True)
         _stamp(Path(tmp), graph_key)
