@@ -443,3 +443,16 @@ def test_train_records_the_column_names_it_was_given(tmp_path):
     src = RunFolder(out).data_source()
     assert (src.id_col, src.label_col, src.csv) == ("name", "targets", str(custom.resolve()))
     assert src.n_images == 24
+
+
+def test_config_with_non_string_keys_is_a_damaged_run_folder(tmp_path):
+    """Found by the fuzz test in a fresh-clone run: `1: x` in config.yaml raised a TypeError."""
+    import pytest
+
+    from protloc.core.errors import RunFolderError
+    from protloc.core.runfolder import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.config_yaml.write_text("1: x\nseed: 3\n")
+    with pytest.raises(RunFolderError, match="unreadable"):
+        run.config()

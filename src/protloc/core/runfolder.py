@@ -418,7 +418,7 @@ class RunFolder:
         try:
             data = dict(data)
             return TrainConfig.preset(str(data.pop("preset", "default"))).override(**data)
-        except InputError as e:
+        except (InputError, TypeError, ValueError) as e:  # bad values; not a mapping; non-string keys
             raise self._damaged(self.config_yaml, e, fix) from None
 
     def model_spec(self):
