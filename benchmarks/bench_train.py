@@ -2,7 +2,7 @@
 work, side by side in one run (issue 13), and inference with and without D4 TTA.
 
 Both sides: the same timm network (ProtlocNet = timm backbone + linear head), image size, batch,
-AdamW, augmentation (d4, rotate, crop, jitter) and loss (bce + 0.5 softf1), on uint8 images in
+AdamW, augmentation (the default's: d4, jitter) and loss (bce + 0.5 softf1), on uint8 images in
 a memmap (what the decode cache gives training). **protloc** runs ``lightning`` ``Trainer.fit``
 with protloc's DataModule and LightningModule (seeding, loss bookkeeping, callbacks as in
 ``protloc train``); **plain** is a ``for x, y in DataLoader`` loop. Interleaved rounds of
@@ -10,7 +10,8 @@ with protloc's DataModule and LightningModule (seeding, loss bookkeeping, callba
 waiting for its batch (from the end of one step to the start of the next), as a fraction of the
 step.
 
-Variants (``--variants``): channels_last (on CPU), torch.compile. Also inference images/s with
+Variants (``--variants``): channels_last (on CPU), torch.compile (of the plain loop's network, and
+``protloc+compile``: ``protloc train --compile``). Also inference images/s with
 ``infer_probs`` (no TTA and D4; D4 views are batched).
 
     python benchmarks/bench_train.py                      # full fine-tune, Lite0, 128 px, batch 32
@@ -186,7 +187,8 @@ def main(argv=None) -> dict:
     rows = []
     variants = [v for v in args.variants.split(",") if v != "base"]
     # protloc runs its defaults (channels_last on): compare it with plain+channels_last
-    sides = [("protloc", protloc_round, {"channels_last": True}), ("plain", plain_round, {})] + [
+    sides = [("protloc", protloc_round, {"channels_last": True}), ("plain", plain_round, {})] + (
+        [("protloc+compile", protloc_round, {"channels_last": True, "compile": True})] if "compile" in variants else []) + [
         (f"plain+{v}", plain_round, {"channels_last": v == "channels_last", "compile": v == "compile"})
         for v in variants]
     with tempfile.TemporaryDirectory() as d:
@@ -216,7 +218,7 @@ def main(argv=None) -> dict:
     res = {"benchmark": "train", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "setup": {"model": "tf_efficientnet_lite0", "size": args.size, "batch_size": args.batch_size,
                      "trainable": "full fine-tune (freeze_blocks 0)", "optimizer": "adamw",
-                     "augment": "d4,rotate,crop,jitter", "loss": "bce+0.5*softf1", "device": "cpu",
+                     "augment": _cfg(args).augment, "loss": _cfg(args).loss, "device": "cpu",
                      "torch_threads": torch.get_num_threads(), "steps_per_round": args.steps,
                      "rounds": args.rounds},
            "machine": {"platform": platform.platform(), "cores": cores,

@@ -183,3 +183,23 @@ def test_training_decides_the_reading_once(tiny_rgb, tmp_path, monkeypatch):
     csv, images = tiny_rgb
     assert train(csv, images, tmp_path / "r", "--epochs", "1") == 0
     assert len(calls) == 1
+
+
+def test_oof_probabilities_are_the_views_that_predict_tta_d4_averages(trained_run, tmp_path):
+    """oof.csv is what `protloc thresholds` fits on: by default (--oof-tta d4) the probabilities
+    of the 8 D4 views that `predict --tta d4` averages, not single-view ones (thresholds fitted on
+    single-view probabilities and applied to D4-averaged ones are miscalibrated)."""
+    run = RunFolder(trained_run)
+    oof = pd.read_csv(run.oof_csv, dtype={"Image": str})
+    data = json.loads((run.root / "data.json").read_text())
+    pd.DataFrame({"Image": oof["Image"]}).to_csv(tmp_path / "val.csv", index=False)
+    got = {}
+    for tta in ("none", "d4"):
+        assert main(["predict", str(run.root), "--images", data["images"], "--csv", str(tmp_path / "val.csv"),
+                     "--out", str(tmp_path / f"s_{tta}.csv"), "--probs", str(tmp_path / f"p_{tta}.csv"),
+                     "--tta", tta, "--engine", "torch", "--threads", "1", "--no-progress"]) == 0
+        got[tta] = pd.read_csv(tmp_path / f"p_{tta}.csv", dtype={"Image": str}).set_index("Image").loc[oof["Image"]]
+    want = oof[list(GHENT10)].to_numpy()
+    assert np.abs(got["d4"][list(GHENT10)].to_numpy() - want).max() < 1e-4
+    assert np.abs(got["none"][list(GHENT10)].to_numpy() - want).max() > 1e-3  # the views do differ
+    assert json.loads((run.fold_dir(0) / "summary.json").read_text())["oof_tta"] == "d4"

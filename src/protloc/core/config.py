@@ -167,6 +167,9 @@ class TrainConfig:
                          choices=("val_macro_f1", "val_macro_f1_best", "val_mAP", "val_micro_f1", "val_loss"))
     patience: int = _eval(0, "early stopping patience in epochs (0 = off)", ge=0)
     threshold: float = _eval(0.5, "threshold of the monitored macro F1", ge=0, le=1)
+    oof_tta: str = _eval("d4", "test-time augmentation of the out-of-fold probabilities in oof.csv, which "
+                         "`protloc thresholds` fits on: d4 matches `predict --tta d4` (8 views of the validation "
+                         "images once after training, counted in --max-minutes)", choices=("none", "flip", "d4"))
     # cross-validation
     folds: int = _cv(1, "K-fold cross-validation (1 = one holdout of --val-fraction, stored as fold 0)", ge=1,
                      expected="1 (holdout) or K >= 2", fix="e.g. --folds 5")

@@ -224,14 +224,15 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
     if tracker is not None:
         tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
-    # after training: the OOF inference (one validation pass) and the OOD reference's features of
-    # up to OOD_TRAIN_IMAGES training images and the validation images, kept out of the budget
+    # after training: the OOF inference (one validation pass per --oof-tta view) and the OOD
+    # reference's features of up to OOD_TRAIN_IMAGES training images and the validation images,
+    # kept out of the budget
     ood_images = (min(len(train_idx), OOD_TRAIN_IMAGES) + len(val_idx)) if min(len(train_idx), len(val_idx)) >= 8 else 0
     # ... and their pixel statistics (CPU work a validation pass does not do: timed here, since a
     # 15-minute run that left them out ended 8 s past its budget)
     reserve_s = reserve_s + (ood_stats_seconds(images, train_idx, ood_images) if deadline else 0.0)
     phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
-                 tracker=tracker, post_val_passes=1.0 + ood_images / max(len(val_idx), 1))
+                 tracker=tracker, post_val_passes=oof_views(cfg) + ood_images / max(len(val_idx), 1))
     t0 = time.time()
     teacher_deadline, epochs = deadline, max_epochs(cfg)
     if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
@@ -254,7 +255,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
 
     if trainer.is_global_zero:
         save_weights(net.cpu().eval(), run.model_path(k))
-    probs = oof_probs(trainer, net, images, val_idx, mean=pre.mean, std=pre.std, batch_size=cfg.batch_size * 2)
+    probs = oof_probs(trainer, net, images, val_idx, mean=pre.mean, std=pre.std, batch_size=cfg.batch_size * 2,
+                      tta=cfg.oof_tta)
     if not trainer.is_global_zero:
         return None
     device = module.device if module.device.type != "meta" else "cpu"
@@ -271,7 +273,8 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     summary = {"fold": k, "best_epoch": int(ep["epoch"]), "monitor": cfg.monitor,
                "best_score": float(ep[cfg.monitor]), "epochs_run": int(len(hist)),
                "stopped_by_time_budget": budget.stopped, "fit_seconds": round(time.time() - t0, 1),
-               "max_epochs": max_epochs(cfg), **({"budget": budget.summary()} if deadline else {}),
+               "max_epochs": max_epochs(cfg), "oof_tta": cfg.oof_tta,
+               **({"budget": budget.summary()} if deadline else {}),
                **getattr(module, "semi_summary", {}),
                "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                "val_macro_f1": m["val_macro_f1"], "val_macro_f1_best": m["val_macro_f1_best"], "val_mAP": m["val_mAP"],
@@ -280,10 +283,19 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     return {"oof": oof, "summary": summary}
 
 
-def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int) -> np.ndarray:
-    """Out-of-fold probabilities of ``images[val_idx]``, computed by every rank on its share
-    (:class:`~protloc.training.datamodule.EpochSampler`'s split, padded), gathered and
-    de-duplicated by index; rows in ``val_idx`` order (sorted). Call it on every rank."""
+def oof_views(cfg: TrainConfig) -> int:
+    """Views per image of the out-of-fold inference (``--oof-tta``): what it costs in validation passes."""
+    from protloc.core.tta import tta_views
+
+    return len(tta_views(np.zeros((1, 1, 1, 1)), cfg.oof_tta))
+
+
+def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int, tta: str = "none") -> np.ndarray:
+    """Out-of-fold probabilities of ``images[val_idx]`` with test-time augmentation ``tta`` (the
+    views of ``predict --tta``, so that thresholds fitted on them match its probabilities),
+    computed by every rank on its share (:class:`~protloc.training.datamodule.EpochSampler`'s
+    split, padded), gathered and de-duplicated by index; rows in ``val_idx`` order (sorted).
+    Call it on every rank."""
     from protloc.training.datamodule import EpochSampler
     from protloc.training.module import infer_probs
 
@@ -291,11 +303,12 @@ def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int) -> n
     device = trainer.strategy.root_device
     val_idx = np.asarray(val_idx, dtype=np.int64)
     if world == 1 or len(val_idx) == 0:
-        return infer_probs(net, images, mean=mean, std=std, indices=val_idx, batch_size=batch_size, device=device)
+        return infer_probs(net, images, mean=mean, std=std, indices=val_idx, batch_size=batch_size, device=device,
+                           tta=tta)
     import torch
 
     mine = val_idx[np.fromiter(EpochSampler(len(val_idx), shuffle=False, rank=rank, world=world), dtype=np.int64)]
-    probs = infer_probs(net, images, mean=mean, std=std, indices=mine, batch_size=batch_size, device=device)
+    probs = infer_probs(net, images, mean=mean, std=std, indices=mine, batch_size=batch_size, device=device, tta=tta)
     idx = trainer.strategy.all_gather(torch.as_tensor(mine, device=device)).reshape(-1).cpu().numpy()
     allp = trainer.strategy.all_gather(torch.as_tensor(probs, device=device)).reshape(len(idx), -1).cpu().numpy()
     uniq, first = np.unique(idx, return_index=True)  # drop the sampler's padding duplicates
