@@ -86,6 +86,10 @@ def test_unstable_class_falls_back():
     opt = ThresholdOptimizer("f1", n_bootstrap=30, min_positives=0, max_threshold_std=1e-9).fit(p, y)
     assert set(opt.fallback_classes_) == {0, 1}
     assert "unstable: bootstrap threshold std" in opt.fallback_classes_[0]["reason"]
+    # by default the global threshold (measured better than the median bootstrap one: docs/training.md)
+    assert opt.fallback_classes_[0]["rule"] == "global" and opt.thresholds_[0] == opt.global_threshold_
+    auto = ThresholdOptimizer("f1", n_bootstrap=30, min_positives=0, max_threshold_std=1e-9, fallback="auto").fit(p, y)
+    assert auto.fallback_classes_[0]["rule"] == "median"
 
 
 def test_no_positive_class():

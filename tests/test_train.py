@@ -203,3 +203,10 @@ def test_oof_probabilities_are_the_views_that_predict_tta_d4_averages(trained_ru
     assert np.abs(got["d4"][list(GHENT10)].to_numpy() - want).max() < 1e-4
     assert np.abs(got["none"][list(GHENT10)].to_numpy() - want).max() > 1e-3  # the views do differ
     assert json.loads((run.fold_dir(0) / "summary.json").read_text())["oof_tta"] == "d4"
+    import shutil
+
+    from protloc.core.thresholds import fit_run_thresholds
+
+    shutil.copytree(run.root, tmp_path / "run")
+    fit_run_thresholds(tmp_path / "run", n_bootstrap=0)  # thresholds.json says what they were fitted on
+    assert json.loads((tmp_path / "run" / "thresholds.json").read_text())["source"]["oof_tta"] == "d4"

@@ -236,6 +236,17 @@ class RunSummary:
     def n_val(self) -> int:
         return sum(int(f.get("n_val", 0)) for f in self.fold_summaries if isinstance(f, dict))
 
+    @property
+    def oof_tta(self) -> str:
+        """Test-time augmentation of the out-of-fold probabilities (``--oof-tta``): ``none``,
+        ``flip``, ``d4``, or ``mixed`` when folds differ; ``none`` for runs that predate it.
+
+        >>> RunSummary(fold_summaries=[{"oof_tta": "d4"}, {"oof_tta": "d4"}]).oof_tta, RunSummary().oof_tta
+        ('d4', 'none')
+        """
+        seen = {f.get("oof_tta", "none") for f in self.fold_summaries if isinstance(f, dict)} or {"none"}
+        return seen.pop() if len(seen) == 1 else "mixed"
+
 
 class OOF(NamedTuple):
     """Out-of-fold predictions: ids, probabilities (N, C) float32, truth (N, C) multi-hot, folds (N,)."""

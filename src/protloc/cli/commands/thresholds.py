@@ -25,10 +25,10 @@ def register(sub) -> None:
                    help="classes with fewer positives fall back to the robust rule")
     p.add_argument("--max-threshold-std", type=number(min=0), default=0.1,
                    help="classes whose bootstrap threshold std exceeds this fall back")
-    p.add_argument("--fallback", default="auto", type=from_function(_fallback, "fallback"),
-                   help="robust rule for unstable classes: auto (median bootstrap threshold for unstable "
-                        "classes, global threshold for classes with too few positives), global, median, "
-                        "or a number in [0, 1]")
+    p.add_argument("--fallback", default="global", type=from_function(_fallback, "fallback"),
+                   help="robust rule for unstable classes and classes with too few positives: global (the "
+                        "one macro-F1 threshold), median (median bootstrap threshold), auto (median for "
+                        "unstable classes, global for too few positives), or a number in [0, 1]")
     p.add_argument("--seed", type=seed, default=0, help="bootstrap random seed")
     declare_paths(p, run_folder())
     p.set_defaults(func=run)
@@ -76,6 +76,10 @@ def run(args) -> int:
     con.print(f"macro F1: {opt.macro_f1_before_:.4f} at 0.5 -> {opt.macro_f1_after_:.4f} with these "
               f"thresholds{' (at least one label)' if args.at_least_one else ''}; "
               f"global threshold {opt.global_threshold_:.3f}")
+    summary = rf.summary()
+    tta = summary.oof_tta if summary is not None else "none"
+    con.print(f"fitted on out-of-fold probabilities with test-time augmentation '{tta}' (train --oof-tta): "
+              f"they fit `protloc predict --tta {tta if tta != 'mixed' else 'd4'}` best")
     for k, fb in sorted(opt.fallback_classes_.items()):
         con.print(f"fallback for class {k} ({opt.classes_[k]}): {fb['rule']} threshold, because {fb['reason']}")
     con.print(f"saved {rf.thresholds_json}")
