@@ -22,6 +22,7 @@ D4 = ``--oof-tta d4``) and :class:`~protloc.core.thresholds.ThresholdOptimizer` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -79,7 +80,10 @@ def evaluate(run: Path, cache: Path, threads: int) -> dict:
     oof = pd.read_csv(run / "oof.csv", dtype={"Image": str})
     classes = list(oof.columns[3:])
     truth = pd.read_csv(data / "test_labels.csv", dtype={"Image": str})
-    w = cache / run.name
+    # the probabilities belong to these weights: a rerun into the same folder gets a new cache entry
+    stamp = hashlib.sha1(repr([(m.name, m.stat().st_size, m.stat().st_mtime_ns)
+                               for m in sorted((run / "models").glob("*.pt"))]).encode()).hexdigest()[:8]
+    w = cache / f"{run.name}-{stamp}"
     w.mkdir(parents=True, exist_ok=True)
     oof[["Image"]].to_csv(w / "val_ids.csv", index=False)
     truth[["Image"]].to_csv(w / "test_ids.csv", index=False)
