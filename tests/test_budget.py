@@ -53,6 +53,25 @@ def test_planner_replans_when_the_machine_slows_down_and_speeds_up():
     assert [h["epochs"] for h in p.history][:2] == [first.epochs, slow.epochs]
 
 
+def test_warm_up_steps_do_not_end_training_on_an_estimate():
+    """The first step carries one-time costs (here 2.8 s, steady 0.55 s); a validation time
+    estimated from it (0.4 x 2.8 s x 500 / 32 = 17.5 s) times the 12 passes before and after
+    training (validation, 8 D4 views of out-of-fold inference, the OOD reference) is more than this
+    150-s fold has: that estimate once ended a fold after one step. Until the planner has its
+    warm-up steps only the deadline stops training."""
+    p = BudgetPlanner(deadline=150.0, steps_per_epoch=16, val_images=500, batch_size=32, max_epochs=60,
+                      reserve_s=5.0, post_val_factor=11.0)
+    p.start(0.0)
+    p.step(2.8)
+    assert not p.ready and not p.must_stop(2.8)
+    assert p.must_stop(146.0)                                 # the deadline (less the reserve) still stops it
+    t = 2.8
+    for _ in range(5):                                        # steady steps: the plan fits several epochs
+        t += 0.55
+        p.step(t)
+    assert p.ready and p.replan(t).epochs >= 5 and not p.must_stop(t)
+
+
 # --------------------------------------------------------------------------- with Lightning
 class FakeClock:
     def __init__(self):

@@ -180,7 +180,14 @@ class BudgetPlanner:
         return plan
 
     def must_stop(self, now: float) -> bool:
-        """True when the next step would not leave time for validation and the reserve."""
+        """True when the next step would not leave time for validation and the reserve.
+
+        During the warm-up steps the step time is not known (the first steps carry one-time
+        costs, often several times a steady step), and a validation time estimated from it,
+        times the passes after training, can exceed a short budget by itself: a fold of a 3-fold
+        7.5-minute run once stopped after its first step that way. So until the planner is
+        ready only the deadline itself (less the reserve) stops training.
+        """
         if not self.ready:
-            return now + self.reserve_s + (1 + self.post_val_factor) * self.val_s > self.deadline
+            return now + self.reserve_s > self.deadline
         return now + self.step_s + self.reserve_s + (1 + self.post_val_factor) * self.val_s > self.deadline
