@@ -95,7 +95,7 @@ class BudgetPlanner:
 
     ``deadline`` and every time are on one clock (seconds); ``reserve_s`` is kept free at the end
     for the work after training, on top of ``post_val_factor`` validation passes (the
-    out-of-fold inference costs about one validation pass).
+    out-of-fold inference costs one validation pass per ``--oof-tta`` view).
 
     Examples
     --------
