@@ -233,3 +233,30 @@ def test_budget_keeps_time_for_the_ood_pixel_statistics(tiny_rgb, tmp_path, monk
     assert RunFolder(tmp_path / "r").ood_path(0).is_file()
     assert s["fold_summaries"][0]["budget"]["reserve_seconds"] >= 3.0 + 7.0
     assert s["wall_seconds"] <= 0.4 * 60 + 3.0
+
+
+def test_budget_times_the_out_of_fold_inference(tiny_rgb, tmp_path, monkeypatch):
+    """The D4 out-of-fold inference after training (--oof-tta d4) is timed when the fold starts and
+    kept free: here 1 s per validation image (8 s for the 8 images after training, far more than 8
+    validation passes of the tiny network); a 15-minute held-out run that estimated it as 8
+    validation passes ended 4 s past its budget."""
+    import time
+
+    from protloc.cli.main import main
+    from protloc.core.runfolder import RunFolder
+    from protloc.training import module
+
+    real = module.infer_probs
+
+    def slow(net, images, *a, indices=None, tta="none", **kw):
+        if tta == "d4":
+            time.sleep(1.0 * len(indices))
+        return real(net, images, *a, indices=indices, tta=tta, **kw)
+
+    monkeypatch.setattr(module, "infer_probs", slow)
+    csv, images = tiny_rgb
+    assert main(_tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.4")) == 0
+    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
+    assert s["fold_summaries"][0]["oof_tta"] == "d4"
+    assert s["fold_summaries"][0]["budget"]["reserve_seconds"] >= 3.0 + 7.0
+    assert s["wall_seconds"] <= 0.4 * 60 + 3.0

@@ -224,15 +224,24 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     tracker = make_logger(cfg.logger, run, k)  # a view of metrics.csv (EpochRecorder feeds it)
     if tracker is not None:
         tracker.log_hyperparams({**cfg.to_dict(), "fold": k})
-    # after training: the OOF inference (one validation pass per --oof-tta view) and the OOD
-    # reference's features of up to OOD_TRAIN_IMAGES training images and the validation images,
-    # kept out of the budget
+    # after training: the OOD reference's features of up to OOD_TRAIN_IMAGES training images and
+    # the validation images (counted in validation passes), kept out of the budget ...
     ood_images = (min(len(train_idx), OOD_TRAIN_IMAGES) + len(val_idx)) if min(len(train_idx), len(val_idx)) >= 8 else 0
-    # ... and their pixel statistics (CPU work a validation pass does not do: timed here, since a
-    # 15-minute run that left them out ended 8 s past its budget)
-    reserve_s = reserve_s + (ood_stats_seconds(images, train_idx, ood_images) if deadline else 0.0)
+    # ... their pixel statistics (CPU work a validation pass does not do) and the OOF inference with
+    # --oof-tta's views: both timed here on a few images (a 15-minute run that left the statistics
+    # out ended 8 s past its budget; one that counted D4 OOF as 8 validation passes, 4 s past it)
+    # (on a GPU the OOF inference is counted as one validation pass per view instead: the network is
+    # not on its device yet)
+    post_val_passes = ood_images / max(len(val_idx), 1)
+    if deadline:
+        reserve_s = reserve_s + ood_stats_seconds(images, train_idx, ood_images)
+        if cfg.accelerator == "cpu" or not torch.cuda.is_available():
+            reserve_s = reserve_s + oof_seconds(module.inference_net(), images, val_idx, pre=pre, tta=cfg.oof_tta,
+                                                batch_size=cfg.batch_size * 2)
+        else:
+            post_val_passes += oof_views(cfg)
     phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
-                 tracker=tracker, post_val_passes=oof_views(cfg) + ood_images / max(len(val_idx), 1))
+                 tracker=tracker, post_val_passes=post_val_passes)
     t0 = time.time()
     teacher_deadline, epochs = deadline, max_epochs(cfg)
     if unlabeled is not None:  # semi-supervised: a teacher phase, pseudo-labels, a student phase
@@ -283,13 +292,6 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     return {"oof": oof, "summary": summary}
 
 
-def oof_views(cfg: TrainConfig) -> int:
-    """Views per image of the out-of-fold inference (``--oof-tta``): what it costs in validation passes."""
-    from protloc.core.tta import tta_views
-
-    return len(tta_views(np.zeros((1, 1, 1, 1)), cfg.oof_tta))
-
-
 def oof_probs(trainer, net, images, val_idx, *, mean, std, batch_size: int, tta: str = "none") -> np.ndarray:
     """Out-of-fold probabilities of ``images[val_idx]`` with test-time augmentation ``tta`` (the
     views of ``predict --tta``, so that thresholds fitted on them match its probabilities),
@@ -335,6 +337,29 @@ def pooled_features(net, images, indices, *, pre, batch_size: int = 64, device="
 
 #: training images whose features make a fold's out-of-distribution reference (at most)
 OOD_TRAIN_IMAGES = 4000
+
+
+def oof_views(cfg: TrainConfig) -> int:
+    """Views per image of the out-of-fold inference (``--oof-tta``)."""
+    from protloc.core.tta import tta_views
+
+    return len(tta_views(np.zeros((1, 1, 1, 1)), cfg.oof_tta))
+
+
+def oof_seconds(net, images, val_idx, *, pre, tta: str, batch_size: int, sample: int = 16, device="cpu") -> float:
+    """Seconds the out-of-fold inference of ``images[val_idx]`` with ``tta`` will take, timed on
+    (up to) ``sample`` of them after a one-image warm-up: what the time budget keeps for it."""
+    from protloc.training.module import infer_probs
+
+    val_idx = np.sort(np.asarray(val_idx))
+    if not len(val_idx):
+        return 0.0
+    kw = dict(mean=pre.mean, std=pre.std, batch_size=batch_size, device=device, tta=tta)
+    infer_probs(net, images, indices=val_idx[:1], **kw)  # one-time costs (kernel setup) left out
+    some = val_idx[:sample]
+    t0 = time.perf_counter()
+    infer_probs(net, images, indices=some, **kw)
+    return (time.perf_counter() - t0) / len(some) * len(val_idx)
 
 
 def ood_stats_seconds(images, idx, n: int, *, sample: int = 16) -> float:
