@@ -20,9 +20,10 @@ Classes with too few positives or a large bootstrap spread *fall back* to a robu
 fitted on all classes' probabilities at once and so far less noisy than one class's;
 ``'median'``: the median bootstrap threshold; ``'auto'``: global for classes with too few
 positives, median for unstable ones; or a fixed number) and the diagnostics say which and why.
-``global`` replaced ``auto`` as the default after a paired comparison on nine trained runs of
-the selection styles (same weights, only the rule differs): +0.010 mean test macro F1, better
-on 7 of 9 (docs/training.md, "Thresholds fitted on the probabilities they are applied to").
+``global`` replaced ``auto`` as the default after a paired comparison on ten trained runs of
+the selection styles (same weights and D4 out-of-fold probabilities, only the fallback differs):
++0.006 mean test macro F1, better on 7 of 10 (``benchmarks/bench_threshold_rules.py``;
+docs/training.md, "Thresholds fitted on the probabilities they are applied to").
 
 A label is predicted when ``prob >= threshold``. With ``at_least_one=True`` an image where no
 class passes gets its most probable class.

@@ -95,7 +95,8 @@ class BudgetPlanner:
 
     ``deadline`` and every time are on one clock (seconds); ``reserve_s`` is kept free at the end
     for the work after training, on top of ``post_val_factor`` validation passes (the
-    out-of-fold inference costs one validation pass per ``--oof-tta`` view).
+    out-of-distribution reference's feature pass; the out-of-fold inference is timed into
+    ``reserve_s`` on CPU and counted as one pass per ``--oof-tta`` view on a GPU).
 
     Examples
     --------

@@ -91,7 +91,8 @@ class TimeBudget(pl.Callback):
     epoch. Every ``check_every`` steps and at every epoch start the plan is revised from the
     recent step time and the measured validation time, and the schedule's end moves with it (up to
     ``trainer.max_epochs``). ``reserve_s`` plus ``post_val_passes`` validation passes (the
-    out-of-fold inference costs one per ``--oof-tta`` view, the out-of-distribution reference as many as the
+    out-of-fold inference, timed into ``reserve_s`` on CPU, one per ``--oof-tta`` view on a GPU; the
+    out-of-distribution reference as many as the
     images it reads over the validation images) is kept free for the work after training. When the current epoch cannot
     finish, training stops inside it: the stop triggers the validation and checkpoint of a normal
     epoch end. Decisions are taken on rank 0 and broadcast, so all processes agree.

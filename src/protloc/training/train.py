@@ -355,11 +355,15 @@ def oof_seconds(net, images, val_idx, *, pre, tta: str, batch_size: int, sample:
     if not len(val_idx):
         return 0.0
     kw = dict(mean=pre.mean, std=pre.std, batch_size=batch_size, device=device, tta=tta)
-    infer_probs(net, images, indices=val_idx[:1], **kw)  # one-time costs (kernel setup) left out
-    some = val_idx[:sample]
-    t0 = time.perf_counter()
-    infer_probs(net, images, indices=some, **kw)
-    return (time.perf_counter() - t0) / len(some) * len(val_idx)
+    training = net.training  # infer_probs leaves the network in eval mode; training goes on after this
+    try:
+        infer_probs(net, images, indices=val_idx[:1], **kw)  # one-time costs (kernel setup) left out
+        some = val_idx[:sample]
+        t0 = time.perf_counter()
+        infer_probs(net, images, indices=some, **kw)
+        return (time.perf_counter() - t0) / len(some) * len(val_idx)
+    finally:
+        net.train(training)
 
 
 def ood_stats_seconds(images, idx, n: int, *, sample: int = 16) -> float:
