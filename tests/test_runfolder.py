@@ -70,7 +70,7 @@ def test_thresholds_round_trip_through_the_optimizer(run):
     assert rule.fitted and rule.at_least_one and rule.method == "f1" and rule.source == "thresholds.json"
     assert [r["class"] for r in rule.per_class()] == list(run.preprocessing().classes)
     saved = json.loads(run.thresholds_json.read_text())
-    assert saved["source"] == {"oof": "oof.csv", "n_images": 40}
+    assert saved["source"] == {"oof": "oof.csv", "n_images": 40, "oof_tta": "none"}  # a run from before --oof-tta
 
 
 def test_config_is_a_typed_trainconfig(run):
