@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -53,14 +52,6 @@ RULES = {
 BASE = "A_single_view_auto"
 
 
-def multihot(labels, n: int) -> np.ndarray:
-    y = np.zeros((len(labels), n), np.float32)
-    for i, t in enumerate(labels):
-        for c in str(t).split():
-            y[i, int(c)] = 1
-    return y
-
-
 def probs_of(run: Path, images: Path, ids_csv: Path, out: Path, tta: str, threads: int) -> pd.DataFrame:
     if not out.is_file():
         protloc = Path(sys.executable).with_name("protloc")
@@ -74,25 +65,28 @@ def probs_of(run: Path, images: Path, ids_csv: Path, out: Path, tta: str, thread
 def evaluate(run: Path, cache: Path, threads: int) -> dict:
     from sklearn.metrics import f1_score
 
+    from protloc.core.runfolder import RunFolder
     from protloc.core.thresholds import ThresholdOptimizer
 
-    data = Path(json.loads((run / "data.json").read_text())["images"]).parent
-    oof = pd.read_csv(run / "oof.csv", dtype={"Image": str})
-    classes = list(oof.columns[3:])
+    rf = RunFolder(run)
+    data = Path(rf.data_source().images).parent
+    ids, _, yv, _ = rf.oof()
+    schema = rf.preprocessing().schema
+    classes = list(rf.preprocessing().classes)
     truth = pd.read_csv(data / "test_labels.csv", dtype={"Image": str})
     # the probabilities belong to these weights: a rerun into the same folder gets a new cache entry
     stamp = hashlib.sha1(repr([(m.name, m.stat().st_size, m.stat().st_mtime_ns)
                                for m in sorted((run / "models").glob("*.pt"))]).encode()).hexdigest()[:8]
     w = cache / f"{run.name}-{stamp}"
     w.mkdir(parents=True, exist_ok=True)
-    oof[["Image"]].to_csv(w / "val_ids.csv", index=False)
+    pd.DataFrame({"Image": ids}).to_csv(w / "val_ids.csv", index=False)
     truth[["Image"]].to_csv(w / "test_ids.csv", index=False)
     val = {t: probs_of(run, data / "train", w / "val_ids.csv", w / f"val_{t}.csv", t, threads)
-           .loc[oof["Image"], classes].to_numpy(np.float32) for t in ("none", "d4")}
+           .loc[ids, classes].to_numpy(np.float32) for t in ("none", "d4")}
     test = probs_of(run, data / "test", w / "test_ids.csv", w / "test_d4.csv", "d4", threads) \
         .loc[truth["Image"], classes].to_numpy(np.float32)
-    yv, yt = multihot(oof["Label"].fillna(""), len(classes)), multihot(truth.iloc[:, 1].fillna(""), len(classes))
-    out = {"run": str(run), "n_val": len(oof), "n_test": len(truth), "rules": {}}
+    yt = schema.to_multihot([schema.parse(t) for t in truth.iloc[:, 1].fillna("").astype(str)])
+    out = {"run": str(run), "n_val": len(ids), "n_test": len(truth), "rules": {}}
     for name, (fit_on, kw) in RULES.items():
         kw = dict(kw)
         opt = ThresholdOptimizer(kw.pop("method", "f1"), **kw).fit(val[fit_on], yv, classes=classes)

@@ -215,10 +215,11 @@ def main(argv=None) -> dict:
     print(summary)
     infer = bench_infer(args)
     print(infer)
+    cfg = _cfg(args)
     res = {"benchmark": "train", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "setup": {"model": "tf_efficientnet_lite0", "size": args.size, "batch_size": args.batch_size,
                      "trainable": "full fine-tune (freeze_blocks 0)", "optimizer": "adamw",
-                     "augment": _cfg(args).augment, "loss": _cfg(args).loss, "device": "cpu",
+                     "augment": cfg.augment, "loss": cfg.loss, "device": "cpu",
                      "torch_threads": torch.get_num_threads(), "steps_per_round": args.steps,
                      "rounds": args.rounds},
            "machine": {"platform": platform.platform(), "cores": cores,

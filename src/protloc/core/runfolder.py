@@ -464,6 +464,12 @@ class RunFolder:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise self._damaged(self.data_json, e, fix) from None
 
+    def oof_tta(self) -> str:
+        """Test-time augmentation of ``oof.csv`` (what thresholds fitted on it match): the
+        summary's :attr:`RunSummary.oof_tta`, ``none`` when the run has no summary yet."""
+        summary = self.summary()
+        return summary.oof_tta if summary is not None else "none"
+
     def summary(self) -> RunSummary | None:
         """The merged validation summary; None when the run has none yet."""
         if not self.summary_json.is_file():

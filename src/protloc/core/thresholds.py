@@ -283,7 +283,5 @@ def fit_run_thresholds(run, *, method: str = "f1", at_least_one: bool = False, n
                              max_threshold_std=max_threshold_std, fallback=fallback,
                              at_least_one=at_least_one, random_state=random_state)
     opt.fit(oof.probs, oof.y, classes=list(rf.preprocessing().classes))
-    summary = rf.summary()
-    rf.save_thresholds(opt, source={"oof": rf.oof_csv.name, "n_images": len(oof.ids),
-                                    "oof_tta": summary.oof_tta if summary is not None else "none"})
+    rf.save_thresholds(opt, source={"oof": rf.oof_csv.name, "n_images": len(oof.ids), "oof_tta": rf.oof_tta()})
     return opt

@@ -76,8 +76,7 @@ def run(args) -> int:
     con.print(f"macro F1: {opt.macro_f1_before_:.4f} at 0.5 -> {opt.macro_f1_after_:.4f} with these "
               f"thresholds{' (at least one label)' if args.at_least_one else ''}; "
               f"global threshold {opt.global_threshold_:.3f}")
-    summary = rf.summary()
-    tta = summary.oof_tta if summary is not None else "none"
+    tta = rf.oof_tta()
     con.print(f"fitted on out-of-fold probabilities with test-time augmentation '{tta}' (train --oof-tta): "
               f"they fit `protloc predict --tta {tta if tta != 'mixed' else 'd4'}` best")
     for k, fb in sorted(opt.fallback_classes_.items()):
