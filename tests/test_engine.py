@@ -83,16 +83,3 @@ def test_every_listed_command_exists(monkeypatch):
         cli_main.build_parser()
 
 
-def test_timing_the_out_of_fold_inference_leaves_the_network_training(tiny_net):
-    """The time budget times the out-of-fold inference when a fold starts, on the network about
-    to be trained: infer_probs switches it to eval mode, which must not stay (batch norm would
-    stop learning its statistics and dropout would be off for the whole training)."""
-    from types import SimpleNamespace
-
-    from protloc.training.train import oof_seconds
-
-    imgs = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
-    tiny_net.train()
-    s = oof_seconds(tiny_net, imgs, np.arange(6), pre=SimpleNamespace(mean=(0.5,) * 3, std=(0.2,) * 3), tta="d4",
-                    batch_size=16, sample=2)
-    assert s > 0 and tiny_net.training

@@ -95,8 +95,9 @@ class BudgetPlanner:
 
     ``deadline`` and every time are on one clock (seconds); ``reserve_s`` is kept free at the end
     for the work after training, on top of ``post_val_factor`` validation passes (the
-    out-of-distribution reference's feature pass; the out-of-fold inference is timed into
-    ``reserve_s`` on CPU and counted as one pass per ``--oof-tta`` view on a GPU).
+    out-of-distribution reference's feature pass; the out-of-fold inference, a little more than one
+    pass per ``--oof-tta`` view): passes scale with the validation time measured while training, so
+    they follow the machine.
 
     Examples
     --------

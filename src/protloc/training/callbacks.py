@@ -91,9 +91,9 @@ class TimeBudget(pl.Callback):
     epoch. Every ``check_every`` steps and at every epoch start the plan is revised from the
     recent step time and the measured validation time, and the schedule's end moves with it (up to
     ``trainer.max_epochs``). ``reserve_s`` plus ``post_val_passes`` validation passes (the
-    out-of-fold inference, timed into ``reserve_s`` on CPU, one per ``--oof-tta`` view on a GPU; the
-    out-of-distribution reference as many as the
-    images it reads over the validation images) is kept free for the work after training. When the current epoch cannot
+    out-of-fold inference, :data:`~protloc.training.train.OOF_PASS_MARGIN` per ``--oof-tta`` view;
+    the out-of-distribution reference as many as the images it reads over the validation images) is
+    kept free for the work after training. When the current epoch cannot
     finish, training stops inside it: the stop triggers the validation and checkpoint of a normal
     epoch end. Decisions are taken on rank 0 and broadcast, so all processes agree.
     """
@@ -186,7 +186,8 @@ class TimeBudget(pl.Callback):
         return {"planned_epochs": p.plan.epochs + (1 if p.plan and p.plan.partial else 0) if p.plan else None,
                 "max_epochs": self.max_epochs, "stopped_mid_epoch": self.stopped_mid_epoch,
                 "step_seconds": round(p.step_s, 4), "validation_seconds": round(p.val_s, 2),
-                "reserve_seconds": round(self.reserve_s, 1), "plans": p.history}
+                "reserve_seconds": round(self.reserve_s, 1), "post_validation_passes": round(self.post_val_passes, 2),
+                "plans": p.history}
 
 
 def _batch_size(dm) -> int:
