@@ -7,7 +7,7 @@ import pytest
 
 from protloc.core.errors import InputError
 from protloc.core.metrics import macro_f1, per_class_f1
-from protloc.core.thresholds import (ThresholdOptimizer, apply_thresholds, best_f1_thresholds,
+from protloc.core.thresholds import (ThresholdOptimizer, apply_thresholds, cross_fitted_f1, best_f1_thresholds,
                                 global_threshold, ratio_thresholds)
 
 
@@ -193,3 +193,35 @@ def test_bootstrap_weights_equal_resampling():
         assert srt.fit("global", w)[0] == global_threshold(p[idx], y[idx])[0]
         np.testing.assert_array_equal(apply_thresholds(p[idx], srt.fit("ratio", w)),
                                       apply_thresholds(p[idx], ratio_thresholds(p[idx], y[idx])))
+
+
+def _noisy(n=400, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < 0.3).astype(np.uint8)
+    return y, np.clip(0.35 * y + rng.random((n, c)) * 0.65, 0, 1)
+
+
+def test_cross_fitted_f1_scores_on_images_the_thresholds_were_not_fitted_on():
+    """The int8 gate scored both models at the run's thresholds, fitted on the very images it
+    scored: fp32 was flattered and int8 looked worse than it is. cross_fitted_f1 fits on one half
+    and scores the other: here the fp32 F1 at thresholds fitted on all images is higher than the
+    cross-fitted one, and a copy of the model whose probabilities differ by small noise loses less
+    when it is scored on images the thresholds never saw."""
+    y, p = _noisy()
+    noisy = np.clip(p + np.random.default_rng(1).normal(0, 0.03, p.shape), 0, 1)
+    in_sample = ThresholdOptimizer(n_bootstrap=50).fit(p, y)
+    f_in = [macro_f1(y, in_sample.predict(m)) for m in (p, noisy)]
+    r = cross_fitted_f1(y, p, noisy, n_splits=10)
+    assert r["f1"][0] < f_in[0]                              # the in-sample figure flatters the reference
+    assert r["change"][0] > f_in[1] - f_in[0]                # ... and makes the other model look worse
+    assert r["change_sd"][0] > 0 and len(r["f1"]) == 2
+
+
+def test_cross_fitted_f1_same_model_and_a_worse_one():
+    y, p = _noisy(seed=2)
+    assert cross_fitted_f1(y, p, p, n_splits=3)["change"] == [0.0]
+    worse = p.copy()
+    worse[:, 0] = np.random.default_rng(3).random(len(p))   # class 0 now random
+    assert cross_fitted_f1(y, p, worse, n_splits=3)["change"][0] < -0.05
+    with pytest.raises(InputError, match="shape"):
+        cross_fitted_f1(y, p, p[:, :2])
