@@ -131,6 +131,15 @@ def test_export_int8_records_the_held_out_f1_change(run, tmp_path, capsys):
     assert abs(q["macro_f1_change"] - (q["macro_f1_int8"] - q["macro_f1_fp32"])) < 1e-4
     # scored at thresholds fitted on other images; the run's own thresholds (fitted on these) recorded apart
     assert "other half" in q["evaluation"] and "flatters fp32" in q["at_run_thresholds"]["note"]
+    # the first quarter of the convolutions (high resolution) stay fp32: no dequantised weights feed them
+    import onnx
+
+    g = onnx.load(str(RunFolder(run).onnx_file(int8=True))).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert q["fp32_nodes"] and [n.name for n in convs[:len(q["fp32_nodes"])]] == q["fp32_nodes"]
+    for n in convs:
+        assert (made_by.get(n.input[1]) == "DequantizeLinear") == (n.name not in q["fp32_nodes"]), n.name
     p = Predictor.from_run(run, note=lambda m: None)
     assert p.quantized == ("int8" if q["usable"] else None)
     assert main(["export", str(run), "--int8", "--calib-images", "0"]) == 2

@@ -35,7 +35,9 @@ Quantised models
 ``export_onnx(run, int8=True)`` (``protloc export RUN --int8``) writes ``model.int8.onnx``: ORT
 static quantisation (QDQ, per-channel int8 weights in 7 bits (``reduce_range``: AVX2 without
 VNNI overflows with 8), uint8 activations, MinMax calibration on training images of the run's
-data source; QOperator and percentile calibration measured no better, docs/speed.md) and records in ``model.onnx.json['int8']`` the
+data source; QOperator and percentile calibration measured no better, docs/speed.md; the first
+quarter of the convolutions, at high resolution, stay fp32: :data:`INT8_FP32_CONV_SHARE`) and
+records in ``model.onnx.json['int8']`` the
 macro F1 of fp32 and int8 on held-out images (out-of-fold images of the run not used for
 calibration, each predicted by the fold that did not train on it), at thresholds fitted on fp32's
 probabilities of other images (:func:`~protloc.core.thresholds.cross_fitted_f1`: the run's own
@@ -59,7 +61,7 @@ from protloc.core.runfolder import RunFolder
 from protloc.core.runfolder import onnx_meta_path as meta_path
 
 __all__ = ["export_onnx", "load_onnx", "meta_path", "cached_onnx", "run_fingerprint", "session_options",
-           "INT8_MAX_F1_DROP", "FORMAT"]
+           "INT8_MAX_F1_DROP", "INT8_FP32_CONV_SHARE", "early_convs", "FORMAT"]
 
 OPSET = 17
 #: the graph contract (inputs/outputs); a new contract re-exports cached models
@@ -343,6 +345,22 @@ def quantize_qdq(src, dst, cal: np.ndarray, *, keep_fp32=()) -> None:
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
+#: the share of the convolutions, in graph order from the input, that int8 keeps in fp32: the
+#: high-resolution layers, whose quantisation error every later layer carries (chosen on the demo
+#: run, a selection style: mean |probability change| 0.017 -> 0.005, mAP change -0.011 -> -0.001,
+#: 1.46x -> 1.44x fp32's speed on 1 thread; ``benchmarks/bench_int8_variants.py``)
+INT8_FP32_CONV_SHARE = 0.25
+
+
+def early_convs(graph, share: float = INT8_FP32_CONV_SHARE) -> list[str]:
+    """Names of the first ``share`` of the Conv nodes of the ONNX model at ``graph`` (graph order,
+    which for a feed-forward CNN is input to output): what :func:`quantize_int8` keeps in fp32."""
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(graph), load_external_data=False).graph.node if n.op_type == "Conv"]
+    return convs[:int(len(convs) * share)]
+
+
 def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, progress: bool = False) -> dict:
     """Static int8 quantisation of ``fp32_path`` -> ``*.int8.onnx``; returns the record of
     ``model.onnx.json['int8']`` (method, calibration and held-out macro F1 of both models)."""
@@ -363,7 +381,8 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
         prep = Path(str(tmp) + ".prep.onnx")
         try:
             quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
-            quantize_qdq(prep, tmp, cal)
+            keep = early_convs(prep)
+            quantize_qdq(prep, tmp, cal, keep_fp32=keep)
         finally:
             prep.unlink(missing_ok=True)
         _stamp(Path(tmp), graph_key)
@@ -385,7 +404,9 @@ def quantize_int8(rf: RunFolder, fp32_path: Path, folds, *, n_calib: int = 256, 
     drop = -xf["change"][0]
     return {"path": out.name, "method": "onnxruntime static quantisation, QDQ, per-channel 7-bit weights "
                                          "(reduce_range: no u8s8 overflow on AVX2 without VNNI), uint8 "
-                                         "activations, MinMax calibration",
+                                         "activations, MinMax calibration; the first "
+                                         f"{len(keep)} convolutions (high resolution) kept in fp32",
+            "fp32_nodes": keep,
             "calibration": f"{len(cal_ids)} out-of-fold training images (seeded sample)",
             "evaluation": f"{len(ev_ids)} other out-of-fold images, each by the fold that held it out, at "
                           "thresholds fitted on fp32's probabilities of the other half of them (20 random "
