@@ -197,7 +197,10 @@ def bench_end_to_end(tmp: Path, run: Path, images: Path, csv: Path | None, *, n:
                ("after", "torch", after_run, ["--engine", "torch"], n)]
     if (run / "model.int8.onnx").is_file() and json.loads((run / "model.onnx.json").read_text()).get("int8", {}) \
             .get("usable"):
-        configs.append(("after", "auto, --int8 on", after_run, ["--int8", "on"], n))
+        # the int8 model passes its gate, so auto uses it: fp32 side by side
+        configs += [("after", "auto, --int8 off", after_run, ["--int8", "off"], n),
+                    ("after", "auto, --tta d4, --int8 off", after_run,
+                     ["--tta", "d4", "--int8", "off"] + (["--csv", str(head)] if csv else []), n_d4)]
     if before is not None:
         before_run = copy_run(run, tmp / "run_before")
         subprocess.run([sys.executable, "-c", "import sys\nfrom protloc.cli.main import main\n"
