@@ -404,10 +404,14 @@ def _lightning_parts():
             w = int(self.workers)
             if w < 0:  # auto: one decoder per two cores of this rank, at most 4
                 w = max(1, min(4, available_cores() // max(1, self.trainer.num_devices) // 2))
+            # workers start from a forkserver, not by fork: a rank has thread pools (onnxruntime,
+            # torch, gloo) by now, and a worker forked while one of their locks was held waited on
+            # it forever (a 2-rank test hung: the worker single-threaded in futex_wait)
             loader = DataLoader(_Rows(self.table, self.pre, channels_chosen=self.channels_chosen,
                                       pixel_size=self.pixel_size),
                                 batch_sampler=_PartBatches(self.plan, self.mine, self.batch_size),
-                                collate_fn=_unbatched, num_workers=w, prefetch_factor=2 if w else None)
+                                collate_fn=_unbatched, num_workers=w, prefetch_factor=2 if w else None,
+                                multiprocessing_context="forkserver" if w else None)
             return _Batches(loader)
 
     class PartWriter(BasePredictionWriter):
