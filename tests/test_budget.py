@@ -274,31 +274,16 @@ def test_budget_keeps_time_for_the_ood_pixel_statistics(tiny_rgb, tmp_path, monk
 def test_budget_keeps_the_out_of_fold_inference_as_validation_passes(tiny_rgb, tmp_path, monkeypatch):
     """The D4 out-of-fold inference after training (--oof-tta d4) is kept free as 8 x
     OOF_PASS_MARGIN validation passes (counted as 8, a 15-minute held-out run ended 4 s past its
-    budget), and the run ends inside it."""
-    from protloc.cli.main import main
-    from protloc.core.runfolder import RunFolder
-    from protloc.training.train import OOF_PASS_MARGIN
-
-    csv, images = tiny_rgb
-    assert main(_tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.3")) == 0
-    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
-    f = s["fold_summaries"][0]
-    assert f["oof_tta"] == "d4" and OOF_PASS_MARGIN > 1
-    ood_passes = (f["n_train"] + f["n_val"]) / f["n_val"]   # the OOD reference's feature pass
-    assert f["budget"]["post_validation_passes"] == round(8 * OOF_PASS_MARGIN + ood_passes, 2)
-    assert s["wall_seconds"] <= 0.3 * 60 + 3.0
-
-
-def test_a_busy_machine_at_fold_start_does_not_inflate_the_reserve(tiny_rgb, tmp_path, monkeypatch):
-    """The out-of-fold inference is kept free as validation passes, which the planner scales by the
-    validation time it measures while training, not as seconds timed when the fold starts: a
-    held-out run whose fold started while another job held the cores kept 134 s for 63 s of work,
-    and trained 10 instead of 12 epochs. Here every inference while the fold starts runs 6x slower."""
+    budget), which the planner scales by the validation time it measures while training, and the
+    run ends inside it. A busy machine when the fold starts does not inflate the reserve (seconds
+    timed then kept 134 s for 63 s of work in a held-out run, which trained 10 instead of 12
+    epochs): here every inference while the fold starts would run 6x slower."""
     import time
 
     from protloc.cli.main import main
     from protloc.core.runfolder import RunFolder
     from protloc.training import module
+    from protloc.training.train import OOF_PASS_MARGIN
 
     real = module.infer_probs
     calls = []
@@ -312,5 +297,10 @@ def test_a_busy_machine_at_fold_start_does_not_inflate_the_reserve(tiny_rgb, tmp
     monkeypatch.setattr(module, "infer_probs", timed)
     csv, images = tiny_rgb
     assert main(_tiny_train(csv, images, tmp_path / "r", "--max-minutes", "0.3")) == 0
-    b = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())["fold_summaries"][0]["budget"]
-    assert b["reserve_seconds"] < 3.0 + 1.0        # seconds timed at fold start: 3 + 6 x 0.04 x 9 images
+    s = json.loads(RunFolder(tmp_path / "r").summary_json.read_text())
+    f = s["fold_summaries"][0]
+    assert f["oof_tta"] == "d4" and OOF_PASS_MARGIN > 1
+    ood_passes = (f["n_train"] + f["n_val"]) / f["n_val"]   # the OOD reference's feature pass
+    assert f["budget"]["post_validation_passes"] == round(8 * OOF_PASS_MARGIN + ood_passes, 2)
+    assert s["wall_seconds"] <= 0.3 * 60 + 3.0
+    assert f["budget"]["reserve_seconds"] < 3.0 + 1.0   # seconds timed at fold start: 3 + 6 x 0.04 x 9 images

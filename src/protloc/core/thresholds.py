@@ -322,8 +322,8 @@ def cross_fitted_f1(y, reference, *others, n_splits: int = 20, random_state: int
     >>> r["change"]                       # the same probabilities: no change
     [0.0]
     """
-    t = check_targets(y, check_probs(reference))
-    models = [check_probs(reference)] + [check_probs(o) for o in others]
+    models = [check_probs(m) for m in (reference, *others)]
+    t = check_targets(y, models[0])
     for i, m in enumerate(models[1:], 1):
         if m.shape != models[0].shape:
             raise InputError(f"model {i}'s probabilities", expected=f"shape {models[0].shape}", got=str(m.shape),

@@ -231,10 +231,9 @@ def train_fold(k: int, cfg: TrainConfig, run: RunFolder, *, images, y, ids, fold
     # (a 15-minute run that left them out ended 8 s past its budget), and the OOF inference with
     # --oof-tta's views, in validation passes (OOF_PASS_MARGIN per view), which the planner scales by
     # the validation time it measures, so the reserve follows the machine's speed
-    post_val_passes = ood_images / max(len(val_idx), 1)
+    post_val_passes = ood_images / max(len(val_idx), 1) + oof_views(cfg) * OOF_PASS_MARGIN
     if deadline:
         reserve_s = reserve_s + ood_stats_seconds(images, train_idx, ood_images)
-        post_val_passes += oof_views(cfg) * OOF_PASS_MARGIN
     phase = dict(k=k, cfg=cfg, run=run, progress=progress, extra_callbacks=extra_callbacks, mode=mode,
                  tracker=tracker, post_val_passes=post_val_passes)
     t0 = time.time()
