@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: styles recipes may be chosen on
-SELECTION = ["default", "spinning-disk", "epi-saturated", "suspension"]
+SELECTION = ["default", "spinning-disk", "epi-saturated", "suspension", "hcs-confocal-20x"]
 #: styles that are only ever reported: never choose a recipe, default or threshold on them. They
 #: are the two most unlike the others by pixel statistics (``--style-stats``: mean distance 7.0
 #: and 4.8 vs 3.5-4.7) and the magnification/density extremes: 40-80 small cells at 20x under

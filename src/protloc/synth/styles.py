@@ -198,6 +198,21 @@ STYLES: dict[str, Style] = {s.name: s for s in (
         bleed=0.03, bleed_d=0.04, illum=0.12, illum_d=0.2, haze=0.08, blur=(0.45, 0.65), blur_d=0.5,
         autofluorescence=(0.0, 0.06), photons=(0.6, 2.0), read_noise=(1.0, 2.0), read_noise_d=2.5,
         offset=(2.0, 10.0)),
+    Style(
+        "hcs-confocal-20x",
+        "20x spinning-disk high-content confocal of spread cells (U-2 OS, HeLa, BJ, SH-SY5Y): 20-60 "
+        "small cells at low magnification, so every structure is a few pixels, but confocal: little "
+        "haze, low offset, moderate noise; network/tubular mitochondria, ribbon or compact Golgi, "
+        "centrosome pairs, standard or few-large speckles and nuclear bodies",
+        cell_types=(0, 3, 4, 9), mag=(0.6, 0.75), density=(0.8, 1.1),
+        nucleus=(("ellipse", 0.5), ("elongated", 0.3), ("round", 0.2)), nucleoli=(1, 3),
+        mito=(("network", 0.6), ("tubular", 0.4)), nuclear_bodies=(("standard", 0.6), ("few-large", 0.4)),
+        golgi=(("ribbon", 0.5), ("compact", 0.5)), fibrillar=(("standard", 0.5), ("many", 0.5)),
+        membrane=(("smooth", 0.6), ("ruffled", 0.4)), centrosome=(("pair", 0.5), ("mixed", 0.5)),
+        speckles=(("standard", 0.6), ("few-large", 0.4)),
+        bleed=0.01, bleed_d=0.03, illum=0.12, illum_d=0.15, haze=0.03, blur=(0.3, 0.45), blur_d=0.4,
+        autofluorescence=(0.0, 0.03), photons=(1.0, 3.0), read_noise=(1.0, 2.0), read_noise_d=1.5,
+        offset=(4.0, 10.0)),
 )}
 
 #: names accepted by ``--style`` besides the named styles
