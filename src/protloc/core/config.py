@@ -118,7 +118,8 @@ class TrainConfig:
     dropout: float = _model(0.2, "head dropout", ge=0, lt=1)
     hidden: int = _model(0, "hidden units of the head (0 = linear head)", ge=0)
     drop_path: float = _model(0.0, "stochastic depth rate of the backbone (timm drop_path_rate)", ge=0, lt=1)
-    size: int = _model(128, "image side in pixels the model sees", ge=8, le=4096)
+    size: int = _model(0, "image side in pixels the model sees (0 = auto: 128, or 160 when the training images' "
+                       "nuclei are small at 128 px, i.e. low magnification: more pixels per structure)", ge=0, le=4096)
     intensity: str = _model("auto", "how raw intensities become 8 bit (recorded in preprocessing.json, applied to "
                             "every image the run reads): scale (8-bit as stored, 16-bit divided by its bit range, "
                             "12-bit detected), percentile (per image and channel, 0.1-99.9 percent), auto (decided "
@@ -260,6 +261,9 @@ class TrainConfig:
         if not _DEVICES.fullmatch(str(self.devices).strip()):
             raise InputError("--devices", expected="a count (1, 2), auto, -1 (all) or GPU indices like 0,1",
                              got=repr(self.devices), fix="e.g. --devices 1")
+        if 0 < self.size < 8:
+            raise InputError("--size", expected="0 (auto) or 8 to 4096 pixels", got=str(self.size),
+                             fix="e.g. --size 128, or --size 0 to let the training images decide")
         n_val_folds = 1 if self.folds == 1 else self.folds
         if self.fold is not None and not 0 <= self.fold < n_val_folds:
             raise InputError("--fold", expected=f"0 to {n_val_folds - 1}", got=str(self.fold),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["training_reading"]
+__all__ = ["training_reading", "nucleus_scale"]
 
 
 def training_reading(table, *, intensity: str = "auto", z: str = "max", pixel_size: float | None = None,
@@ -75,3 +75,38 @@ def training_reading(table, *, intensity: str = "auto", z: str = "max", pixel_si
                      f"{'8-bit' if rule == 'scale' else ', '.join(sorted(dtypes))})")
     reading = Reading(Intensity(rule), z=z, axes=table.axes, pixel_size=px, field=field if px else None)
     return reading, names, notes
+
+
+def nucleus_scale(table, *, size: int = 128, reading=None, pixel_size: float | None = None,
+                  sample: int = 48) -> float | None:
+    """How large the training images' nuclei are in pixels when the images are read at ``size``:
+    the median over up to ``sample`` evenly spaced images of each image's median nucleus area
+    (:func:`protloc.core.pixels.nucleus_areas` on the nucleus channel; touching nuclei count as
+    one, hence medians). ``None`` when the images have no separate nucleus channel or no nuclei
+    were found. Unreadable images are left out (training reports them).
+
+    Examples
+    --------
+    >>> nucleus_scale(table, size=128)  # doctest: +SKIP
+    86.0
+    """
+    from protloc.core.errors import InputError
+    from protloc.core.pixels import nucleus_areas
+    from protloc.data.phash import hash_channels
+    from protloc.io.images import read_image
+
+    protein, nucleus = hash_channels(table.fmt, table.channels)
+    if nucleus == protein or not len(table):
+        return None
+    rows = np.unique(np.linspace(0, len(table) - 1, min(sample, len(table))).round().astype(int))
+    medians = []
+    for i in rows:
+        try:
+            img = read_image(table.images, table.ids[int(i)], fmt=table.fmt, channels=table.channels, size=size,
+                             reading=reading, pixel_size=pixel_size)
+        except (InputError, OSError):
+            continue
+        areas = nucleus_areas(img[..., min(nucleus, img.shape[2] - 1)])
+        if areas.size:
+            medians.append(float(np.median(areas)))
+    return float(np.median(medians)) if medians else None

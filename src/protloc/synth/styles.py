@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from protloc.core.errors import InputError
+from protloc.core.pixels import nucleus_mask, otsu_threshold
 
 #: a weighted choice of renderings, e.g. (("network", 0.7), ("fragmented", 0.3))
 Mix = tuple[tuple[str, float], ...]
@@ -302,16 +303,6 @@ def pick(rng, mix: Mix) -> str:
 
 
 # --------------------------------------------------------------------------- statistics
-def _otsu(x: np.ndarray) -> float:
-    hist = np.bincount(x.ravel(), minlength=256).astype(float)
-    p = hist / max(hist.sum(), 1)
-    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
-    between = np.nan_to_num(between, nan=-1.0, posinf=-1.0)
-    return float(np.argmax(between))  # a constant image: 0
-
-
 def image_stats(img: np.ndarray) -> dict:
     """Style statistics of one uint8 (H, W, C>=3) image, from its pixels alone.
 
@@ -332,14 +323,14 @@ def image_stats(img: np.ndarray) -> dict:
     from scipy import ndimage as ndi
 
     blue = img[..., 2]
-    nuc = blue > max(_otsu(blue), float(np.percentile(blue, 5)) + 8)
+    nuc = nucleus_mask(blue)
     lab, n = ndi.label(nuc)
     sizes = np.bincount(lab.ravel())[1:]
     b = blue.astype(np.float32)
     lap = ndi.laplace(b)
     big = int((sizes >= 4).sum())
     red = ndi.gaussian_filter(img[..., 0].astype(np.float32), 2.0)  # microtubules fill the cytoplasm
-    cells = nuc | (red > max(_otsu(np.clip(red, 0, 255).astype(np.uint8)), float(np.percentile(red, 5)) + 4))
+    cells = nuc | (red > max(otsu_threshold(np.clip(red, 0, 255).astype(np.uint8)), float(np.percentile(red, 5)) + 4))
     return {"nucleus_area": float(nuc.mean()), "nuclei": big,
             "nucleus_px": float(sizes[sizes >= 4].mean()) if big else 0.0,
             "cell_area": float(cells.mean()), "nucleus_share": float(nuc.sum() / max(cells.sum(), 1)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -154,6 +155,31 @@ def max_epochs(cfg: TrainConfig) -> int:
 
 #: epochs of ``--epochs 0`` (auto) without a time budget
 AUTO_EPOCHS = 15
+
+#: ``--size 0`` (auto): the model sees AUTO_SIZE px, or UPSAMPLED_SIZE when the training images'
+#: median nucleus covers fewer than SMALL_NUCLEUS_PX pixels at AUTO_SIZE (low magnification: the
+#: small structures are a pixel or two, and upsampling gives them more). Chosen on the selection
+#: styles only (docs/training.md, "Upsampling small cells"): 160 px won on the low-magnification
+#: selection style (median nucleus 37 px) and did not on `default` (86 px); the cut-off is their
+#: geometric mean.
+AUTO_SIZE, UPSAMPLED_SIZE, SMALL_NUCLEUS_PX = 128, 160, 56.0
+
+
+def resolve_size(cfg: TrainConfig, table, *, reading=None) -> tuple[int, str]:
+    """The image side a run trains at, and why: ``--size`` when given, else (``--size 0``) the
+    rule of :data:`SMALL_NUCLEUS_PX` on the training images' nuclei
+    (:func:`protloc.data.reading.nucleus_scale`)."""
+    from protloc.data.reading import nucleus_scale
+
+    if cfg.size:
+        return int(cfg.size), f"{cfg.size} px (--size)"
+    area = nucleus_scale(table, size=AUTO_SIZE, reading=reading, pixel_size=cfg.pixel_size or None)
+    if area is None:
+        return AUTO_SIZE, f"{AUTO_SIZE} px (--size auto: no nuclei found in the nucleus channel)"
+    if area < SMALL_NUCLEUS_PX:
+        return UPSAMPLED_SIZE, (f"{UPSAMPLED_SIZE} px (--size auto: median nucleus {area:.0f} px at {AUTO_SIZE} px, "
+                                f"under {SMALL_NUCLEUS_PX:g}: small cells, upsampled)")
+    return AUTO_SIZE, f"{AUTO_SIZE} px (--size auto: median nucleus {area:.0f} px at {AUTO_SIZE} px)"
 
 
 def _fit_phase(module, dm, *, k, cfg, run, deadline, max_epochs, rows, ckpt_path, reserve_s, progress,
@@ -570,8 +596,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     key = setup_key(cfg.to_dict(), table_digest(table), bool(resume), bool(overwrite))  # reads no image
     handshake = not _single_process(cfg, launch)
     if main:
-        log.info("protloc train -> %s (preset %s, model %s, %d px, %s epochs, loss %s, %d threads%s)", run.root,
-                 cfg.preset, cfg.model, cfg.size, cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss,
+        log.info("protloc train -> %s (preset %s, model %s, %s px, %s epochs, loss %s, %d threads%s)", run.root,
+                 cfg.preset, cfg.model, cfg.size or "auto", cfg.epochs or f"auto (at most {max_epochs(cfg)})", cfg.loss,
                  threads, f", budget {cfg.max_minutes:g} min" if cfg.max_minutes else "")
         for note in table.notes:  # rows left out (e.g. --from-schema hpa28 mapping): on screen and in the log
             log.warning("note: %s", note)
@@ -590,6 +616,10 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             for note in notes:
                 log.info("images: %s", note)
             log.info("intensity: %s", reading.intensity.describe())
+            size, why = (run.preprocessing().size, "as the run started") if resumed else resolve_size(
+                cfg, table, reading=reading)
+            cfg = replace(cfg, size=size)
+            log.info("image size: %s", why)
             ds, usable = load_data(table, cfg, progress=progress, reading=reading)
             if (resume or cfg.fold is not None) and run.splits() is not None:
                 folds = _read_splits(run, table)
@@ -618,6 +648,7 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
     else:
         wait_for_setup(marker, launch, key=key, what=f"the data setup of {run.root}")
         pre = run.preprocessing()
+        cfg = replace(cfg, size=pre.size)  # rank 0 resolved --size 0
         ds, usable = load_data(table, cfg, progress=False, trust=True, reading=pre.reading)  # checked by rank 0
         folds = _read_splits(run, table)
         print(f"{launch.describe()}: using rank 0's data setup (store checked by rank 0, splits.csv, "
