@@ -160,8 +160,8 @@ AUTO_EPOCHS = 15
 #: median nucleus covers fewer than SMALL_NUCLEUS_PX pixels at AUTO_SIZE (low magnification: the
 #: small structures are a pixel or two, and upsampling gives them more). Chosen on the selection
 #: styles only (docs/training.md, "Upsampling small cells"): 160 px won on the low-magnification
-#: selection style (median nucleus 37 px) and did not on `default` (86 px); the cut-off is their
-#: geometric mean.
+#: selection style `hcs-confocal-20x` (median nucleus 41.5 px by this rule's own measure) and not
+#: on `default` (77 px); the cut-off is their geometric mean (56.5).
 AUTO_SIZE, UPSAMPLED_SIZE, SMALL_NUCLEUS_PX = 128, 160, 56.0
 
 
