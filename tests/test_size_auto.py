@@ -24,8 +24,9 @@ def _styled_set(root, style, *, n=8, size=128):
     return load_table(root / "train.csv", img_dir)
 
 
-@pytest.mark.parametrize("style, expected", [("hcs-confocal-20x", UPSAMPLED_SIZE), ("widefield-20x", UPSAMPLED_SIZE),
-                                             ("default", AUTO_SIZE), ("confocal-63x", AUTO_SIZE)])
+@pytest.mark.parametrize("style, expected", [
+    ("hcs-confocal-20x", UPSAMPLED_SIZE), ("widefield-20x", UPSAMPLED_SIZE), ("default", AUTO_SIZE),
+    ("confocal-63x", AUTO_SIZE), ("spinning-disk", AUTO_SIZE), ("epi-saturated", AUTO_SIZE), ("suspension", AUTO_SIZE)])
 def test_size_auto_upsamples_only_small_cells(tmp_path, style, expected):
     table = _styled_set(tmp_path, style)
     size, why = resolve_size(TrainConfig(), table)
