@@ -80,7 +80,7 @@ def test_default_recipe_and_gpu_recipe(monkeypatch, tmp_path):
     from protloc.core.config import TrainConfig
 
     d = TrainConfig.preset("default")
-    assert (d.size, d.freeze_blocks, d.epochs, d.model) == (128, 0, 0, "tf_efficientnet_lite0")
+    assert (d.size, d.freeze_blocks, d.epochs, d.model) == (0, 0, 0, "tf_efficientnet_lite0")  # size 0: auto (128 or 160 px)
     args = argparse.Namespace(accelerator="auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train_cmd.default_preset(args) == "default"
