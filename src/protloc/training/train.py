@@ -605,9 +605,10 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             begin_setup(marker)
         try:
             _check_out(run, todo, resume=resume, overwrite=overwrite)
-            resumed = run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
-            if resumed:
-                reading, names, notes = run.preprocessing().reading, run.preprocessing().channel_names, []
+            saved = (run.preprocessing() if run.preprocessing_json.is_file() and (resume or cfg.fold is not None)
+                     else None)  # read once: reading, names, size, statistics
+            if saved is not None:
+                reading, names, notes = saved.reading, saved.channel_names, []
             else:
                 from protloc.data.reading import training_reading
 
@@ -616,8 +617,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
             for note in notes:
                 log.info("images: %s", note)
             log.info("intensity: %s", reading.intensity.describe())
-            size, why = (run.preprocessing().size, "as the run started") if resumed else resolve_size(
-                cfg, table, reading=reading)
+            size, why = ((saved.size, f"{saved.size} px (as the run started)") if saved is not None
+                         else resolve_size(cfg, table, reading=reading))
             cfg = replace(cfg, size=size)
             log.info("image size: %s", why)
             ds, usable = load_data(table, cfg, progress=progress, reading=reading)
@@ -625,8 +626,8 @@ def _run_training(cfg: TrainConfig, table, run: RunFolder, *, resume: bool, over
                 folds = _read_splits(run, table)
             else:
                 folds = assign_folds(table, cfg, usable, progress=progress)
-            if resumed:
-                pre = run.preprocessing()
+            if saved is not None:
+                pre = saved
             else:
                 rng = np.random.default_rng(cfg.seed)
                 sample = np.sort(rng.choice(usable, min(len(usable), 2000), replace=False))
