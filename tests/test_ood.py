@@ -183,3 +183,41 @@ def test_image_stats_match_the_plain_definition():
     cor = [(xc[..., i] * xc[..., j]).mean(1) / (sd[:, i] * sd[:, j]) for i in range(c) for j in range(i + 1, c)]
     want = np.concatenate([np.stack(cols, -1).reshape(n, -1), np.stack(cor, 1)], axis=1)
     np.testing.assert_allclose(image_stats(b), want, rtol=1e-4, atol=1e-4)
+
+
+def test_image_stats_equal_their_plain_numpy_definitions():
+    """The chunked, histogram-based statistics (issue 13's speed-up) equal the textbook ones."""
+    rng = np.random.default_rng(5)
+    b = rng.integers(0, 256, (11, 20, 13, 3)).astype(np.uint8)   # 11: one partial chunk of 8
+    b[3] = 0                                                     # a flat image (std 0)
+    got = image_stats(b)
+    x = b.astype(np.float64) / 255.0
+    for i in range(len(b)):
+        for c in range(3):
+            p = x[i, ..., c]
+            row = got[i, 8 * c:8 * c + 8]
+            lap = 4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+            grad = np.sqrt(np.diff(p, axis=0)[:, :-1] ** 2 + np.diff(p, axis=1)[:-1] ** 2).mean()
+            want = [p.mean(), p.std(), (b[i, ..., c] > 64).mean(), *np.percentile(p, [50, 90, 99]),
+                    np.log((lap ** 2).mean() + 1e-6) - np.log(p.var() + 1e-6), grad / (p.std() + 1e-3)]
+            np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
+        q = x[i].reshape(-1, 3)
+        sd = q.std(0) + 1e-6
+        cor = [((q[:, j] * q[:, k]).mean() - q[:, j].mean() * q[:, k].mean()) / (sd[j] * sd[k])
+               for j in range(3) for k in range(j + 1, 3)]
+        np.testing.assert_allclose(got[i, 24:], cor, rtol=1e-4, atol=1e-5)
+    assert image_stats(b[:0]).shape == (0, 27)
+
+
+def test_feature_knn_cached_float32_references_follow_a_refit():
+    """The float32 copy of the references is made once per ``ref_`` (issue 13), never stale."""
+    from protloc.core.ood import FeatureKNN
+
+    rng = np.random.default_rng(2)
+    a, q = rng.normal(size=(50, 6)) + 4, rng.normal(size=(5, 6)) + 4
+    knn = FeatureKNN(k=3).fit(a)
+    first = knn.distance(q)
+    assert knn._ref32[0] is knn.ref_ and knn._ref32[1].dtype == np.float32
+    knn.fit(-a)                                    # new references of the same shape
+    np.testing.assert_allclose(knn.distance(q), FeatureKNN(k=3).fit(-a).distance(q))
+    assert not np.allclose(knn.distance(q), first)

@@ -233,3 +233,22 @@ def test_free_cores_sees_what_runs_now_not_the_last_minute(monkeypatch):
     finally:
         hog.kill()
         hog.wait()
+
+
+@pytest.mark.parametrize("channels", [("red", "green", "blue"), ("red", "green", "blue", "yellow")])
+def test_normalize_equals_the_mean_std_formula(channels):
+    """The one-pass normalisation (issue 13) gives (x / 255 - mean) / std in (N, C, H, W)."""
+    from protloc.core.preprocessing import Preprocessing
+    from protloc.core.schema import LabelSchema
+
+    c = len(channels)
+    rng = np.random.default_rng(1)
+    mean, std = tuple(rng.uniform(0, 0.5, c)), tuple(rng.uniform(0.05, 0.4, c))
+    pre = Preprocessing("rgb" if c == 3 else "hpa-channels", channels, 16, mean, std, LabelSchema("t", ("a",)))
+    b = rng.integers(0, 256, (5, 16, 12, c)).astype(np.uint8)
+    want = ((b / 255.0 - np.array(mean)) / np.array(std)).transpose(0, 3, 1, 2)
+    got = pre.normalize(b)
+    assert got.dtype == np.float32 and got.shape == (5, c, 16, 12) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    with pytest.raises(InputError, match="N, H, W, C"):
+        pre.normalize(b[0])
