@@ -75,3 +75,27 @@ def test_cli_predict_onnx_engine(run2, tmp_path):
 
     pa, pb = pd.read_csv(a), pd.read_csv(b)
     np.testing.assert_allclose(pa.iloc[:, 1:].to_numpy(), pb.iloc[:, 1:].to_numpy(), atol=1e-4)
+
+
+def test_onnx_metadata_reads_the_stamp_without_onnx_and_refuses_garbage(tmp_path):
+    """The fingerprint check reads metadata_props from the wire format (issue 13: no
+    ``onnx.load`` at start-up) and gives what onnx gives; damaged files are 'not ours'."""
+    import onnx
+    from onnx import helper
+
+    from protloc.inference.onnx import _graph_fingerprint, onnx_metadata
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    m = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                                            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    helper.set_model_props(m, {"protloc_fingerprint": "f" * 64, "other": "é"})
+    f = tmp_path / "m.onnx"
+    onnx.save(m, str(f))
+    assert onnx_metadata(f) == {p.key: p.value for p in onnx.load(str(f)).metadata_props}
+    assert _graph_fingerprint(f) == "f" * 64
+    data = f.read_bytes()
+    rng = np.random.default_rng(0)
+    for bad in (data[:len(data) // 2], b"\xff" * 40, rng.bytes(300), b""):
+        f.write_bytes(bad)
+        assert _graph_fingerprint(f) is None
+    assert _graph_fingerprint(tmp_path / "missing.onnx") is None
