@@ -252,3 +252,23 @@ def test_normalize_equals_the_mean_std_formula(channels):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     with pytest.raises(InputError, match="N, H, W, C"):
         pre.normalize(b[0])
+
+
+def test_predict_on_a_cached_onnx_model_imports_no_torch_pandas_or_onnx(run, tmp_path):
+    """Start-up (issue 13): with the run's ONNX model current, `protloc predict` loads only
+    onnxruntime and numpy: no torch, pandas (0.3 s), onnx (0.2 s with its graph parse)."""
+    import subprocess
+    import sys
+
+    from helpers import make_tiny_dataset
+
+    csv, images = make_tiny_dataset(tmp_path / "d", n=6, size=32)
+    assert main(["predict", str(run), "--images", str(images), "--out", str(tmp_path / "a.csv")]) == 0  # exports
+    code = ("import sys; from protloc.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'pandas', 'onnx', 'timm', 'lightning') if m in sys.modules)); "
+            "sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "predict", str(run), "--images", str(images), "--csv", str(csv),
+                          "--out", str(tmp_path / "b.csv")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from protloc.core.errors import InputError
 from protloc.core.paths import check_image_id, check_input_dir
 from protloc.core.readers import read_csv_rows
 from protloc.io.images import FORMATS, HPA_CHANNELS, detect_format, hpa_channel_path, image_path
 from protloc.core.schema import LabelSchema, get_schema, remap_hpa28_to_ghent10
+
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is built (0.3 s: not at predict start-up)
+    import pandas as pd
 
 ID_COLUMNS = ("Image", "Id", "ID", "id", "image", "image_id")
 LABEL_COLUMNS = ("Label", "Target", "Labels", "label", "target", "labels")
@@ -121,6 +124,37 @@ def _pick(columns, wanted: str | None, candidates, what: str, path: Path, *, req
     return None
 
 
+class CsvColumns:
+    """A label/id CSV as columns of stripped strings (:func:`read_csv_columns`): ``columns``
+    (name -> list of cells), ``lines`` (each record's first line in the file), ``header``,
+    ``sep`` and ``ragged`` (``(line, cells)`` of records with more cells than the header)."""
+
+    def __init__(self, header, records, lines, *, sep: str, ragged):
+        self.header, self.sep, self.ragged = list(header), sep, list(ragged)
+        self.lines = list(lines)
+        self.columns = {c: [r[j] if j < len(r) else "" for r in records] for j, c in enumerate(self.header)}
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, name: str) -> list[str]:
+        return self.columns[name]
+
+
+def read_csv_columns(path: str | Path, *, id_col: str | None = None, label_col: str | None = None,
+                     flag: str = "--csv", label_candidates=LABEL_COLUMNS, label_what: str = "label",
+                     ) -> tuple[CsvColumns, str, str | None]:
+    """:func:`read_csv_table` without pandas: ``(CsvColumns, id_col, label_col_or_None)``
+    (``protloc predict`` reads its id list this way: importing pandas took 0.3 s of its start)."""
+    rows = read_csv_rows(path, flag=flag)
+    path, header = rows.path, rows.header
+    id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
+    lab_name = _pick(header, label_col, label_candidates, label_what, path, required=False)
+    cols = CsvColumns(header, [cells for _, cells in rows.rows], [ln for ln, _ in rows.rows], sep=rows.sep,
+                      ragged=rows.ragged)
+    return cols, id_name, lab_name
+
+
 def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: str | None = None,
                    flag: str = "--csv", label_candidates=LABEL_COLUMNS, label_what: str = "label",
                    ) -> tuple[pd.DataFrame, str, str | None]:
@@ -133,31 +167,36 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
     to look for (``score --pred`` looks for Predicted first). Raises :class:`InputError` for
     unreadable files or missing columns.
     """
-    rows = read_csv_rows(path, flag=flag)
-    path, header = rows.path, rows.header
-    id_name = _pick(header, id_col, ID_COLUMNS, "id", path, required=True)
-    lab_name = _pick(header, label_col, label_candidates, label_what, path, required=False)
-    df = pd.DataFrame([cells for _, cells in rows.rows], columns=header, dtype=str)
-    if not rows.rows:
-        df = pd.DataFrame({c: pd.Series(dtype=str) for c in header})
-    df["_line"] = [ln for ln, _ in rows.rows]
+    import pandas as pd
+
+    cols, id_name, lab_name = read_csv_columns(path, id_col=id_col, label_col=label_col, flag=flag,
+                                               label_candidates=label_candidates, label_what=label_what)
+    if len(cols):
+        df = pd.DataFrame({c: pd.Series(v, dtype=str) for c, v in cols.columns.items()})
+    else:
+        df = pd.DataFrame({c: pd.Series(dtype=str) for c in cols.header})
+    df["_line"] = cols.lines
     #: rows with more non-empty cells than the header (never dropped silently: see ragged_problem)
-    df.attrs["ragged"] = rows.ragged
-    df.attrs["header"] = header
-    df.attrs["sep"] = rows.sep
+    df.attrs["ragged"] = cols.ragged
+    df.attrs["header"] = cols.header
+    df.attrs["sep"] = cols.sep
     return df, id_name, lab_name
 
 
 def ragged_problem(df, path: Path) -> list[tuple[int, InputError]]:
-    """One error per row of :func:`read_csv_table` that had more cells than the header.
+    """One error per row of :func:`read_csv_table` (or :func:`read_csv_columns`) that had more
+    cells than the header.
 
     A common cause is class ids separated by the column separator (``1,4`` instead of ``1 4``).
     """
-    header, sep = df.attrs.get("header", []), df.attrs.get("sep", ",")
+    if isinstance(df, CsvColumns):
+        header, sep, ragged = df.header, df.sep, df.ragged
+    else:
+        header, sep, ragged = df.attrs.get("header", []), df.attrs.get("sep", ","), df.attrs.get("ragged", [])
     return [(ln, InputError(f"{Path(path).name} line {ln}", expected=f"{len(header)} cells ({sep.join(header)})",
                             got=f"{n}", fix="separate class ids with spaces (1 4), not the column separator, "
                                             "or quote the value"))
-            for ln, n in df.attrs.get("ragged", [])]
+            for ln, n in ragged]
 
 
 def resolve_paths(csv_path=None, images=None, data=None, *, split: str = "train"):
@@ -222,17 +261,17 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
     label_schema = get_schema(from_schema) if from_schema else schema
     notes: list[str] = []
     if csv_path is not None:
-        df, id_name, lab_name = read_csv_table(csv_path, id_col=id_col, label_col=label_col)
+        df, id_name, lab_name = read_csv_columns(csv_path, id_col=id_col, label_col=label_col)
         if labels is True and lab_name is None:
             raise InputError(str(csv_path), expected="a label column (Label/Target)",
-                             got=f"columns {[c for c in df.columns if c != '_line']}",
+                             got=f"columns {df.header}",
                              fix="add labels or pass --label-col")
         if labels is False:
             lab_name = None
         for _, err in ragged_problem(df, csv_path)[:1]:
             raise err
-        ids = [s.strip() for s in df[id_name].tolist()]
-        rows = df["_line"].tolist()
+        ids = [s.strip() for s in df[id_name]]
+        rows = df.lines
         for i, (iid, ln) in enumerate(zip(ids, rows)):
             if not iid:
                 raise InputError(f"{csv_path.name} line {ln}: empty id", fix="fill in the id or delete the row")
@@ -249,7 +288,7 @@ def load_table(csv_path=None, images=None, *, data=None, split: str = "train", f
         lab = None
         if lab_name is not None:
             lab = [label_schema.parse(t, where=f"{csv_path.name} line {ln} (id {iid})")
-                   for t, ln, iid in zip(df[lab_name].tolist(), rows, ids)]
+                   for t, ln, iid in zip(df[lab_name], rows, ids)]
             if from_schema == "hpa28" and schema.name == "ghent10":
                 mapped, keep = remap_hpa28_to_ghent10(lab)
                 dropped = [ln for ln, k in zip(rows, keep) if not k]
