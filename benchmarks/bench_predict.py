@@ -182,7 +182,7 @@ def run_cli(src: Path, argv: list[str], *, n: int) -> dict:
 
 
 def bench_end_to_end(tmp: Path, run: Path, images: Path, csv: Path | None, *, n: int, n_d4: int,
-                     repeats: int, before: Path | None, hog: int) -> list[dict]:
+                     repeats: int, before: Path | None, hog: int, before_auto: bool = False) -> list[dict]:
     after_run = copy_run(run, tmp / "run_after", onnx=True)
     (after_run / "model.onnx").unlink(missing_ok=True)  # the fp32 cache is made by the first default run
     data = ["--images", str(images)] + (["--csv", str(csv)] if csv else [])
@@ -201,7 +201,12 @@ def bench_end_to_end(tmp: Path, run: Path, images: Path, csv: Path | None, *, n:
         configs += [("after", "auto, --int8 off", after_run, ["--int8", "off"], n),
                     ("after", "auto, --tta d4, --int8 off", after_run,
                      ["--tta", "d4", "--int8", "off"] + (["--csv", str(head)] if csv else []), n_d4)]
-    if before is not None:
+    if before is not None and before_auto:  # an older version that already has the auto engine
+        before_run = copy_run(run, tmp / "run_before", onnx=True)
+        configs = [("before", "auto (default)", before_run, [], n),
+                   ("before", "auto, --tta d4", before_run,
+                    ["--tta", "d4"] + (["--csv", str(head)] if csv else []), n_d4)] + configs
+    elif before is not None:
         before_run = copy_run(run, tmp / "run_before")
         subprocess.run([sys.executable, "-c", "import sys\nfrom protloc.cli.main import main\n"
                         "sys.exit(main(sys.argv[1:]))", "export", str(before_run)], check=True,
@@ -359,6 +364,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--repeats", type=int, default=3, help="end-to-end runs per configuration (median)")
     ap.add_argument("--before", default=None, help="`src` folder of an older protloc to compare with")
+    ap.add_argument("--before-auto", action="store_true",
+                    help="--before already has the auto engine: compare its default and D4 runs with this one's")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     ap.add_argument("--hog", type=int, default=2, help="busy-looping processes of the 'busy machine' rows")
     ap.add_argument("--seconds", type=float, default=6.0, help="minimum timing per thread configuration")
@@ -408,7 +415,8 @@ def main(argv=None) -> int:
             print("end to end: protloc predict", flush=True)
             result["end_to_end"] = bench_end_to_end(tmp, run, images, csv, n=n, n_d4=min(args.n_d4, n),
                                                     repeats=args.repeats,
-                                                    before=Path(args.before) if args.before else None, hog=0)
+                                                    before=Path(args.before) if args.before else None, hog=0,
+                                                    before_auto=args.before_auto)
             write_json(args.out, result)  # partial results survive an interrupted run
         if args.stream and "stream" not in args.skip:
             print("streaming memory: protloc predict on a PNG folder", flush=True)

@@ -272,3 +272,30 @@ def test_predict_on_a_cached_onnx_model_imports_no_torch_pandas_or_onnx(run, tmp
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
+
+
+def test_prediction_runs_numpy_blas_on_one_thread_and_restores_it(run, monkeypatch):
+    """Each worker is one core's work (issue 13): numpy's BLAS must not add threads of its own
+    inside a prediction (they had cost a quarter of the 2-core throughput), and the process's
+    setting comes back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != [2]:
+            pytest.skip("numpy has no BLAS threadpool to limit here")
+        pred = Predictor.from_run(run, threads=2, note=lambda m: None)
+        seen = []
+        real = type(pred)._forward
+
+        def spy(self, b, **kw):
+            seen.append(blas_threads())
+            return real(self, b, **kw)
+
+        monkeypatch.setattr(type(pred), "_forward", spy)
+        b = np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3)).astype(np.uint8)
+        pred.predict_array(b, batch_size=4)
+        assert seen and all(s == [1] for s in seen)
+        assert blas_threads() == [2]

@@ -35,7 +35,9 @@ Threads
 -------
 On CPU the work is split into independent batches run by ``threads`` worker threads (default:
 the cores this process may use), each batch decoded, normalised and run by one worker with a
-single-threaded engine call (onnxruntime intra-op 1, no spinning; torch 1 intra-op thread).
+single-threaded engine call (onnxruntime intra-op 1, no spinning; torch 1 intra-op thread),
+and numpy's BLAS (the OOD scores' matrix products) limited to one thread while a prediction
+runs: its own two spinning threads per worker had cost a quarter of the 2-core throughput.
 No worker waits on another, so more threads are never slower, on an idle machine or on a
 busy one (``benchmarks/bench_predict.py``, docs/speed.md). TTA views of a batch go through the
 model in one call (views x images), each image decoded once.
@@ -190,6 +192,22 @@ class PredictionResult:
             df["ood_score"] = np.round(np.asarray(self.ood_score, np.float64), 4)
             df["ood_flag"] = self.ood_flag.astype(int)
         return df
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """numpy's BLAS (OpenBLAS / MKL) limited to one thread inside the block, restored after.
+
+    The Predictor runs one worker per core; BLAS threads of its own per worker would compete
+    with them (and OpenBLAS's idle threads spin): ``benchmarks/bench_predict.py``, issue 13.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn requires it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,16 +502,17 @@ class Predictor:
         """``fn(item)`` for each item on the worker threads, yielded in order, at most ``depth``
         (default 2 x threads) in flight (bounded memory)."""
         items = list(items)
-        if self.threads == 1 or len(items) <= 1:
-            yield from map(fn, items)
-            return
-        pool, depth = self._executor(), depth or 2 * self.threads
-        futs = [pool.submit(fn, it) for it in items[:depth]]
-        for j in range(len(items)):
-            fut = futs[j]
-            if j + depth < len(items):
-                futs.append(pool.submit(fn, items[j + depth]))
-            yield fut.result()
+        with one_blas_thread():
+            if self.threads == 1 or len(items) <= 1:
+                yield from map(fn, items)
+                return
+            pool, depth = self._executor(), depth or 2 * self.threads
+            futs = [pool.submit(fn, it) for it in items[:depth]]
+            for j in range(len(items)):
+                fut = futs[j]
+                if j + depth < len(items):
+                    futs.append(pool.submit(fn, items[j + depth]))
+                yield fut.result()
 
     def predict_array(self, batch, *, tta: str = "none", merge: str = "mean",
                       batch_size: int = 64, with_ood: bool = False):
