@@ -163,11 +163,12 @@ def test_web_upload_16bit_ome_tiff_and_ood_warning_fields(trained_run):
 
 def test_image_stats_match_the_plain_definition():
     """The histogram/integer implementation (4x cheaper, issue 13's predict budget) gives what the
-    plain float64 definition gives: mean, std, foreground, percentiles, texture, correlations."""
+    plain float64 definition gives: mean, std, foreground, percentiles, texture, correlations;
+    11 images span a full and a partial chunk of :data:`STATS_CHUNK` (8)."""
     from protloc.core.ood import FOREGROUND_LEVEL, image_stats
 
     rng = np.random.default_rng(7)
-    b = rng.integers(0, 256, (3, 20, 17, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (11, 20, 17, 3), dtype=np.uint8)
     b[1] //= 9                                     # a dim image
     b[2, :, :, 2] = 0                              # an empty channel
     x = b.astype(np.float64) / 255
@@ -183,30 +184,7 @@ def test_image_stats_match_the_plain_definition():
     cor = [(xc[..., i] * xc[..., j]).mean(1) / (sd[:, i] * sd[:, j]) for i in range(c) for j in range(i + 1, c)]
     want = np.concatenate([np.stack(cols, -1).reshape(n, -1), np.stack(cor, 1)], axis=1)
     np.testing.assert_allclose(image_stats(b), want, rtol=1e-4, atol=1e-4)
-
-
-def test_image_stats_equal_their_plain_numpy_definitions():
-    """The chunked, histogram-based statistics (issue 13's speed-up) equal the textbook ones."""
-    rng = np.random.default_rng(5)
-    b = rng.integers(0, 256, (11, 20, 13, 3)).astype(np.uint8)   # 11: one partial chunk of 8
-    b[3] = 0                                                     # a flat image (std 0)
-    got = image_stats(b)
-    x = b.astype(np.float64) / 255.0
-    for i in range(len(b)):
-        for c in range(3):
-            p = x[i, ..., c]
-            row = got[i, 8 * c:8 * c + 8]
-            lap = 4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
-            grad = np.sqrt(np.diff(p, axis=0)[:, :-1] ** 2 + np.diff(p, axis=1)[:-1] ** 2).mean()
-            want = [p.mean(), p.std(), (b[i, ..., c] > 64).mean(), *np.percentile(p, [50, 90, 99]),
-                    np.log((lap ** 2).mean() + 1e-6) - np.log(p.var() + 1e-6), grad / (p.std() + 1e-3)]
-            np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
-        q = x[i].reshape(-1, 3)
-        sd = q.std(0) + 1e-6
-        cor = [((q[:, j] * q[:, k]).mean() - q[:, j].mean() * q[:, k].mean()) / (sd[j] * sd[k])
-               for j in range(3) for k in range(j + 1, 3)]
-        np.testing.assert_allclose(got[i, 24:], cor, rtol=1e-4, atol=1e-5)
-    assert image_stats(b[:0]).shape == (0, 27)
+    assert image_stats(b[:0]).shape == (0, want.shape[1])
 
 
 def test_feature_knn_cached_float32_references_follow_a_refit():
