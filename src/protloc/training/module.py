@@ -148,10 +148,13 @@ class LitProtloc(pl.LightningModule):
             groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
                        {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-        if cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr)
+        if cfg.optimizer in ("adamw", "adam"):
+            # the fused kernel (CPU and CUDA): one pass over the parameters instead of a dozen
+            # foreach ops, 24 -> 5 ms per step for Lite0 on 2 CPU cores (issue 13)
+            adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                        for g in groups for p in g["params"])
+            opt = adam(groups, lr=cfg.lr, fused=fused or None)
         else:
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
