@@ -201,13 +201,20 @@ def one_blas_thread():
     The Predictor runs one worker per core; BLAS threads of its own per worker would compete
     with them (and OpenBLAS's idle threads spin): ``benchmarks/bench_predict.py``, issue 13.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn requires it
+    global _BLAS
+    if _BLAS is None:  # scanning the loaded libraries takes 0.4 ms: once per process, not per call
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn requires it
+            yield
+            return
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
         yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+
+
+#: the process's threadpoolctl controller (:func:`one_blas_thread`), made on first use
+_BLAS = None
 
 
 # --------------------------------------------------------------------------------------------
