@@ -252,6 +252,8 @@ def test_normalize_equals_the_mean_std_formula(channels):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     with pytest.raises(InputError, match="N, H, W, C"):
         pre.normalize(b[0])
+    with pytest.raises(InputError, match=f"expected {c} channels"):
+        pre.normalize(b[..., :2])
 
 
 def test_predict_on_a_cached_onnx_model_imports_no_torch_pandas_or_onnx(run, tmp_path):
@@ -298,4 +300,27 @@ def test_prediction_runs_numpy_blas_on_one_thread_and_restores_it(run, monkeypat
         b = np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3)).astype(np.uint8)
         pred.predict_array(b, batch_size=4)
         assert seen and all(s == [1] for s in seen)
+        assert blas_threads() == [2]
+
+
+def test_overlapping_predictions_share_one_blas_limit_and_restore_it():
+    """Two predictions in two threads (the web app) overlap: the limit holds until the last
+    one ends, then the process's own setting comes back (a naive nested limit left BLAS at 1)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from protloc.inference.predictor import one_blas_thread
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != [2]:
+            pytest.skip("numpy has no BLAS threadpool to limit here")
+        a, b = one_blas_thread(), one_blas_thread()
+        a.__enter__()
+        b.__enter__()
+        assert blas_threads() == [1]
+        a.__exit__(None, None, None)                 # the first one ends while the second runs
+        assert blas_threads() == [1]
+        b.__exit__(None, None, None)
         assert blas_threads() == [2]

@@ -216,6 +216,9 @@ class Preprocessing:
             raise InputError("batch", expected="an (N, H, W, C) array", got=f"shape {b.shape}",
                              fix="stack the images along a first axis")
         n, h, w, c = b.shape
+        if c != len(self.mean):
+            raise InputError("batch", expected=f"{len(self.mean)} channels (the run's mean/std)", got=f"{c}",
+                             fix="give images with the run's channels")
         std = np.asarray(self.std, np.float64)
         scale = (1.0 / (255.0 * std)).astype(np.float32)
         bias = (-np.asarray(self.mean, np.float64) / std).astype(np.float32)

@@ -200,21 +200,36 @@ def one_blas_thread():
 
     The Predictor runs one worker per core; BLAS threads of its own per worker would compete
     with them (and OpenBLAS's idle threads spin): ``benchmarks/bench_predict.py``, issue 13.
+    Overlapping blocks (predictions in several threads, e.g. the web app) share one limit: the
+    first sets it, the last restores what was there before.
     """
-    global _BLAS
-    if _BLAS is None:  # scanning the loaded libraries takes 0.4 ms: once per process, not per call
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - scikit-learn requires it
-            yield
-            return
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
+    global _BLAS, _BLAS_USERS, _BLAS_LIMIT
+    with _BLAS_LOCK:
+        if _BLAS is None:  # scanning the loaded libraries takes 0.4 ms: once per process
+            try:
+                from threadpoolctl import ThreadpoolController
+                _BLAS = ThreadpoolController()
+            except ImportError:  # pragma: no cover - scikit-learn requires it
+                _BLAS = False
+        if _BLAS and _BLAS_USERS == 0:
+            _BLAS_LIMIT = _BLAS.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
         yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0 and _BLAS_LIMIT is not None:
+                _BLAS_LIMIT.restore_original_limits()
+                _BLAS_LIMIT = None
 
 
-#: the process's threadpoolctl controller (:func:`one_blas_thread`), made on first use
+#: :func:`one_blas_thread`'s state: the threadpoolctl controller (made on first use), the
+#: blocks inside it now, and the limit they share
 _BLAS = None
+_BLAS_USERS = 0
+_BLAS_LIMIT = None
+_BLAS_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
