@@ -276,14 +276,18 @@ def test_predict_on_a_cached_onnx_model_imports_no_torch_pandas_or_onnx(run, tmp
     assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
 
 
+def blas_threads():
+    """The thread counts of numpy's BLAS libraries now (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+
 def test_prediction_runs_numpy_blas_on_one_thread_and_restores_it(run, monkeypatch):
     """Each worker is one core's work (issue 13): numpy's BLAS must not add threads of its own
     inside a prediction (they had cost a quarter of the 2-core throughput), and the process's
     setting comes back afterwards."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    def blas_threads():
-        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=2, user_api="blas"):
         if blas_threads() != [2]:
@@ -306,12 +310,9 @@ def test_prediction_runs_numpy_blas_on_one_thread_and_restores_it(run, monkeypat
 def test_overlapping_predictions_share_one_blas_limit_and_restore_it():
     """Two predictions in two threads (the web app) overlap: the limit holds until the last
     one ends, then the process's own setting comes back (a naive nested limit left BLAS at 1)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     from protloc.inference.predictor import one_blas_thread
-
-    def blas_threads():
-        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
 
     with threadpool_limits(limits=2, user_api="blas"):
         if blas_threads() != [2]:

@@ -132,7 +132,7 @@ class CsvColumns:
     def __init__(self, header, records, lines, *, sep: str, ragged):
         self.header, self.sep, self.ragged = list(header), sep, list(ragged)
         self.lines = list(lines)
-        self.columns = {c: [r[j] if j < len(r) else "" for r in records] for j, c in enumerate(self.header)}
+        self.columns = {c: [r[j] for r in records] for j, c in enumerate(self.header)}  # rows come padded
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -171,10 +171,7 @@ def read_csv_table(path: str | Path, *, id_col: str | None = None, label_col: st
 
     cols, id_name, lab_name = read_csv_columns(path, id_col=id_col, label_col=label_col, flag=flag,
                                                label_candidates=label_candidates, label_what=label_what)
-    if len(cols):
-        df = pd.DataFrame({c: pd.Series(v, dtype=str) for c, v in cols.columns.items()})
-    else:
-        df = pd.DataFrame({c: pd.Series(dtype=str) for c in cols.header})
+    df = pd.DataFrame({c: pd.Series(v, dtype=str) for c, v in cols.columns.items()})
     df["_line"] = cols.lines
     #: rows with more non-empty cells than the header (never dropped silently: see ragged_problem)
     df.attrs["ragged"] = cols.ragged

@@ -292,20 +292,14 @@ class PartSink:
             self._flush(p)
 
     def _flush(self, p: int) -> None:
-        from protloc.core.atomic import atomic_path
+        from protloc.core.atomic import write_rows
 
         if self.errs:  # the skipped list first: a part on disk is complete with it
-            with atomic_path(self.folder / self.plan.skipped_name(p)) as tmp, \
-                    open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(["Image", "message"])
-                w.writerows((self.ids[i], msg) for i, msg in self.errs)
-        with atomic_path(self.folder / self.plan.name(p)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["Image", "Label", *self.classes])
-            for ok, probs, labels in self.buf:
-                for i, lab, row in zip(ok, labels, probs):
-                    w.writerow([self.ids[i], lab, *(f"{v:.6f}" for v in row)])
+            write_rows(self.folder / self.plan.skipped_name(p), ["Image", "message"],
+                       ((self.ids[i], msg) for i, msg in self.errs))
+        write_rows(self.folder / self.plan.name(p), ["Image", "Label", *self.classes],
+                   ([self.ids[i], lab, *(f"{v:.6f}" for v in row)]
+                    for ok, probs, labels in self.buf for i, lab, row in zip(ok, labels, probs)))
         a, b = self.plan.bounds(p)
         self.written += 1
         self.images += b - a
